@@ -1,0 +1,35 @@
+# Two commands on a fresh clone: `make demo` and `make test`. Each sets up .venv first when needed.
+VENV   ?= .venv
+PYTHON ?= python3
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# Nothing here needs the network beyond the package registries.
+export HF_HUB_OFFLINE := 1
+
+.PHONY: setup demo test lint clean
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "installing automl and its dependencies into $(VENV) (first time: a few minutes)"
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --progress-bar off -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+data/digits: | $(STAMP)
+	$(PY) examples/make_digits.py --out data/digits --size 64
+
+demo: setup data/digits
+	$(VENV)/bin/automl fit --task image_classification --data data/digits \
+		--image-size 96 --epochs 5 --output runs
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: setup lint
+	$(PY) -m pytest
+
+clean:
+	rm -rf runs data .pytest_cache

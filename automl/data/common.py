@@ -1,0 +1,114 @@
+"""Helpers shared by the image and text data modules: scanning folders, labels, seeded splits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from automl.errors import DataError
+
+SPLIT_NAMES = ("train", "val", "test")
+VAL_ALIASES = ("val", "valid", "validation")
+
+
+def is_hidden(path: Path) -> bool:
+    """``.DS_Store``, ``.ipynb_checkpoints``, ``__MACOSX`` and friends are never data."""
+    return path.name.startswith(".") or path.name.startswith("__")
+
+
+def existing_path(path: str | Path, what: str = "data path") -> Path:
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError(f"The {what} '{path}' does not exist. Check the path (it is resolved from '{Path.cwd()}').")
+    return path
+
+
+def class_folders(root: Path) -> list[Path]:
+    """Sub-folders of ``root`` that are classes, sorted by name; hidden ones skipped."""
+    if not root.is_dir():
+        raise DataError(f"'{root}' is not a folder. Pass a folder holding one sub-folder per class.")
+    return sorted(p for p in root.iterdir() if p.is_dir() and not is_hidden(p))
+
+
+def detect_splits(root: Path) -> dict[str, Path]:
+    """``{"train": ..., "val": ..., "test": ...}`` when ``root`` holds split folders, else ``{}``."""
+    children = {p.name.lower(): p for p in class_folders(root)}
+    if "train" not in children:
+        return {}
+    splits = {"train": children["train"]}
+    for alias in VAL_ALIASES:
+        if alias in children:
+            splits["val"] = children[alias]
+            break
+    if "test" in children:
+        splits["test"] = children["test"]
+    return splits
+
+
+def files_in(folder: Path, suffixes: Sequence[str]) -> list[Path]:
+    """Files under ``folder`` (recursively) with one of ``suffixes``, sorted; hidden paths skipped."""
+    found = []
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if any(is_hidden(Path(part)) for part in relative.parts):
+            continue
+        if path.is_file() and path.suffix.lower() in suffixes:
+            found.append(path)
+    return found
+
+
+def check_labels(labels: Sequence[str], source: str) -> None:
+    if len(labels) < 2:
+        found = f"only '{labels[0]}'" if labels else "none"
+        raise DataError(
+            f"{source} has {found} as classes; classification needs at least two. "
+            "Add a folder (or label value) per class."
+        )
+
+
+def stratified_split(targets: Sequence[int], val_split: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded per-class split of indices into (train, val).
+
+    Every class with at least two examples keeps at least one in each part, so the validation
+    metrics see every class that can be seen.
+    """
+    if not 0.0 < val_split < 1.0:
+        raise DataError(f"val_split must be between 0 and 1 (exclusive), got {val_split}.")
+    rng = np.random.default_rng(seed)
+    targets = np.asarray(targets)
+    train, val = [], []
+    for cls in np.unique(targets):
+        idx = np.flatnonzero(targets == cls)
+        rng.shuffle(idx)
+        n_val = int(round(len(idx) * val_split))
+        if len(idx) >= 2:
+            n_val = min(max(n_val, 1), len(idx) - 1)
+        else:
+            n_val = 0
+        val.extend(idx[:n_val].tolist())
+        train.extend(idx[n_val:].tolist())
+    return sorted(train), sorted(val)
+
+
+def encode(values: Sequence[str], labels: Sequence[str]) -> list[int]:
+    index = {label: i for i, label in enumerate(labels)}
+    return [index[v] for v in values]
+
+
+def pick_column(frame: pd.DataFrame, given: str | None, candidates: Sequence[str], source: str, what: str) -> str:
+    columns = [str(c) for c in frame.columns]
+    if given is not None:
+        if given not in columns:
+            raise DataError(f"{source} has no column '{given}'. Its columns are: {', '.join(columns)}.")
+        return given
+    lowered = {c.lower().strip(): c for c in columns}
+    for candidate in candidates:
+        if candidate in lowered:
+            return lowered[candidate]
+    raise DataError(
+        f"Cannot find the {what} column in {source}. Its columns are: {', '.join(columns) or '(none)'}. "
+        f"Name it explicitly (looked for: {', '.join(candidates)})."
+    )

@@ -1,0 +1,301 @@
+"""Images on disk -> an ``ImageClassificationData`` LightningDataModule.
+
+>>> data = ImageClassificationData.from_folders("imgs/")            # imgs/<class>/<file>.png
+>>> data = ImageClassificationData.from_csv("labels.csv", "file", "label", root="imgs/")
+>>> data = ImageClassificationData.from_files(["a.jpg", "b.jpg"], labels=["cat", "dog"])
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pandas as pd
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from automl.data import common
+from automl.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Evaluation resizes to ``image_size / CROP_PCT`` and centre-crops ``image_size`` (timm's default).
+CROP_PCT = 0.875
+IMAGE_COLUMNS = ("image", "file", "filename", "path", "filepath", "image_path", "img")
+TARGET_COLUMNS = ("label", "target", "class", "category")
+
+Sample = tuple[Path, int]
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Decode ``path`` as an upright RGB image (EXIF orientation applied)."""
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image)
+        return image.convert("RGB")
+
+
+def is_readable_image(path: Path) -> bool:
+    """Cheap check (header only): PIL recognises the file as an image."""
+    try:
+        with Image.open(path) as image:
+            image.verify()
+        return True
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return False
+
+
+class ImageFiles(Dataset):
+    """``(image tensor, class index)`` pairs; the index is -1 for unlabelled prediction inputs."""
+
+    def __init__(self, samples: Sequence[Sample], transform):
+        self.samples = list(samples)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, target = self.samples[index]
+        return self.transform(load_rgb(path)), target
+
+
+class ImageClassificationData(pl.LightningDataModule):
+    """Train/validation(/test/predict) image splits with torchvision v2 transforms.
+
+    The normalisation is the one the backbone's weights expect: pass ``backbone=`` (or ``mean`` and
+    ``std``) here, or leave them out and the classifier sets them when fitting starts.
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[str],
+        train_samples: Sequence[Sample] = (),
+        val_samples: Sequence[Sample] = (),
+        test_samples: Sequence[Sample] = (),
+        predict_samples: Sequence[Sample] = (),
+        image_size: int = 224,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        backbone: str | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        augment: bool = True,
+    ):
+        super().__init__()
+        self.labels = [str(label) for label in labels]
+        self.train_samples = list(train_samples)
+        self.val_samples = list(val_samples)
+        self.test_samples = list(test_samples)
+        self.predict_samples = list(predict_samples)
+        self.image_size = int(image_size)
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.augment = augment
+        self.normalization_fixed = mean is not None or backbone is not None
+        if backbone is not None and mean is None:
+            from automl.flash.backbones import image_normalization
+
+            mean, std = image_normalization(backbone)
+        self.mean = tuple(mean) if mean is not None else IMAGENET_MEAN
+        self.std = tuple(std) if std is not None else IMAGENET_STD
+
+    # ----------------------------------------------------------------- constructors
+    @classmethod
+    def from_folders(
+        cls,
+        train_folder: str | Path,
+        val_folder: str | Path | None = None,
+        test_folder: str | Path | None = None,
+        val_split: float = 0.2,
+        seed: int = 42,
+        **kwargs,
+    ) -> ImageClassificationData:
+        """One sub-folder per class. A ``train/``, ``val/`` (``valid/``), ``test/`` split inside
+        ``train_folder`` is detected and used as given; otherwise ``val_split`` of each class
+        (seeded, stratified) is held out for validation."""
+        root = common.existing_path(train_folder)
+        splits = common.detect_splits(root) if val_folder is None and test_folder is None else {}
+        if splits:
+            root, val_folder, test_folder = splits["train"], splits.get("val"), splits.get("test")
+        paths, names = _scan_class_folders(root)
+        labels = sorted(set(names))
+        common.check_labels(labels, f"The folder '{root}'")
+        samples = list(zip(paths, common.encode(names, labels), strict=True))
+        if val_folder is not None:
+            val_samples = _labelled_samples(common.existing_path(val_folder), labels)
+            train_samples = samples
+        else:
+            train_idx, val_idx = common.stratified_split([t for _, t in samples], val_split, seed)
+            train_samples = [samples[i] for i in train_idx]
+            val_samples = [samples[i] for i in val_idx]
+        test_samples = _labelled_samples(common.existing_path(test_folder), labels) if test_folder else []
+        return cls(labels, train_samples, val_samples, test_samples, **kwargs)
+
+    @classmethod
+    def from_csv(
+        cls,
+        path: str | Path,
+        input_field: str | None = None,
+        target_field: str | None = None,
+        root: str | Path | None = None,
+        val_split: float = 0.2,
+        seed: int = 42,
+        **kwargs,
+    ) -> ImageClassificationData:
+        """A CSV of image paths (relative to ``root``, default: the CSV's folder) and labels."""
+        path = common.existing_path(path, "CSV file")
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        input_field = common.pick_column(frame, input_field, IMAGE_COLUMNS, f"The CSV '{path}'", "image path")
+        target_field = common.pick_column(frame, target_field, TARGET_COLUMNS, f"The CSV '{path}'", "label")
+        root = Path(root) if root is not None else path.parent
+        paths, names = [], []
+        for row, (file, label) in enumerate(zip(frame[input_field], frame[target_field], strict=True), start=2):
+            image_path = root / file
+            if not image_path.is_file():
+                raise DataError(
+                    f"{path}, row {row}: the image '{image_path}' does not exist. "
+                    f"Fix the path in column '{input_field}' or pass root= (the folder paths are relative to)."
+                )
+            if label.strip() == "":
+                raise DataError(f"{path}, row {row}: the label in column '{target_field}' is empty.")
+            paths.append(image_path)
+            names.append(label)
+        labels = sorted(set(names))
+        common.check_labels(labels, f"The CSV '{path}'")
+        samples = list(zip(paths, common.encode(names, labels), strict=True))
+        train_idx, val_idx = common.stratified_split([t for _, t in samples], val_split, seed)
+        return cls(labels, [samples[i] for i in train_idx], [samples[i] for i in val_idx], **kwargs)
+
+    @classmethod
+    def from_files(
+        cls, files: Sequence[str | Path] | str | Path, labels: Sequence[str], **kwargs
+    ) -> ImageClassificationData:
+        """Files (or a folder of them) to predict, with the label names of the trained model."""
+        if isinstance(files, (str, Path)) and Path(files).is_dir():
+            files = common.files_in(Path(files), IMAGE_SUFFIXES)
+        elif isinstance(files, (str, Path)):
+            files = [files]
+        paths = [common.existing_path(f, "image file") for f in files]
+        if not paths:
+            raise DataError("No image files to predict on.")
+        return cls(labels, predict_samples=[(p, -1) for p in paths], **kwargs)
+
+    # ----------------------------------------------------------------- transforms
+    def adapt_to(self, model) -> None:
+        """Take the normalisation the model's backbone weights expect, unless it was set explicitly."""
+        normalization = getattr(model, "normalization", None)
+        if normalization is None:
+            return
+        if not self.normalization_fixed:
+            self.mean, self.std = tuple(normalization[0]), tuple(normalization[1])
+        elif (tuple(normalization[0]), tuple(normalization[1])) != (self.mean, self.std):
+            log.warning(
+                "The data normalisation %s/%s differs from the one the backbone expects %s/%s.",
+                self.mean,
+                self.std,
+                normalization[0],
+                normalization[1],
+            )
+
+    @property
+    def resize_size(self) -> int:
+        return int(round(self.image_size / CROP_PCT))
+
+    def _to_tensor(self) -> list:
+        return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
+
+    def train_transform(self):
+        if not self.augment:
+            return self.eval_transform()
+        return v2.Compose(
+            [
+                v2.RandomResizedCrop(self.image_size, scale=(0.5, 1.0), antialias=True),
+                v2.RandomHorizontalFlip(),
+                *self._to_tensor(),
+            ]
+        )
+
+    def eval_transform(self):
+        return v2.Compose(
+            [v2.Resize(self.resize_size, antialias=True), v2.CenterCrop(self.image_size), *self._to_tensor()]
+        )
+
+    def preprocessing(self) -> dict:
+        """What a deployed model must do to an image before calling the network."""
+        return {
+            "kind": "image",
+            "image_size": self.image_size,
+            "resize": self.resize_size,
+            "crop": "center",
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "color_mode": "RGB",
+        }
+
+    # ----------------------------------------------------------------- loaders
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def _loader(self, samples: Sequence[Sample], transform, shuffle: bool, split: str) -> DataLoader:
+        if not samples:
+            raise DataError(f"There is no {split} data in this datamodule.")
+        return DataLoader(
+            ImageFiles(samples, transform),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            # a last training batch of one sample breaks BatchNorm; dropping it costs < 1 batch an epoch
+            drop_last=shuffle and len(samples) > self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_samples, self.train_transform(), True, "training")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_samples, self.eval_transform(), False, "validation")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_samples, self.eval_transform(), False, "test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_samples, self.eval_transform(), False, "prediction")
+
+
+def _scan_class_folders(root: Path) -> tuple[list[Path], list[str]]:
+    paths, names = [], []
+    folders = common.class_folders(root)
+    if not folders:
+        raise DataError(
+            f"The folder '{root}' has no class sub-folders. Lay the images out as '{root}/<class>/<image>'."
+        )
+    for folder in folders:
+        readable, unreadable = [], []
+        for file in common.files_in(folder, IMAGE_SUFFIXES):
+            (readable if is_readable_image(file) else unreadable).append(file)
+        for file in unreadable:
+            log.warning("Skipping '%s': not a readable image.", file)
+        if not readable:
+            raise DataError(
+                f"The class folder '{folder}' holds no readable image "
+                f"(looked for {', '.join(IMAGE_SUFFIXES)}). Add images or remove the folder."
+            )
+        paths.extend(readable)
+        names.extend([folder.name] * len(readable))
+    return paths, names
+
+
+def _labelled_samples(root: Path, labels: Sequence[str]) -> list[Sample]:
+    paths, names = _scan_class_folders(root)
+    unknown = sorted(set(names) - set(labels))
+    if unknown:
+        raise DataError(f"The folder '{root}' has classes the training folder lacks: {', '.join(unknown)}.")
+    return list(zip(paths, common.encode(names, labels), strict=True))

@@ -1,0 +1,215 @@
+"""Texts on disk -> a ``TextClassificationData`` LightningDataModule.
+
+>>> data = TextClassificationData.from_csv("reviews.csv")              # columns auto-detected
+>>> data = TextClassificationData.from_jsonl("reviews.jsonl", "body", "stars")
+>>> data = TextClassificationData.from_folders("reviews/")             # reviews/<class>/<file>.txt
+
+Texts are tokenised per batch with the backbone's tokenizer and padded to the longest text of the
+batch (dynamic padding), truncated at ``max_length`` tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from automl.data import common
+from automl.errors import DataError
+
+TEXT_COLUMNS = ("text", "sentence", "review", "content")
+TARGET_COLUMNS = ("label", "target", "class", "category")
+DEFAULT_MAX_LENGTH = 128
+
+Sample = tuple[str, int]
+
+
+class Texts(Dataset):
+    def __init__(self, samples: Sequence[Sample]):
+        self.samples = list(samples)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.samples[index]
+
+
+class TextClassificationData(pl.LightningDataModule):
+    """Train/validation(/test/predict) text splits, tokenised per batch.
+
+    The tokenizer comes from ``backbone`` (a curated name, a hub id or a local folder); leave it out
+    and the classifier's own tokenizer is used when fitting starts.
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[str],
+        train_samples: Sequence[Sample] = (),
+        val_samples: Sequence[Sample] = (),
+        test_samples: Sequence[Sample] = (),
+        predict_samples: Sequence[Sample] = (),
+        backbone: str | None = None,
+        weights: str | Path | None = None,
+        max_length: int | None = None,
+        batch_size: int = 32,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        self.labels = [str(label) for label in labels]
+        self.train_samples = list(train_samples)
+        self.val_samples = list(val_samples)
+        self.test_samples = list(test_samples)
+        self.predict_samples = list(predict_samples)
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.max_length_fixed = max_length is not None
+        self.max_length = int(max_length) if max_length is not None else DEFAULT_MAX_LENGTH
+        self.tokenizer = None
+        self.tokenizer_source = None
+        if backbone is not None:
+            from automl.flash.backbones import load_tokenizer
+
+            self.tokenizer = load_tokenizer(backbone, weights)
+
+    # ----------------------------------------------------------------- constructors
+    @classmethod
+    def from_frame(
+        cls,
+        frame: pd.DataFrame,
+        source: str,
+        input_field: str | None = None,
+        target_field: str | None = None,
+        val_split: float = 0.2,
+        seed: int = 42,
+        first_row: int = 2,
+        **kwargs,
+    ) -> TextClassificationData:
+        """Rows of a table; ``first_row`` is the file row number of ``frame``'s first row (errors cite it)."""
+        input_field = common.pick_column(frame, input_field, TEXT_COLUMNS, source, "text")
+        target_field = common.pick_column(frame, target_field, TARGET_COLUMNS, source, "label")
+        texts, names = [], []
+        for row, (text, label) in enumerate(zip(frame[input_field], frame[target_field], strict=True), start=first_row):
+            label = "" if label is None or (isinstance(label, float) and pd.isna(label)) else str(label).strip()
+            if label == "":
+                raise DataError(
+                    f"{source}, row {row}: the label in column '{target_field}' is empty. Fill it in or drop the row."
+                )
+            texts.append("" if text is None or (isinstance(text, float) and pd.isna(text)) else str(text))
+            names.append(label)
+        labels = sorted(set(names))
+        common.check_labels(labels, source)
+        samples = list(zip(texts, common.encode(names, labels), strict=True))
+        train_idx, val_idx = common.stratified_split([t for _, t in samples], val_split, seed)
+        return cls(labels, [samples[i] for i in train_idx], [samples[i] for i in val_idx], **kwargs)
+
+    @classmethod
+    def from_csv(
+        cls, path: str | Path, input_field: str | None = None, target_field: str | None = None, **kwargs
+    ) -> TextClassificationData:
+        """A CSV with a header; the text and label columns are found by name when not given."""
+        path = common.existing_path(path, "CSV file")
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        return cls.from_frame(frame, f"The CSV '{path}'", input_field, target_field, first_row=2, **kwargs)
+
+    @classmethod
+    def from_jsonl(
+        cls, path: str | Path, input_field: str | None = None, target_field: str | None = None, **kwargs
+    ) -> TextClassificationData:
+        """One JSON object per line."""
+        path = common.existing_path(path, "JSONL file")
+        records = []
+        with path.open(encoding="utf-8") as handle:
+            for row, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}, line {row}: not valid JSON ({exc.msg}).") from exc
+        frame = pd.DataFrame.from_records(records)
+        return cls.from_frame(frame, f"The JSONL file '{path}'", input_field, target_field, first_row=1, **kwargs)
+
+    @classmethod
+    def from_folders(
+        cls, train_folder: str | Path, val_split: float = 0.2, seed: int = 42, **kwargs
+    ) -> TextClassificationData:
+        """``.txt`` files, one folder per class."""
+        root = common.existing_path(train_folder)
+        texts, names = [], []
+        folders = common.class_folders(root)
+        for folder in folders:
+            files = common.files_in(folder, (".txt",))
+            if not files:
+                raise DataError(f"The class folder '{folder}' holds no .txt file. Add texts or remove the folder.")
+            for file in files:
+                texts.append(file.read_text(encoding="utf-8", errors="replace"))
+                names.append(folder.name)
+        labels = sorted(set(names))
+        common.check_labels(labels, f"The folder '{root}'")
+        frame = pd.DataFrame({"text": texts, "label": names})
+        return cls.from_frame(frame, f"The folder '{root}'", "text", "label", val_split, seed, **kwargs)
+
+    @classmethod
+    def from_texts(cls, texts: Sequence[str], labels: Sequence[str], **kwargs) -> TextClassificationData:
+        """Texts to predict, with the label names of the trained model."""
+        return cls(labels, predict_samples=[(str(t), -1) for t in texts], **kwargs)
+
+    # ----------------------------------------------------------------- tokenisation
+    def adapt_to(self, model) -> None:
+        """Take the model's tokenizer and ``max_length`` unless they were set here."""
+        if self.tokenizer is None and getattr(model, "tokenizer_source", None):
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(model.tokenizer_source)
+        if not self.max_length_fixed and getattr(model, "max_length", None):
+            self.max_length = int(model.max_length)
+
+    def collate(self, batch: Sequence[Sample]):
+        if self.tokenizer is None:
+            from automl.flash.backbones import DEFAULT_TEXT_BACKBONE, load_tokenizer
+
+            self.tokenizer = load_tokenizer(DEFAULT_TEXT_BACKBONE)
+        texts, targets = zip(*batch, strict=True)
+        encoded = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return dict(encoded), torch.tensor(targets, dtype=torch.long)
+
+    def preprocessing(self) -> dict:
+        return {"kind": "text", "max_length": self.max_length, "padding": "longest", "truncation": True}
+
+    # ----------------------------------------------------------------- loaders
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def _loader(self, samples: Sequence[Sample], shuffle: bool, split: str) -> DataLoader:
+        if not samples:
+            raise DataError(f"There is no {split} data in this datamodule.")
+        return DataLoader(
+            Texts(samples),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            # a last training batch of one sample breaks BatchNorm; dropping it costs < 1 batch an epoch
+            drop_last=shuffle and len(samples) > self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=self.collate,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_samples, True, "training")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_samples, False, "validation")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_samples, False, "test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_samples, False, "prediction")

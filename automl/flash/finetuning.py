@@ -1,0 +1,176 @@
+"""Fine-tuning strategies with Flash's names, on Lightning's ``BaseFinetuning``.
+
+- ``"no_freeze"``: train everything from the first step.
+- ``"freeze"``: train only the head; the backbone (parameters *and* BatchNorm statistics) never changes.
+- ``("freeze_unfreeze", n)``: head only, then the whole backbone from epoch ``n`` at a tenth of the lr.
+- ``("unfreeze_milestones", ((e1, e2), k))``: head only, the last ``k`` backbone layers from epoch
+  ``e1``, everything from epoch ``e2``.
+
+On the command line the same strategies read ``freeze_unfreeze:2`` and ``unfreeze_milestones:1,3,2``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import BaseFinetuning, ProgressBar, RichProgressBar
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from automl.errors import ConfigError
+
+STRATEGIES = ("no_freeze", "freeze", "freeze_unfreeze", "unfreeze_milestones")
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    unfreeze_epoch: int | None = None  # freeze_unfreeze
+    milestones: tuple[int, int] | None = None  # unfreeze_milestones
+    num_layers: int | None = None  # unfreeze_milestones
+
+    def as_flash(self):
+        """The strategy in Flash's Python form (a string or a tuple)."""
+        if self.name == "freeze_unfreeze":
+            return (self.name, self.unfreeze_epoch)
+        if self.name == "unfreeze_milestones":
+            return (self.name, (self.milestones, self.num_layers))
+        return self.name
+
+    def __str__(self) -> str:
+        if self.name == "freeze_unfreeze":
+            return f"freeze_unfreeze:{self.unfreeze_epoch}"
+        if self.name == "unfreeze_milestones":
+            return f"unfreeze_milestones:{self.milestones[0]},{self.milestones[1]},{self.num_layers}"
+        return self.name
+
+
+_USAGE = (
+    "Use 'no_freeze', 'freeze', ('freeze_unfreeze', EPOCH) or ('unfreeze_milestones', ((E1, E2), N_LAYERS)); "
+    "on the command line 'freeze_unfreeze:EPOCH' or 'unfreeze_milestones:E1,E2,N_LAYERS'."
+)
+
+
+def parse_strategy(value) -> Strategy:
+    """Accept Flash's forms (``"freeze"``, ``("freeze_unfreeze", 2)``, ...) and the CLI's strings."""
+    if isinstance(value, Strategy):
+        return value
+    try:
+        if isinstance(value, str) and ":" in value:
+            name, _, args = value.partition(":")
+            numbers = [int(a) for a in args.split(",")]
+            value = (name, numbers[0]) if name == "freeze_unfreeze" else (name, ((numbers[0], numbers[1]), numbers[2]))
+        if isinstance(value, str):
+            if value in ("no_freeze", "freeze"):
+                return Strategy(value)
+            raise ValueError
+        name, arg = value
+        if name == "freeze_unfreeze":
+            return Strategy(name, unfreeze_epoch=int(arg))
+        if name == "unfreeze_milestones":
+            (first, second), layers = arg
+            if not 0 <= int(first) <= int(second) or int(layers) < 1:
+                raise ValueError
+            return Strategy(name, milestones=(int(first), int(second)), num_layers=int(layers))
+    except (ValueError, TypeError, IndexError):
+        pass
+    raise ConfigError(f"Unknown fine-tuning strategy {value!r}. {_USAGE}")
+
+
+def backbone_layers(backbone: nn.Module) -> list[nn.Module]:
+    """The backbone as an ordered list of layers (stages and blocks), input side first.
+
+    Containers (``nn.Sequential``/``nn.ModuleList``, e.g. timm's ``blocks`` or BERT's
+    ``encoder.layer``) are opened so that "the last k layers" means the last k blocks.
+    """
+    layers: list[nn.Module] = []
+    for child in backbone.children():
+        inner = list(child.children())
+        if isinstance(child, (nn.Sequential, nn.ModuleList)):
+            layers.extend(inner)
+        elif len(inner) == 1 and isinstance(inner[0], (nn.Sequential, nn.ModuleList)):
+            layers.extend(inner[0].children())
+        else:
+            layers.append(child)
+    return layers
+
+
+def freeze(module: nn.Module) -> None:
+    """Stop gradients for every parameter of ``module`` (BatchNorm statistics are frozen by mode)."""
+    for param in module.parameters():
+        param.requires_grad = False
+
+
+class FlashFinetuning(BaseFinetuning):
+    """Applies a :class:`Strategy` to ``pl_module.backbone`` during ``Trainer.fit``."""
+
+    def __init__(self, strategy="freeze", unfreeze_lr_factor: float = 0.1):
+        super().__init__()
+        self.strategy = parse_strategy(strategy)
+        self.unfreeze_lr_factor = unfreeze_lr_factor
+
+    def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
+        if self.strategy.name != "no_freeze":
+            freeze(pl_module.backbone)
+
+    def _unfreeze(self, modules, optimizer) -> None:
+        lr = optimizer.param_groups[0]["lr"] * self.unfreeze_lr_factor
+        self.unfreeze_and_add_param_group(modules, optimizer, lr=lr, train_bn=True)
+
+    def finetune_function(self, pl_module: pl.LightningModule, epoch: int, optimizer) -> None:
+        strategy = self.strategy
+        if strategy.name == "freeze_unfreeze" and epoch == strategy.unfreeze_epoch:
+            self._unfreeze(pl_module.backbone, optimizer)
+        elif strategy.name == "unfreeze_milestones":
+            layers = backbone_layers(pl_module.backbone)
+            first, second = strategy.milestones
+            if epoch == first:
+                self._unfreeze(layers[-strategy.num_layers :], optimizer)
+            if epoch == second:
+                self._unfreeze(layers[: -strategy.num_layers] or layers, optimizer)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        set_frozen_modes(pl_module.backbone)
+
+
+def set_frozen_modes(backbone: nn.Module) -> None:
+    """A fully frozen backbone runs in eval mode (no dropout, no BatchNorm statistic updates); in a
+    partly frozen one, BatchNorm layers whose parameters are frozen keep their running statistics."""
+    trainable = [p.requires_grad for p in backbone.parameters()]
+    if not any(trainable):
+        backbone.eval()
+        return
+    backbone.train()
+    for module in backbone.modules():
+        if isinstance(module, _BatchNorm):
+            own = list(module.parameters(recurse=False))
+            if own and not any(p.requires_grad for p in own):
+                module.eval()
+
+
+def finetune(model: pl.LightningModule, datamodule: pl.LightningDataModule, strategy="freeze", **trainer_kwargs):
+    """Fit ``model`` on ``datamodule`` with a fine-tuning ``strategy``; returns the ``Trainer``.
+
+    ``trainer_kwargs`` go to ``lightning.pytorch.Trainer`` (``max_epochs=3``, no logger and no
+    checkpoint files unless you ask for them; the progress bar goes to stderr).
+
+    >>> trainer = finetune(model, data, strategy=("freeze_unfreeze", 1), max_epochs=3)
+    >>> trainer.validate(model, datamodule=data)
+    """
+    callbacks = [*(trainer_kwargs.pop("callbacks", None) or []), FlashFinetuning(strategy)]
+    if trainer_kwargs.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
+        # progress is not a result: keep stdout clean for what the user pipes or parses
+        callbacks.append(RichProgressBar(leave=True, console_kwargs={"stderr": True}))
+    settings = {
+        "max_epochs": 3,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_model_summary": False,
+        **trainer_kwargs,
+        "callbacks": callbacks,
+    }
+    trainer = pl.Trainer(**settings)
+    trainer.fit(model, datamodule=datamodule)
+    return trainer

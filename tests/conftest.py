@@ -1,0 +1,98 @@
+"""Shared test doubles: tiny image folders, tiny text tables, tiny models. Never the network."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import random  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+#: dominant colour channel of each synthetic image class (names with spaces: labels keep their names)
+COLOURS = {"red things": 0, "green things": 1, "blue things": 2}
+TINY_IMAGE_BACKBONE = "test_resnet"
+
+
+def write_colour_image(path: Path, channel: int, rng: random.Random, size: int = 32) -> None:
+    pixels = np.random.default_rng(rng.randrange(1 << 30)).integers(0, 90, size=(size, size, 3), dtype=np.uint8)
+    pixels[..., channel] = rng.randrange(170, 256)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+def make_image_folder(root: Path, per_class: int = 20, classes: dict[str, int] = COLOURS, seed: int = 0) -> Path:
+    """``root/<class>/<n>.png``: each class is a dominant colour, so a tiny net separates them."""
+    rng = random.Random(seed)
+    for name, channel in classes.items():
+        for index in range(per_class):
+            write_colour_image(root / name / f"{index:03d}.png", channel, rng)
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    root = make_image_folder(tmp_path / "images")
+    # junk a user's folder really holds: none of it is data
+    (root / ".DS_Store").write_bytes(b"\x00\x01")
+    (root / "red things" / ".DS_Store").write_bytes(b"\x00\x01")
+    checkpoints = root / ".ipynb_checkpoints"
+    checkpoints.mkdir()
+    write_colour_image(checkpoints / "stale.png", 0, random.Random(1))
+    return root
+
+
+SPORTS = "match goal team coach striker league season win stadium referee".split()
+FINANCE = "stock market bank shares profit investor bond dividend earnings inflation".split()
+
+
+def make_texts(per_class: int = 40, seed: int = 0) -> list[tuple[str, str]]:
+    """Sentences drawn from two disjoint vocabularies: separable by any model that reads words."""
+    rng = random.Random(seed)
+    rows = []
+    for label, words in (("sport", SPORTS), ("finance", FINANCE)):
+        for _ in range(per_class):
+            rows.append((" ".join(rng.choices(words, k=rng.randint(4, 12))), label))
+    rng.shuffle(rows)
+    return rows
+
+
+@pytest.fixture
+def text_csv(tmp_path: Path) -> Path:
+    import pandas as pd
+
+    path = tmp_path / "texts.csv"
+    pd.DataFrame(make_texts(), columns=["review", "category"]).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide BERT (random weights) with the packaged MiniLM tokenizer, saved as a model folder."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from automl.flash.backbones import DEFAULT_TEXT_BACKBONE, resolve_text_weights
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_text_weights(DEFAULT_TEXT_BACKBONE).location)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def fast_trainer_kwargs(**overrides) -> dict:
+    settings = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "num_sanity_val_steps": 0}
+    return {**settings, **overrides}
