@@ -100,3 +100,16 @@ def test_help_does_not_import_torch():
     code = "import sys; from automl.cli import cli; print('torch' in sys.modules, 'lightning' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False False"
+
+
+def test_fit_trains_a_text_classifier_from_a_csv(tmp_path, runner, text_csv, tiny_bert_dir):
+    args = ["fit", "--task", "text_classification", "--data", str(text_csv), "--backbone", str(tiny_bert_dir),
+            "--epochs", "1", "--max-length", "24", "--strategy", "no_freeze", "--output", str(tmp_path / "runs"),
+            "--accelerator", "cpu", "-q"]  # fmt: skip
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert json.loads((run_dir / "best" / "labels.json").read_text()) == ["finance", "sport"]
+    assert json.loads((run_dir / "best" / "preprocessing.json").read_text())["max_length"] == 24
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["val_size"] == 16 and metrics["weights"].startswith("local")

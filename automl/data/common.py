@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
+from torch.utils.data import DataLoader, Dataset
 
 from automl.errors import DataError
 
@@ -112,3 +114,58 @@ def pick_column(frame: pd.DataFrame, given: str | None, candidates: Sequence[str
         f"Cannot find the {what} column in {source}. Its columns are: {', '.join(columns) or '(none)'}. "
         f"Name it explicitly (looked for: {', '.join(candidates)})."
     )
+
+
+class ClassificationDataModule(pl.LightningDataModule):
+    """Labelled train/val/test splits and unlabelled prediction inputs, served in batches.
+
+    Subclasses say how a split's samples become a ``Dataset`` (``make_dataset``) and, if needed, how
+    a batch is put together (``collate``).
+    """
+
+    collate = None
+
+    def __init__(self, labels, train_samples=(), val_samples=(), test_samples=(), predict_samples=(),
+                 batch_size: int = 32, num_workers: int = 0):  # fmt: skip
+        super().__init__()
+        self.labels = [str(label) for label in labels]
+        self.train_samples = list(train_samples)
+        self.val_samples = list(val_samples)
+        self.test_samples = list(test_samples)
+        self.predict_samples = list(predict_samples)
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def make_dataset(self, samples: list, train: bool) -> Dataset:
+        raise NotImplementedError
+
+    def _loader(self, samples: list, split: str) -> DataLoader:
+        if not samples:
+            raise DataError(f"There is no {split} data in this datamodule.")
+        train = split == "training"
+        return DataLoader(
+            self.make_dataset(samples, train),
+            batch_size=self.batch_size,
+            shuffle=train,
+            # a last training batch of one sample breaks BatchNorm; dropping it costs < 1 batch an epoch
+            drop_last=train and len(samples) > self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=self.collate,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_samples, "training")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_samples, "validation")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_samples, "test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.predict_samples, "prediction")

@@ -11,11 +11,10 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pandas as pd
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from automl.data import common
@@ -66,7 +65,7 @@ class ImageFiles(Dataset):
         return self.transform(load_rgb(path)), target
 
 
-class ImageClassificationData(pl.LightningDataModule):
+class ImageClassificationData(common.ClassificationDataModule):
     """Train/validation(/test/predict) image splits with torchvision v2 transforms.
 
     The normalisation is the one the backbone's weights expect: pass ``backbone=`` (or ``mean`` and
@@ -88,15 +87,8 @@ class ImageClassificationData(pl.LightningDataModule):
         std: Sequence[float] | None = None,
         augment: bool = True,
     ):
-        super().__init__()
-        self.labels = [str(label) for label in labels]
-        self.train_samples = list(train_samples)
-        self.val_samples = list(val_samples)
-        self.test_samples = list(test_samples)
-        self.predict_samples = list(predict_samples)
+        super().__init__(labels, train_samples, val_samples, test_samples, predict_samples, batch_size, num_workers)
         self.image_size = int(image_size)
-        self.batch_size = int(batch_size)
-        self.num_workers = int(num_workers)
         self.augment = augment
         self.normalization_fixed = mean is not None or backbone is not None
         if backbone is not None and mean is None:
@@ -239,35 +231,8 @@ class ImageClassificationData(pl.LightningDataModule):
             "color_mode": "RGB",
         }
 
-    # ----------------------------------------------------------------- loaders
-    @property
-    def num_classes(self) -> int:
-        return len(self.labels)
-
-    def _loader(self, samples: Sequence[Sample], transform, shuffle: bool, split: str) -> DataLoader:
-        if not samples:
-            raise DataError(f"There is no {split} data in this datamodule.")
-        return DataLoader(
-            ImageFiles(samples, transform),
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            # a last training batch of one sample breaks BatchNorm; dropping it costs < 1 batch an epoch
-            drop_last=shuffle and len(samples) > self.batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_samples, self.train_transform(), True, "training")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_samples, self.eval_transform(), False, "validation")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_samples, self.eval_transform(), False, "test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_samples, self.eval_transform(), False, "prediction")
+    def make_dataset(self, samples: list, train: bool) -> Dataset:
+        return ImageFiles(samples, self.train_transform() if train else self.eval_transform())
 
 
 def _scan_class_folders(root: Path) -> tuple[list[Path], list[str]]:

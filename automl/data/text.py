@@ -14,10 +14,9 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from automl.data import common
 from automl.errors import DataError
@@ -40,7 +39,7 @@ class Texts(Dataset):
         return self.samples[index]
 
 
-class TextClassificationData(pl.LightningDataModule):
+class TextClassificationData(common.ClassificationDataModule):
     """Train/validation(/test/predict) text splits, tokenised per batch.
 
     The tokenizer comes from ``backbone`` (a curated name, a hub id or a local folder); leave it out
@@ -60,14 +59,7 @@ class TextClassificationData(pl.LightningDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
     ):
-        super().__init__()
-        self.labels = [str(label) for label in labels]
-        self.train_samples = list(train_samples)
-        self.val_samples = list(val_samples)
-        self.test_samples = list(test_samples)
-        self.predict_samples = list(predict_samples)
-        self.batch_size = int(batch_size)
-        self.num_workers = int(num_workers)
+        super().__init__(labels, train_samples, val_samples, test_samples, predict_samples, batch_size, num_workers)
         self.max_length_fixed = max_length is not None
         self.max_length = int(max_length) if max_length is not None else DEFAULT_MAX_LENGTH
         self.tokenizer = None
@@ -184,32 +176,5 @@ class TextClassificationData(pl.LightningDataModule):
     def preprocessing(self) -> dict:
         return {"kind": "text", "max_length": self.max_length, "padding": "longest", "truncation": True}
 
-    # ----------------------------------------------------------------- loaders
-    @property
-    def num_classes(self) -> int:
-        return len(self.labels)
-
-    def _loader(self, samples: Sequence[Sample], shuffle: bool, split: str) -> DataLoader:
-        if not samples:
-            raise DataError(f"There is no {split} data in this datamodule.")
-        return DataLoader(
-            Texts(samples),
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            # a last training batch of one sample breaks BatchNorm; dropping it costs < 1 batch an epoch
-            drop_last=shuffle and len(samples) > self.batch_size,
-            num_workers=self.num_workers,
-            collate_fn=self.collate,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_samples, True, "training")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_samples, False, "validation")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_samples, False, "test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.predict_samples, False, "prediction")
+    def make_dataset(self, samples: list, train: bool) -> Dataset:
+        return Texts(samples)

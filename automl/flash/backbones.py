@@ -297,7 +297,7 @@ def create_image_backbone(
     import timm
 
     mean, std = image_normalization(name)
-    if not pretrained and weights is None:
+    if not pretrained:  # also how a checkpoint reloads: its own tensors replace any weights named here
         _validate_image_name(name)
         model = timm.create_model(name, pretrained=False, num_classes=0)
         return ImageBackbone(model, model.num_features, mean, std, WeightSource("none"))

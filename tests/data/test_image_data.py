@@ -35,7 +35,9 @@ def test_split_folders_inside_are_detected(tmp_path):
 
 
 def test_loaders_give_normalised_batches_of_the_configured_size(image_folder):
-    data = ImageClassificationData.from_folders(image_folder, image_size=24, batch_size=5, mean=(0.5,) * 3, std=(0.5,) * 3)
+    data = ImageClassificationData.from_folders(
+        image_folder, image_size=24, batch_size=5, mean=(0.5,) * 3, std=(0.5,) * 3
+    )
     images, targets = next(iter(data.train_dataloader()))
     assert images.shape == (5, 3, 24, 24) and images.dtype == torch.float32
     assert images.min() >= -1.0 and images.max() <= 1.0 and images.min() < -0.5  # (x - 0.5) / 0.5
