@@ -61,6 +61,9 @@ def cli() -> None:
     type=click.Path(path_type=Path),
     help="Images: a folder of class folders or a CSV. Text: a CSV, JSONL or folder of class folders.",
 )
+@click.option("--input-field", default=None, help="Column of the texts or image paths (name or 0-based position).")
+@click.option("--target-field", default=None, help="Column of the labels (name or 0-based position).")
+@click.option("--no-header", "no_header", is_flag=True, help="The CSV has no header row: name columns by position.")
 @click.option(
     "--backbone", default=None, help="Backbone name (see `automl backbones`); default: the task's offline one."
 )
@@ -91,7 +94,7 @@ def cli() -> None:
     help="YAML file with any of these options (command-line options win).",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar; print only the results.")
-def fit(config_file: Path | None, quiet: bool, no_pretrained: bool, **options) -> None:
+def fit(config_file: Path | None, quiet: bool, no_pretrained: bool, no_header: bool, **options) -> None:
     """Train the Flash-tier baseline once and save the best model.
 
     Writes RUN/best/ (model.ckpt, labels.json, preprocessing.json), RUN/metrics.json and
@@ -101,6 +104,8 @@ def fit(config_file: Path | None, quiet: bool, no_pretrained: bool, **options) -
     values.update({k: str(v) if isinstance(v, Path) else v for k, v in options.items() if v is not None})
     if no_pretrained:
         values["pretrained"] = False
+    if no_header:
+        values["header"] = False
     config = FitConfig.from_dict(values)
 
     from automl.pipeline import fit_baseline

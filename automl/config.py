@@ -35,6 +35,9 @@ class FitConfig:
 
     task: str
     data: str
+    input_field: str | None = None  # CSV/JSONL column of the texts or image paths (name or 0-based position)
+    target_field: str | None = None  # ... and of the labels; both found by name when None
+    header: bool = True  # False: the CSV has no header row
     backbone: str | None = None  # None: the task's default (pretrained, offline)
     weights: str | None = None  # a local weights file or folder
     pretrained: bool = True

@@ -68,20 +68,21 @@ def load_data(config: FitConfig):
         "batch_size": config.batch_size,
         "num_workers": config.num_workers,
     }
+    fields = {"input_field": config.input_field, "target_field": config.target_field}
     if config.task == IMAGE_CLASSIFICATION:
         kwargs = {**common, "image_size": config.image_size}
         if path.is_dir():
             return ImageClassificationData.from_folders(path, **kwargs)
-        if path.suffix.lower() == ".csv":
-            return ImageClassificationData.from_csv(path, **kwargs)
+        if path.suffix.lower() in (".csv", ".tsv"):
+            return ImageClassificationData.from_csv(path, header=config.header, **fields, **kwargs)
         raise DataError(f"'{path}' is neither a folder of class folders nor a CSV of image paths and labels.")
     kwargs = {**common, "max_length": config.max_length}
     if path.is_dir():
         return TextClassificationData.from_folders(path, **kwargs)
     if path.suffix.lower() in (".csv", ".tsv"):
-        return TextClassificationData.from_csv(path, **kwargs)
+        return TextClassificationData.from_csv(path, header=config.header, **fields, **kwargs)
     if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-        return TextClassificationData.from_jsonl(path, **kwargs)
+        return TextClassificationData.from_jsonl(path, **fields, **kwargs)
     raise DataError(f"'{path}' is not a CSV, a JSONL file or a folder of class folders of .txt files.")
 
 

@@ -64,10 +64,9 @@ def files_in(folder: Path, suffixes: Sequence[str]) -> list[Path]:
 
 def check_labels(labels: Sequence[str], source: str) -> None:
     if len(labels) < 2:
-        found = f"only '{labels[0]}'" if labels else "none"
+        found = f"only one class ('{labels[0]}')" if labels else "no class"
         raise DataError(
-            f"{source} has {found} as classes; classification needs at least two. "
-            "Add a folder (or label value) per class."
+            f"Found {found} in {source}; classification needs at least two. Add a folder (or label value) per class."
         )
 
 
@@ -100,19 +99,36 @@ def encode(values: Sequence[str], labels: Sequence[str]) -> list[int]:
     return [index[v] for v in values]
 
 
-def pick_column(frame: pd.DataFrame, given: str | None, candidates: Sequence[str], source: str, what: str) -> str:
+def read_csv(path: Path, header: bool = True) -> pd.DataFrame:
+    """Every cell as text. Without a header row the columns are named by position: "0", "1", ..."""
+    sep = "\t" if path.suffix.lower() == ".tsv" else ","
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep, header=0 if header else None)
+    frame.columns = [str(c) for c in frame.columns]
+    return frame
+
+
+def _shown(columns: Sequence[str]) -> str:
+    return ", ".join(c if len(c) <= 40 else c[:37] + "..." for c in columns) or "(none)"
+
+
+def pick_column(frame: pd.DataFrame, given: str | int | None, candidates: Sequence[str], source: str, what: str) -> str:
+    """The column holding ``what``: ``given`` (a name or a 0-based position), else the first candidate name."""
     columns = [str(c) for c in frame.columns]
     if given is not None:
-        if given not in columns:
-            raise DataError(f"{source} has no column '{given}'. Its columns are: {', '.join(columns)}.")
-        return given
+        given = str(given)
+        if given in columns:
+            return given
+        if given.isdigit() and int(given) < len(columns):
+            return columns[int(given)]
+        raise DataError(f"There is no column '{given}' in {source}. Its columns are: {_shown(columns)}.")
     lowered = {c.lower().strip(): c for c in columns}
     for candidate in candidates:
         if candidate in lowered:
             return lowered[candidate]
     raise DataError(
-        f"Cannot find the {what} column in {source}. Its columns are: {', '.join(columns) or '(none)'}. "
-        f"Name it explicitly (looked for: {', '.join(candidates)})."
+        f"Cannot find the {what} column in {source}. Its columns are: {_shown(columns)}. "
+        f"Looked for: {', '.join(candidates)}. Name it (input_field=/target_field=, --input-field/--target-field) "
+        "by name or 0-based position; if the file has no header row, also pass header=False (--no-header)."
     )
 
 

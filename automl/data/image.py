@@ -11,7 +11,6 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import pandas as pd
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
@@ -118,7 +117,7 @@ class ImageClassificationData(common.ClassificationDataModule):
             root, val_folder, test_folder = splits["train"], splits.get("val"), splits.get("test")
         paths, names = _scan_class_folders(root)
         labels = sorted(set(names))
-        common.check_labels(labels, f"The folder '{root}'")
+        common.check_labels(labels, f"the folder '{root}'")
         samples = list(zip(paths, common.encode(names, labels), strict=True))
         if val_folder is not None:
             val_samples = _labelled_samples(common.existing_path(val_folder), labels)
@@ -134,21 +133,27 @@ class ImageClassificationData(common.ClassificationDataModule):
     def from_csv(
         cls,
         path: str | Path,
-        input_field: str | None = None,
-        target_field: str | None = None,
+        input_field: str | int | None = None,
+        target_field: str | int | None = None,
         root: str | Path | None = None,
         val_split: float = 0.2,
         seed: int = 42,
+        header: bool = True,
         **kwargs,
     ) -> ImageClassificationData:
-        """A CSV of image paths (relative to ``root``, default: the CSV's folder) and labels."""
+        """A CSV of image paths (relative to ``root``, default: the CSV's folder) and labels.
+
+        Columns are given by name or 0-based position; ``header=False`` for a file without a header row.
+        """
         path = common.existing_path(path, "CSV file")
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-        input_field = common.pick_column(frame, input_field, IMAGE_COLUMNS, f"The CSV '{path}'", "image path")
-        target_field = common.pick_column(frame, target_field, TARGET_COLUMNS, f"The CSV '{path}'", "label")
+        frame = common.read_csv(path, header)
+        source = f"the CSV '{path}'"
+        input_field = common.pick_column(frame, input_field, IMAGE_COLUMNS, source, "image path")
+        target_field = common.pick_column(frame, target_field, TARGET_COLUMNS, source, "label")
         root = Path(root) if root is not None else path.parent
         paths, names = [], []
-        for row, (file, label) in enumerate(zip(frame[input_field], frame[target_field], strict=True), start=2):
+        rows = zip(frame[input_field], frame[target_field], strict=True)
+        for row, (file, label) in enumerate(rows, start=2 if header else 1):
             image_path = root / file
             if not image_path.is_file():
                 raise DataError(
@@ -160,7 +165,7 @@ class ImageClassificationData(common.ClassificationDataModule):
             paths.append(image_path)
             names.append(label)
         labels = sorted(set(names))
-        common.check_labels(labels, f"The CSV '{path}'")
+        common.check_labels(labels, f"the CSV '{path}'")
         samples = list(zip(paths, common.encode(names, labels), strict=True))
         train_idx, val_idx = common.stratified_split([t for _, t in samples], val_split, seed)
         return cls(labels, [samples[i] for i in train_idx], [samples[i] for i in val_idx], **kwargs)

@@ -63,7 +63,6 @@ class TextClassificationData(common.ClassificationDataModule):
         self.max_length_fixed = max_length is not None
         self.max_length = int(max_length) if max_length is not None else DEFAULT_MAX_LENGTH
         self.tokenizer = None
-        self.tokenizer_source = None
         if backbone is not None:
             from automl.flash.backbones import load_tokenizer
 
@@ -75,8 +74,8 @@ class TextClassificationData(common.ClassificationDataModule):
         cls,
         frame: pd.DataFrame,
         source: str,
-        input_field: str | None = None,
-        target_field: str | None = None,
+        input_field: str | int | None = None,
+        target_field: str | int | None = None,
         val_split: float = 0.2,
         seed: int = 42,
         first_row: int = 2,
@@ -90,7 +89,7 @@ class TextClassificationData(common.ClassificationDataModule):
             label = "" if label is None or (isinstance(label, float) and pd.isna(label)) else str(label).strip()
             if label == "":
                 raise DataError(
-                    f"{source}, row {row}: the label in column '{target_field}' is empty. Fill it in or drop the row."
+                    f"Row {row} of {source}: the label in column '{target_field}' is empty. Fill it in or drop the row."
                 )
             texts.append("" if text is None or (isinstance(text, float) and pd.isna(text)) else str(text))
             names.append(label)
@@ -102,12 +101,21 @@ class TextClassificationData(common.ClassificationDataModule):
 
     @classmethod
     def from_csv(
-        cls, path: str | Path, input_field: str | None = None, target_field: str | None = None, **kwargs
+        cls,
+        path: str | Path,
+        input_field: str | int | None = None,
+        target_field: str | int | None = None,
+        header: bool = True,
+        **kwargs,
     ) -> TextClassificationData:
-        """A CSV with a header; the text and label columns are found by name when not given."""
+        """A CSV (or ``.tsv``); the text and label columns are found by name when not given.
+
+        Columns are given by name or 0-based position; ``header=False`` for a file without a header row.
+        """
         path = common.existing_path(path, "CSV file")
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-        return cls.from_frame(frame, f"The CSV '{path}'", input_field, target_field, first_row=2, **kwargs)
+        frame = common.read_csv(path, header)
+        first_row = 2 if header else 1
+        return cls.from_frame(frame, f"the CSV '{path}'", input_field, target_field, first_row=first_row, **kwargs)
 
     @classmethod
     def from_jsonl(
@@ -125,7 +133,7 @@ class TextClassificationData(common.ClassificationDataModule):
                 except json.JSONDecodeError as exc:
                     raise DataError(f"{path}, line {row}: not valid JSON ({exc.msg}).") from exc
         frame = pd.DataFrame.from_records(records)
-        return cls.from_frame(frame, f"The JSONL file '{path}'", input_field, target_field, first_row=1, **kwargs)
+        return cls.from_frame(frame, f"the JSONL file '{path}'", input_field, target_field, first_row=1, **kwargs)
 
     @classmethod
     def from_folders(
@@ -143,9 +151,9 @@ class TextClassificationData(common.ClassificationDataModule):
                 texts.append(file.read_text(encoding="utf-8", errors="replace"))
                 names.append(folder.name)
         labels = sorted(set(names))
-        common.check_labels(labels, f"The folder '{root}'")
+        common.check_labels(labels, f"the folder '{root}'")
         frame = pd.DataFrame({"text": texts, "label": names})
-        return cls.from_frame(frame, f"The folder '{root}'", "text", "label", val_split, seed, **kwargs)
+        return cls.from_frame(frame, f"the folder '{root}'", "text", "label", val_split, seed, **kwargs)
 
     @classmethod
     def from_texts(cls, texts: Sequence[str], labels: Sequence[str], **kwargs) -> TextClassificationData:

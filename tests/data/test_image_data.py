@@ -86,7 +86,7 @@ def test_missing_path_is_named(tmp_path):
 
 def test_one_class_is_an_error(tmp_path):
     make_image_folder(tmp_path, per_class=3, classes={"only": 0})
-    with pytest.raises(DataError, match=r"only 'only' as classes; classification needs at least two"):
+    with pytest.raises(DataError, match=r"only one class \('only'\) in the folder"):
         ImageClassificationData.from_folders(tmp_path)
 
 

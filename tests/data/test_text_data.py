@@ -73,5 +73,17 @@ def test_csv_without_text_column_lists_its_columns(tmp_path):
 def test_empty_label_names_the_row(tmp_path):
     path = tmp_path / "gap.csv"
     pd.DataFrame({"text": ["x", "y", "z"], "label": ["a", "", "b"]}).to_csv(path, index=False)
-    with pytest.raises(DataError, match=r"row 3: the label in column 'label' is empty"):
+    with pytest.raises(DataError, match=r"Row 3 of the CSV .*gap.csv.: the label in column .label. is empty"):
         TextClassificationData.from_csv(path)
+
+
+def test_a_headerless_csv_takes_columns_by_position(tmp_path):
+    path = tmp_path / "news.csv"
+    rows = [(label, f"title {i}", text) for i, (text, label) in enumerate(make_texts(per_class=5))]
+    pd.DataFrame(rows).to_csv(path, index=False, header=False)
+    with pytest.raises(DataError, match=r"Cannot find the text column .*--no-header"):
+        TextClassificationData.from_csv(path)
+    data = TextClassificationData.from_csv(path, input_field=2, target_field="0", header=False)
+    assert data.labels == ["finance", "sport"]
+    texts = {t for t, _ in data.train_samples + data.val_samples}
+    assert texts == {text for text, _ in make_texts(per_class=5)}
