@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from automl import __version__
-from automl.config import TASKS, FitConfig, check_task, load_yaml
+from automl.config import TASKS, FitConfig, RunConfig, check_task, load_yaml
 from automl.errors import AutoMLError
 
 EXIT_USAGE = 2
@@ -48,70 +48,145 @@ def cli() -> None:
     """AutoML for image and text classification: a pretrained baseline in one command.
 
     \b
+      automl run --task image_classification --data ./imgs --target "accuracy>=0.9"
       automl fit --task image_classification --data ./imgs
       automl backbones --task text_classification
     """
 
 
-@cli.command()
-@click.option("--task", required=True, callback=_task, metavar="|".join(TASKS), help="What to learn.")
-@click.option(
-    "--data",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Images: a folder of class folders or a CSV. Text: a CSV, JSONL or folder of class folders.",
-)
-@click.option("--input-field", default=None, help="Column of the texts or image paths (name or 0-based position).")
-@click.option("--target-field", default=None, help="Column of the labels (name or 0-based position).")
-@click.option("--no-header", "no_header", is_flag=True, help="The CSV has no header row: name columns by position.")
-@click.option(
-    "--backbone", default=None, help="Backbone name (see `automl backbones`); default: the task's offline one."
-)
-@click.option(
-    "--weights", default=None, type=click.Path(path_type=Path), help="Local pretrained weights file or folder."
-)
-@click.option("--no-pretrained", "no_pretrained", is_flag=True, help="Random initialisation (no pretrained weights).")
-@click.option("--epochs", type=int, default=None, help="Training epochs.  [default: 5]")
-@click.option("--batch-size", type=int, default=None, help="Batch size.  [default: 32]")
-@click.option("--learning-rate", "--lr", "learning_rate", type=float, default=None, help="[default: 0.002]")
-@click.option("--image-size", type=int, default=None, help="Image side in pixels.  [default: 224]")
-@click.option("--max-length", type=int, default=None, help="Text length in tokens.  [default: 128]")
-@click.option(
-    "--strategy",
-    default=None,
-    help="no_freeze | freeze | freeze_unfreeze:EPOCH | unfreeze_milestones:E1,E2,LAYERS  [default: freeze_unfreeze:1]",
-)
-@click.option("--val-split", type=float, default=None, help="Share held out for validation.  [default: 0.2]")
-@click.option("--num-workers", type=int, default=None, help="Data loading processes.  [default: 0]")
-@click.option("--accelerator", default=None, help="cpu | gpu | mps | auto  [default: auto]")
-@click.option("--devices", default=None, help="Number of devices or 'auto'.  [default: auto]")
-@click.option("--output", default=None, type=click.Path(path_type=Path), help="Runs folder.  [default: runs]")
-@click.option("--seed", type=int, default=None, help="[default: 42]")
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="YAML file with any of these options (command-line options win).",
-)
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar; print only the results.")
-def fit(config_file: Path | None, quiet: bool, no_pretrained: bool, no_header: bool, **options) -> None:
-    """Train the Flash-tier baseline once and save the best model.
+_FIT_OPTIONS = [
+    click.option("--task", callback=_task, metavar="|".join(TASKS), help="What to learn (required)."),
+    click.option(
+        "--data",
+        type=click.Path(path_type=Path),
+        help="Images: a folder of class folders or a CSV. Text: a CSV, JSONL or folder of class folders (required).",
+    ),
+    click.option("--input-field", help="Column of the texts or image paths (name or 0-based position)."),
+    click.option("--target-field", help="Column of the labels (name or 0-based position)."),
+    click.option("--no-header", "no_header", is_flag=True, help="The CSV has no header row: name columns by position."),
+    click.option("--backbone", help="Backbone name (see `automl backbones`); default: the task's offline one."),
+    click.option("--weights", type=click.Path(path_type=Path), help="Local pretrained weights file or folder."),
+    click.option(
+        "--no-pretrained", "no_pretrained", is_flag=True, help="Random initialisation (no pretrained weights)."
+    ),
+    click.option("--epochs", type=int, help="Training epochs.  [default: 5]"),
+    click.option("--batch-size", type=int, help="Batch size.  [default: 32]"),
+    click.option("--learning-rate", "--lr", "learning_rate", type=float, help="[default: 0.002]"),
+    click.option("--image-size", type=int, help="Image side in pixels.  [default: 224]"),
+    click.option("--max-length", type=int, help="Text length in tokens.  [default: 128]"),
+    click.option(
+        "--strategy",
+        help="no_freeze | freeze | freeze_unfreeze:EPOCH | unfreeze_milestones:E1,E2,LAYERS"
+        "  [default: freeze_unfreeze:1]",
+    ),
+    click.option("--val-split", type=float, help="Share held out for validation.  [default: 0.2]"),
+    click.option("--num-workers", type=int, help="Data loading processes.  [default: 0]"),
+    click.option("--accelerator", help="cpu | gpu | mps | auto  [default: auto]"),
+    click.option("--devices", help="Number of devices or 'auto'.  [default: auto]"),
+    click.option("--output", type=click.Path(path_type=Path), help="Runs folder.  [default: runs]"),
+    click.option("--seed", type=int, help="[default: 42]"),
+    click.option(
+        "--config",
+        "config_file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="YAML file with any of these options (command-line options win).",
+    ),
+    click.option("-q", "--quiet", is_flag=True, help="No progress bars; print only the results."),
+]
 
-    Writes RUN/best/ (model.ckpt, labels.json, preprocessing.json), RUN/metrics.json and
-    RUN/config.yaml under --output, and prints the validation metrics.
-    """
+
+def fit_options(command):
+    for option in reversed(_FIT_OPTIONS):
+        command = option(command)
+    return command
+
+
+def _values(config_file: Path | None, no_pretrained: bool, no_header: bool, options: dict) -> dict:
+    """YAML values, overridden by the options given on the command line."""
     values = load_yaml(config_file) if config_file else {}
     values.update({k: str(v) if isinstance(v, Path) else v for k, v in options.items() if v is not None})
     if no_pretrained:
         values["pretrained"] = False
     if no_header:
         values["header"] = False
-    config = FitConfig.from_dict(values)
+    return values
+
+
+@cli.command()
+@fit_options
+def fit(config_file: Path | None, quiet: bool, no_pretrained: bool, no_header: bool, **options) -> None:
+    """Train the Flash-tier baseline once and save the best model.
+
+    Writes RUN/best/ (model.ckpt, labels.json, preprocessing.json), RUN/metrics.json and
+    RUN/config.yaml under --output, and prints the validation metrics.
+    """
+    config = FitConfig.from_dict(_values(config_file, no_pretrained, no_header, options))
 
     from automl.pipeline import fit_baseline
 
+    if quiet:
+        from automl.flash.fit import quiet_library_logs
+
+        quiet_library_logs()
     result = fit_baseline(config, progress=not quiet)
     _print_fit(result)
+
+
+@cli.command()
+@fit_options
+@click.option("--target", help="The goal, e.g. 'accuracy>=0.9', 'f1_macro>=0.8', 'val_loss<=0.3' (required).")
+@click.option("--trials", type=int, help="Trials in the study, the baseline (trial 0) included.  [default: 10]")
+@click.option("--time-budget", help="e.g. 90s, 20m, 1h: no trial starts after it; a running one stops at it.")
+@click.option("--storage", help="Optuna storage URL.  [default: sqlite:///OUTPUT/optuna.db]")
+@click.option("--study", help="Study name.  [default: task + data fingerprint, so a re-run resumes]")
+@click.option(
+    "--tracking-uri", help="MLflow tracking URI.  [default: $MLFLOW_TRACKING_URI or sqlite:///OUTPUT/mlflow.db]"
+)
+@click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]), help="[default: median]")
+@click.option("--backbones", help="Comma-separated backbones the search may pick.  [default: those available offline]")
+def run(config_file: Path | None, quiet: bool, no_pretrained: bool, no_header: bool, **options) -> None:
+    """Baseline, Optuna tuning and a verdict against --target, tracked in MLflow.
+
+    Exit status: 0 when the target is met, 3 when it is missed, 2 for bad input. Re-running the same
+    command resumes: finished stages are skipped and the study continues.
+    """
+    if options.get("backbones"):
+        options["backbones"] = [b.strip() for b in options["backbones"].split(",") if b.strip()]
+    config = RunConfig.from_dict(_values(config_file, no_pretrained, no_header, options))
+
+    from automl.pipeline import run as run_pipeline
+
+    def report(line: str) -> None:
+        if not quiet:
+            click.secho(line, fg="cyan", err=True)
+
+    result = run_pipeline(config, progress=not quiet, report=report)
+    _print_run(result)
+    sys.exit(result.exit_code)
+
+
+def _print_run(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    verdict = result.verdict
+    table = Table(title=f"automl run: {result.run_dir}", title_justify="left")
+    for column in ("stage", "trials", "best score", "note", "time"):
+        table.add_column(column, justify="right" if column in ("trials", "best score", "time") else "left")
+    for line in result.stages:
+        best = "" if line.best is None else f"{line.best:.4f}"
+        trials = "" if line.trials is None else str(line.trials)
+        table.add_row(line.stage, trials, best, line.note, f"{line.seconds:.0f}s" if line.seconds else "")
+    console = Console()
+    console.print(table)
+    ci = f"95% CI {verdict['ci_low']:.4f}-{verdict['ci_high']:.4f}"
+    gap = "" if result.met else f", short by {verdict['gap']:.4f}"
+    console.print(
+        f"target {result.target}: {verdict['metric']} {verdict['score']:.4f} ({ci}) -> "
+        f"[bold]{verdict['verdict'].upper()}[/bold]{gap}"
+    )
+    console.print(f"best trial {verdict['best_trial']}: {result.best_params}")
+    console.print(f"model: {result.run_dir / 'best'}   total time: {result.seconds:.0f}s")
 
 
 def _print_fit(result) -> None:

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,9 @@ class FitConfig:
     batch_size: int = 32
     learning_rate: float = 2e-3
     strategy: str = "freeze_unfreeze:1"
+    weight_decay: float = 0.0
+    dropout: float = 0.0
+    label_smoothing: float = 0.0
     image_size: int = 224
     max_length: int = 128
     val_split: float = 0.2
@@ -63,6 +67,8 @@ class FitConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}.")
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}.")
+        if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.label_smoothing < 1.0 or self.weight_decay < 0:
+            raise ConfigError("dropout and label_smoothing lie in [0, 1), weight_decay is at least 0.")
 
     @property
     def modality(self) -> str:
@@ -74,12 +80,20 @@ class FitConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> FitConfig:
+        missing = [key for key in ("task", "data") if values.get(key) in (None, "")]
+        if missing:
+            raise ConfigError(
+                " and ".join(missing)
+                + " must be given: "
+                + " ".join(f"--{k} ..." for k in missing)
+                + " on the command line, or in the --config YAML."
+            )
         unknown = sorted(set(values) - set(cls.keys()))
         if unknown:
             raise ConfigError(
                 f"Unknown configuration key(s): {', '.join(unknown)}. Valid keys: {', '.join(cls.keys())}."
             )
-        return cls(**values)
+        return cls(**{key: _coerce(cls, key, value) for key, value in values.items()})
 
     def to_dict(self) -> dict:
         return {key: getattr(self, key) for key in self.keys()}
@@ -98,3 +112,70 @@ def load_yaml(path: Path) -> dict:
     if not isinstance(values, dict):
         raise ConfigError(f"The configuration file '{path}' must hold a mapping of option: value.")
     return values
+
+
+def _coerce(cls, key: str, value):
+    """YAML and the command line hand over strings and lists; fields say what they hold."""
+    kind = str({f.name: f.type for f in dataclasses.fields(cls)}[key])
+    if isinstance(value, list) and "tuple" in kind:
+        return tuple(value)
+    return value
+
+
+@dataclass(frozen=True)
+class RunConfig(FitConfig):
+    """``automl run``: the Flash-tier options (the baseline) plus tuning, target and tracking."""
+
+    target: str | None = None  # e.g. "accuracy>=0.9"; required
+    trials: int = 10  # every finished trial of the study counts, the baseline included
+    time_budget: str | None = None  # "90s", "20m", "1h": no new trial starts past it
+    storage: str | None = None  # Optuna storage URL; default sqlite:///<output>/optuna.db
+    study: str | None = None  # default: task + data fingerprint, so re-running resumes
+    tracking_uri: str | None = None  # MLflow; default MLFLOW_TRACKING_URI or sqlite:///<output>/mlflow.db
+    pruner: str = "median"  # median | hyperband | none
+    backbones: tuple[str, ...] | None = None  # backbones the search may pick; default: those available offline
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.target:
+            raise ConfigError("automl run needs a target, e.g. --target 'accuracy>=0.9'.")
+        from automl.target import parse_target
+
+        parse_target(self.target)
+        if self.trials < 1:
+            raise ConfigError(f"trials must be at least 1 (the baseline is trial 0), got {self.trials}.")
+        if self.time_budget is not None:
+            parse_duration(self.time_budget)
+        if self.pruner not in ("median", "hyperband", "none"):
+            raise ConfigError(f"Unknown pruner '{self.pruner}'. Choose median, hyperband or none.")
+
+    @property
+    def budget_seconds(self) -> float | None:
+        return None if self.time_budget is None else parse_duration(self.time_budget)
+
+    def fit_config(self, **changes) -> FitConfig:
+        values = {key: getattr(self, key) for key in FitConfig.keys()}
+        return FitConfig(**{**values, **changes})
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)")
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Seconds in "90s", "20m", "1h", "1h30m" or a plain number of seconds."""
+    if isinstance(text, (int, float)):
+        seconds = float(text)
+    else:
+        cleaned = str(text).strip().lower()
+        try:
+            seconds = float(cleaned)
+        except ValueError:
+            parts = _DURATION.findall(cleaned)
+            if not parts or _DURATION.sub("", cleaned).strip():
+                raise ConfigError(
+                    f"Cannot read the time budget {text!r}: write e.g. '90s', '20m', '1h' or '1h30m'."
+                ) from None
+            seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[unit] for n, unit in parts)
+    if seconds <= 0:
+        raise ConfigError(f"The time budget must be positive, got {text!r}.")
+    return seconds

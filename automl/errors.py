@@ -36,6 +36,14 @@ class ConfigError(AutoMLError):
     """An option or configuration value is invalid."""
 
 
+class TargetSyntax(ConfigError):
+    """The target string does not parse, names an unknown metric, or asks for an impossible value."""
+
+
+class StoreUnavailable(AutoMLError):
+    """The Optuna storage or the MLflow tracking store cannot be reached."""
+
+
 def close_names(name: str, candidates: Iterable[str], n: int = 5) -> list[str]:
     """Up to ``n`` candidates that look like ``name`` (for "did you mean" hints)."""
     candidates = list(candidates)

@@ -21,10 +21,27 @@ def runner() -> CliRunner:
 
 def fit_args(data: Path, output: Path, *extra: str) -> list[str]:
     return [
-        "fit", "--task", "image_classification", "--data", str(data), "--output", str(output),
-        "--backbone", TINY_IMAGE_BACKBONE, "--no-pretrained", "--image-size", "32", "--epochs", "2",
-        "--batch-size", "8", "--accelerator", "cpu", "-q", *extra,
-    ]  # fmt: skip
+        "fit",
+        "--task",
+        "image_classification",
+        "--data",
+        str(data),
+        "--output",
+        str(output),
+        "--backbone",
+        TINY_IMAGE_BACKBONE,
+        "--no-pretrained",
+        "--image-size",
+        "32",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--accelerator",
+        "cpu",
+        "-q",
+        *extra,
+    ]
 
 
 def test_fit_writes_the_best_model_and_its_metrics(tmp_path, runner):
@@ -103,9 +120,26 @@ def test_help_does_not_import_torch():
 
 
 def test_fit_trains_a_text_classifier_from_a_csv(tmp_path, runner, text_csv, tiny_bert_dir):
-    args = ["fit", "--task", "text_classification", "--data", str(text_csv), "--backbone", str(tiny_bert_dir),
-            "--epochs", "1", "--max-length", "24", "--strategy", "no_freeze", "--output", str(tmp_path / "runs"),
-            "--accelerator", "cpu", "-q"]  # fmt: skip
+    args = [
+        "fit",
+        "--task",
+        "text_classification",
+        "--data",
+        str(text_csv),
+        "--backbone",
+        str(tiny_bert_dir),
+        "--epochs",
+        "1",
+        "--max-length",
+        "24",
+        "--strategy",
+        "no_freeze",
+        "--output",
+        str(tmp_path / "runs"),
+        "--accelerator",
+        "cpu",
+        "-q",
+    ]
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
     (run_dir,) = (tmp_path / "runs").iterdir()

@@ -141,8 +141,16 @@ class ClassificationDataModule(pl.LightningDataModule):
 
     collate = None
 
-    def __init__(self, labels, train_samples=(), val_samples=(), test_samples=(), predict_samples=(),
-                 batch_size: int = 32, num_workers: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        labels,
+        train_samples=(),
+        val_samples=(),
+        test_samples=(),
+        predict_samples=(),
+        batch_size: int = 32,
+        num_workers: int = 0,
+    ):
         super().__init__()
         self.labels = [str(label) for label in labels]
         self.train_samples = list(train_samples)
@@ -155,6 +163,25 @@ class ClassificationDataModule(pl.LightningDataModule):
     @property
     def num_classes(self) -> int:
         return len(self.labels)
+
+    def options(self) -> dict:
+        """The constructor arguments that rebuild this datamodule (subclasses add theirs)."""
+        return {
+            "labels": self.labels,
+            "train_samples": self.train_samples,
+            "val_samples": self.val_samples,
+            "test_samples": self.test_samples,
+            "predict_samples": self.predict_samples,
+            "batch_size": self.batch_size,
+            "num_workers": self.num_workers,
+        }
+
+    def with_options(self, **changes):
+        """The same samples served differently (a trial's batch size, image size, max length...)."""
+        unknown = set(changes) - set(self.options())
+        if unknown:
+            raise TypeError(f"Unknown datamodule options: {', '.join(sorted(unknown))}")
+        return type(self)(**{**self.options(), **changes})
 
     def make_dataset(self, samples: list, train: bool) -> Dataset:
         raise NotImplementedError

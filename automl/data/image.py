@@ -184,6 +184,11 @@ class ImageClassificationData(common.ClassificationDataModule):
             raise DataError("No image files to predict on.")
         return cls(labels, predict_samples=[(p, -1) for p in paths], **kwargs)
 
+    def options(self) -> dict:
+        # an unset normalisation stays unset: the next model sets its own
+        mean, std = (self.mean, self.std) if self.normalization_fixed else (None, None)
+        return {**super().options(), "image_size": self.image_size, "augment": self.augment, "mean": mean, "std": std}
+
     # ----------------------------------------------------------------- transforms
     def adapt_to(self, model) -> None:
         """Take the normalisation the model's backbone weights expect, unless it was set explicitly."""

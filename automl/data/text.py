@@ -160,6 +160,10 @@ class TextClassificationData(common.ClassificationDataModule):
         """Texts to predict, with the label names of the trained model."""
         return cls(labels, predict_samples=[(str(t), -1) for t in texts], **kwargs)
 
+    def options(self) -> dict:
+        # the tokenizer is not an option: a rebuilt datamodule takes its model's, or its own backbone's
+        return {**super().options(), "max_length": self.max_length if self.max_length_fixed else None}
+
     # ----------------------------------------------------------------- tokenisation
     def adapt_to(self, model) -> None:
         """Take the model's tokenizer and ``max_length`` unless they were set here."""

@@ -1,0 +1,235 @@
+"""Training one Flash-tier configuration: data, model, Trainer, best checkpoint, predictions.
+
+Used by ``automl fit`` (one fit) and by every trial of ``automl run``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning.pytorch as pl
+import numpy as np
+
+from automl import metrics as m
+from automl.config import IMAGE_CLASSIFICATION, FitConfig
+from automl.errors import DataError
+from automl.flash import backbones as bb
+from automl.flash.finetuning import finetune, parse_strategy
+
+CHECKPOINT_FILE = "model.ckpt"
+LABELS_FILE = "labels.json"
+PREPROCESSING_FILE = "preprocessing.json"
+
+
+def quiet_library_logs() -> None:
+    """Per-fit chatter (device lines, "fit stopped") that a run of many trials repeats for nothing."""
+    import logging
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+
+def quiet_library_warnings() -> None:
+    """Warnings users cannot act on (we chose num_workers on purpose; library deprecations)."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
+    for handler in logging.getLogger("lightning.pytorch").handlers:
+        handler.addFilter(lambda record: "💡 Tip" not in record.getMessage())  # advertisements
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def load_data(config: FitConfig):
+    """The datamodule for ``config.data``: a folder or CSV of images; a CSV, JSONL or folder of texts."""
+    from automl.data import ImageClassificationData, TextClassificationData
+    from automl.data.common import existing_path
+
+    path = existing_path(config.data)
+    common = {
+        "val_split": config.val_split,
+        "seed": config.seed,
+        "batch_size": config.batch_size,
+        "num_workers": config.num_workers,
+    }
+    fields = {"input_field": config.input_field, "target_field": config.target_field}
+    if config.task == IMAGE_CLASSIFICATION:
+        kwargs = {**common, "image_size": config.image_size}
+        if path.is_dir():
+            return ImageClassificationData.from_folders(path, **kwargs)
+        if path.suffix.lower() in (".csv", ".tsv"):
+            return ImageClassificationData.from_csv(path, header=config.header, **fields, **kwargs)
+        raise DataError(f"'{path}' is neither a folder of class folders nor a CSV of image paths and labels.")
+    kwargs = {**common, "max_length": config.max_length}
+    if path.is_dir():
+        return TextClassificationData.from_folders(path, **kwargs)
+    if path.suffix.lower() in (".csv", ".tsv"):
+        return TextClassificationData.from_csv(path, header=config.header, **fields, **kwargs)
+    if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+        return TextClassificationData.from_jsonl(path, **fields, **kwargs)
+    raise DataError(f"'{path}' is not a CSV, a JSONL file or a folder of class folders of .txt files.")
+
+
+def data_for(config: FitConfig, datamodule):
+    """``datamodule``'s samples served the way ``config`` asks (batch size, image size, max length)."""
+    if config.task == IMAGE_CLASSIFICATION:
+        return datamodule.with_options(batch_size=config.batch_size, image_size=config.image_size)
+    return datamodule.with_options(batch_size=config.batch_size, max_length=config.max_length)
+
+
+def default_backbone(config: FitConfig) -> str:
+    if config.backbone:
+        return config.backbone
+    return bb.DEFAULT_IMAGE_BACKBONE if config.task == IMAGE_CLASSIFICATION else bb.DEFAULT_TEXT_BACKBONE
+
+
+def build_model(config: FitConfig, labels: list[str]):
+    from automl.flash.tasks import ImageClassifier, TextClassifier
+
+    common = {
+        "labels": labels,
+        "backbone": default_backbone(config),
+        "pretrained": config.pretrained,
+        "weights": config.weights,
+        "learning_rate": config.learning_rate,
+        "dropout": config.dropout,
+        "weight_decay": config.weight_decay,
+        "label_smoothing": config.label_smoothing,
+    }
+    if config.task == IMAGE_CLASSIFICATION:
+        return ImageClassifier(**common)
+    return TextClassifier(max_length=config.max_length, **common)
+
+
+@dataclass
+class Trained:
+    model: pl.LightningModule
+    datamodule: pl.LightningDataModule
+    trainer: pl.Trainer
+    checkpoint: str | None  # the best epoch's checkpoint
+    best_epoch: int | None
+    best_score: float | None  # the monitored metric at the best epoch
+
+
+def train(
+    config: FitConfig,
+    datamodule,
+    out_dir: Path,
+    monitor: str = m.VAL_ACCURACY,
+    callbacks=(),
+    logger=None,
+    progress: bool = True,
+) -> Trained:
+    """Fit ``config`` on ``datamodule``; the best epoch (by ``monitor``) is checkpointed in ``out_dir``."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    quiet_library_warnings()
+    strategy = parse_strategy(config.strategy)
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    model = build_model(config, datamodule.labels)
+    mode = "max" if m.VALIDATION_METRICS[monitor] else "min"
+    checkpoint = ModelCheckpoint(
+        dirpath=Path(out_dir) / "checkpoints",
+        filename="best-epoch{epoch}",
+        monitor=monitor,
+        mode=mode,
+        save_top_k=1,
+        auto_insert_metric_name=False,
+    )
+    trainer = finetune(
+        model,
+        datamodule,
+        strategy=strategy.as_flash(),
+        max_epochs=config.epochs,
+        accelerator=config.accelerator,
+        devices=_devices(config.devices),
+        callbacks=[checkpoint, *callbacks],
+        enable_checkpointing=True,
+        enable_progress_bar=progress,
+        logger=logger if logger is not None else False,
+        default_root_dir=out_dir,
+        log_every_n_steps=10,
+        num_sanity_val_steps=0,
+    )
+    best = checkpoint.best_model_path or None
+    score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
+    return Trained(model, datamodule, trainer, best, _epoch_of(best), score)
+
+
+def validate(trained: Trained) -> dict[str, float]:
+    """Every validation metric of the best checkpoint."""
+    if not trained.checkpoint:
+        raise DataError("Training finished without a validation score; is the validation split empty?")
+    results = trained.trainer.validate(
+        trained.model, datamodule=trained.datamodule, ckpt_path=trained.checkpoint, verbose=False
+    )
+    scores = {k: float(v) for k, v in results[0].items() if k in m.VALIDATION_METRICS}
+    missing = [k for k in m.VALIDATION_METRICS if k not in scores]
+    if missing:
+        raise RuntimeError(f"The validation run did not log {', '.join(missing)}.")
+    return scores
+
+
+def load_classifier(checkpoint: str | Path):
+    """A trained ImageClassifier or TextClassifier from its checkpoint (no pretrained weights needed)."""
+    import torch
+
+    from automl.flash.tasks import ImageClassifier, TextClassifier
+
+    hparams = torch.load(checkpoint, map_location="cpu", weights_only=False).get("hyper_parameters", {})
+    cls = TextClassifier if "max_length" in hparams else ImageClassifier
+    return cls.load_from_checkpoint(checkpoint, pretrained=False, map_location="cpu")
+
+
+def predict_validation(model, datamodule, accelerator: str = "auto") -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(true class indices, class probabilities, sample ids) for the validation split."""
+    import torch
+
+    predict = datamodule.with_options(predict_samples=datamodule.val_samples)
+    trainer = pl.Trainer(
+        accelerator=accelerator, devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    probabilities = torch.cat(trainer.predict(model, datamodule=predict)).float().numpy()
+    targets = np.array([target for _, target in datamodule.val_samples])
+    ids = [sample_id(i, item) for i, (item, _) in enumerate(datamodule.val_samples)]
+    return targets, probabilities, ids
+
+
+def sample_id(index: int, item) -> str:
+    return str(item) if isinstance(item, Path) else f"row {index}"
+
+
+def save_best(out: Path, checkpoint: str, datamodule, config: FitConfig) -> None:
+    """``out/`` gets the checkpoint, the labels and the preprocessing a deployed model needs."""
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(checkpoint, out / CHECKPOINT_FILE)
+    write_json(out / LABELS_FILE, datamodule.labels)
+    write_json(
+        out / PREPROCESSING_FILE,
+        {**datamodule.preprocessing(), "task": config.task, "backbone": default_backbone(config)},
+    )
+
+
+def write_json(path: Path, values) -> None:
+    """Atomic write: a reader never sees half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(values, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _devices(value: str):
+    return int(value) if str(value).isdigit() else value
+
+
+def _epoch_of(checkpoint_path: str | None) -> int | None:
+    found = re.search(r"best-epoch(\d+)", Path(checkpoint_path).name) if checkpoint_path else None
+    return int(found.group(1)) if found else None

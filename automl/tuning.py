@@ -1,0 +1,285 @@
+"""Optuna tuning of the Flash tier: search space, objective, study, pruning and time budget.
+
+The only module that imports optuna. Training itself is a function handed in by the pipeline
+(``train(number, params, callbacks) -> TrialOutcome``), so the study logic can be tested with any
+function, and the same study can be shared by workers through an RDB storage URL.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import lightning.pytorch as pl
+
+from automl.errors import StoreUnavailable
+
+PRUNERS = ("median", "hyperband", "none")
+BASELINE = "baseline"
+FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
+
+
+@dataclass
+class TrialOutcome:
+    """What one training run gives back to the study."""
+
+    score: float  # the best value of the monitored metric over the trial's epochs
+    checkpoint: str | None = None
+    best_epoch: int | None = None
+    stopped_at_deadline: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+TrainFn = Callable[[int, dict, list], TrialOutcome]
+
+
+# --------------------------------------------------------------------------- search space
+@dataclass(frozen=True)
+class SearchSpace:
+    """The Flash tier's knobs. Every baseline value lies inside the space, so the baseline can be
+    enqueued as trial 0 and TPE learns from it."""
+
+    modality: str  # "image" or "text"
+    backbones: tuple[str, ...]
+    epochs: int
+    image_size: int = 224
+    max_length: int = 128
+    batch_size: int = 32
+    strategy: str = "freeze_unfreeze:1"
+
+    def suggest(self, trial) -> dict:
+        params = {
+            "learning_rate": trial.suggest_float("learning_rate", 1e-4, 3e-2, log=True),
+            "batch_size": trial.suggest_categorical("batch_size", self._choices(self.batch_size, (16, 32, 64))),
+            "backbone": trial.suggest_categorical("backbone", list(self.backbones)),
+            "strategy": trial.suggest_categorical(
+                "strategy", self._choices(self.strategy, ("freeze", "freeze_unfreeze:1", "no_freeze"))
+            ),
+            "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True),
+            "dropout": trial.suggest_float("dropout", 0.0, 0.5),
+            "epochs": trial.suggest_int("epochs", max(1, self.epochs - 2), self.epochs + 2),
+            "label_smoothing": trial.suggest_float("label_smoothing", 0.0, 0.2),
+        }
+        if self.modality == "image":
+            # below 64 px an ImageNet backbone's last feature map is 1x1 and learns little
+            smaller = max(min(64, self.image_size), int(round(self.image_size * 0.75 / 8)) * 8)
+            params["image_size"] = trial.suggest_categorical("image_size", self._choices(self.image_size, (smaller,)))
+        else:
+            shorter = max(16, self.max_length // 2)
+            params["max_length"] = trial.suggest_categorical("max_length", self._choices(self.max_length, (shorter,)))
+        return params
+
+    @staticmethod
+    def _choices(value, others):
+        return sorted({value, *others}, key=str)
+
+
+def baseline_params(
+    space: SearchSpace, learning_rate: float, weight_decay: float, dropout: float, label_smoothing: float
+) -> dict:
+    """The Flash-tier defaults, expressed as a point of ``space``."""
+    params = {
+        "learning_rate": learning_rate,
+        "batch_size": space.batch_size,
+        "backbone": space.backbones[0],
+        "strategy": space.strategy,
+        # log-uniform parameters cannot be 0: their smallest value stands for "none"
+        "weight_decay": max(weight_decay, 1e-6),
+        "dropout": dropout,
+        "epochs": space.epochs,
+        "label_smoothing": label_smoothing,
+    }
+    params["image_size" if space.modality == "image" else "max_length"] = (
+        space.image_size if space.modality == "image" else space.max_length
+    )
+    return params
+
+
+# --------------------------------------------------------------------------- callbacks
+class Deadline(pl.Callback):
+    """Stops training at the time-budget deadline; the epochs already validated still count."""
+
+    def __init__(self, deadline: float | None):
+        self.deadline = deadline
+        self.triggered = False
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if self.deadline is not None and time.time() >= self.deadline:
+            self.triggered = True
+            trainer.should_stop = True
+
+
+def pruning_callback(trial, monitor: str):
+    from optuna_integration import PyTorchLightningPruningCallback
+
+    return PyTorchLightningPruningCallback(trial, monitor=monitor)
+
+
+def is_pruned(error: BaseException) -> bool:
+    import optuna
+
+    return isinstance(error, optuna.TrialPruned)
+
+
+# --------------------------------------------------------------------------- the study
+def make_pruner(pruner):
+    import optuna
+
+    if not isinstance(pruner, str):
+        return pruner  # a ready optuna pruner (tests pass one whose decision is fixed)
+    if pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    if pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1)
+    return optuna.pruners.NopPruner()
+
+
+@dataclass
+class Progress:
+    """Handed to the ``on_trial`` hook before each trial starts."""
+
+    number: int  # the trial about to start
+    finished: int
+    total: int
+    best: float | None
+    seconds_left: float | None
+
+
+class Tuner:
+    """An Optuna study over ``space``, maximising or minimising ``monitor``; resumes when it exists."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        storage: str,
+        study_name: str,
+        direction: str,
+        monitor: str,
+        seed: int = 42,
+        pruner="median",
+    ):
+        import optuna
+
+        self.space = space
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.monitor = monitor
+        self.storage_url = storage
+        try:
+            self.study = optuna.create_study(
+                storage=storage,
+                study_name=study_name,
+                direction=direction,
+                sampler=optuna.samplers.TPESampler(seed=seed),
+                pruner=make_pruner(pruner),
+                load_if_exists=True,
+            )
+        except Exception as exc:  # sqlalchemy/driver errors for a bad or unreachable URL
+            raise StoreUnavailable(
+                f"Cannot open the Optuna storage '{storage}': {str(exc).splitlines()[0]}. "
+                "Check the URL, or leave --storage out for a local SQLite file."
+            ) from exc
+        self.uses_pruning = not isinstance(self.study.pruner, optuna.pruners.NopPruner)
+
+    # ------------------------------------------------------------------ state
+    def finished_trials(self) -> list:
+        return [t for t in self.study.get_trials(deepcopy=False) if t.state.name in FINISHED_STATES]
+
+    def best_trial(self):
+        complete = [t for t in self.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+        return self.study.best_trial if complete else None
+
+    def enqueue_baseline(self, params: dict) -> None:
+        """Trial 0 is the Flash-tier baseline (once per study, however often the run resumes)."""
+        if not self.study.get_trials(deepcopy=False):
+            self.study.enqueue_trial(params, user_attrs={"role": BASELINE})
+
+    def summary(self) -> list[dict]:
+        rows = []
+        for trial in self.study.get_trials(deepcopy=False):
+            rows.append(
+                {
+                    "number": trial.number,
+                    "state": trial.state.name,
+                    "value": trial.value,
+                    "seconds": trial.user_attrs.get("seconds"),
+                    "role": trial.user_attrs.get("role", "tuning"),
+                    "reason": trial.user_attrs.get("fail_reason") or trial.user_attrs.get("pruned_reason"),
+                    "params": trial.params,
+                }
+            )
+        return rows
+
+    # ------------------------------------------------------------------ running
+    def run(
+        self,
+        train: TrainFn,
+        total_trials: int,
+        deadline: float | None = None,
+        on_trial: Callable[[Progress], None] | None = None,
+        max_new: int | None = None,
+    ) -> str:
+        """Run trials until the study holds ``total_trials`` finished ones (every trial counts, the
+        baseline included), ``max_new`` were started here, or the time budget says stop.
+
+        No new trial starts when the time left is below the median duration of the finished trials.
+        Returns why it stopped: "trials", "budget" or "max_new".
+        """
+        started = 0
+        while True:
+            finished = self.finished_trials()
+            if len(finished) >= total_trials:
+                return "trials"
+            if max_new is not None and started >= max_new:
+                return "max_new"
+            left = None if deadline is None else deadline - time.time()
+            if left is not None:
+                durations = [t.user_attrs["seconds"] for t in finished if "seconds" in t.user_attrs]
+                if left <= 0 or (durations and left < statistics.median(durations)):
+                    return "budget"
+            if on_trial is not None:
+                best = self.best_trial()
+                on_trial(Progress(self._next_number(), len(finished), total_trials, best.value if best else None, left))
+            self.study.optimize(self._objective(train, deadline), n_trials=1, catch=(Exception,))
+            started += 1
+
+    def _next_number(self) -> int:
+        """The number the next trial gets: an enqueued (waiting) one runs first."""
+        trials = self.study.get_trials(deepcopy=False)
+        waiting = [t.number for t in trials if t.state.name == "WAITING"]
+        return waiting[0] if waiting else len(trials)
+
+    def _objective(self, train: TrainFn, deadline: float | None):
+        import optuna
+
+        def objective(trial) -> float:
+            params = self.space.suggest(trial)
+            deadline_cb = Deadline(deadline)
+            callbacks = [deadline_cb]
+            if self.uses_pruning:
+                callbacks.append(pruning_callback(trial, self.monitor))
+            started = time.time()
+            trial.set_user_attr("started_at", started)
+            try:
+                outcome = train(trial.number, params, callbacks)
+            except optuna.TrialPruned as pruned:
+                trial.set_user_attr("pruned_reason", str(pruned))
+                raise
+            except Exception as exc:
+                trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:1000])
+                raise
+            finally:
+                # measured on the same clock as the deadline; the budget logic uses it
+                trial.set_user_attr("seconds", time.time() - started)
+            if outcome.checkpoint:
+                trial.set_user_attr("checkpoint", outcome.checkpoint)
+            if outcome.best_epoch is not None:
+                trial.set_user_attr("best_epoch", outcome.best_epoch)
+            trial.set_user_attr("stopped_at_deadline", deadline_cb.triggered)
+            if outcome.score is None or not math.isfinite(outcome.score):
+                raise ValueError(f"The trial ended without a finite {self.monitor}.")
+            return outcome.score
+
+        return objective

@@ -1,0 +1,200 @@
+"""``automl run`` end to end on tiny data: stages, journal, resume, MLflow, verdict, exit codes."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+from click.testing import CliRunner
+from conftest import TINY_IMAGE_BACKBONE, make_image_folder
+
+from automl import metrics as m
+from automl import pipeline, tracking
+from automl.cli import cli
+from automl.config import RunConfig
+from automl.errors import StoreUnavailable
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory) -> str:
+    """One MLflow store for the module: creating its tables takes seconds."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("data") / "imgs", per_class=8)
+
+
+def run_config(images, output, tracking_uri, **changes) -> RunConfig:
+    values = dict(
+        task="image_classification",
+        data=str(images),
+        output=str(output),
+        target="accuracy>=0.0",
+        trials=3,
+        backbone=TINY_IMAGE_BACKBONE,
+        pretrained=False,
+        epochs=2,
+        batch_size=4,
+        image_size=32,
+        accelerator="cpu",
+        tracking_uri=tracking_uri,
+        pruner="none",
+    )
+    return RunConfig(**{**values, **changes})
+
+
+def trial_states(run_dir, output) -> list[str]:
+    study = optuna.load_study(study_name=run_dir.name, storage=f"sqlite:///{output / 'optuna.db'}")
+    return [t.state.name for t in study.get_trials()]
+
+
+def test_a_run_tunes_judges_tracks_and_writes_its_folder(tmp_path, images, tracking_uri):
+    lines = []
+    result = pipeline.run(run_config(images, tmp_path, tracking_uri), progress=False, report=lines.append)
+    run_dir = result.run_dir
+    assert result.met and result.exit_code == 0
+    assert trial_states(run_dir, tmp_path) == ["COMPLETE"] * 3
+
+    journal = json.loads((run_dir / "journal.json").read_text())
+    assert list(journal["stages"]) == ["inspect", "baseline", "tune", "verdict", "finalise"]
+    assert journal["stages"]["baseline"]["result"]["number"] == 0
+    assert journal["stages"]["baseline"]["result"]["params"]["learning_rate"] == 2e-3  # the Flash-tier default
+
+    predictions = pd.read_csv(run_dir / "predictions_val.csv")
+    assert len(predictions) == 6 and set(predictions["true"]) == {"blue things", "green things", "red things"}
+    accuracy = (predictions["true"] == predictions["predicted"]).mean()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics[m.VAL_ACCURACY] == pytest.approx(accuracy)  # the verdict is taken on these predictions
+    assert metrics["score"] == pytest.approx(accuracy) and metrics["ci_low"] <= accuracy <= metrics["ci_high"]
+    study = pd.read_csv(run_dir / "study.csv")
+    assert metrics["score"] == pytest.approx(study["value"].max(), abs=1e-6)  # the best trial's model was judged
+    assert (run_dir / "best" / "model.ckpt").exists() and (run_dir / "inspection.json").exists()
+    assert any(line.startswith("[3/5] tuning: trial 2/3, best") for line in lines)
+
+    tracker = tracking.Tracker(tracking_uri, tmp_path / "artifacts")
+    parent = tracker.client.get_run(journal["mlflow_run_id"])
+    assert parent.data.tags["verdict"] == "met" and parent.info.status == "FINISHED"
+    children = tracker.runs(parent.info.run_id)
+    assert sorted(c.data.tags["trial"] for c in children) == ["0", "1", "2"]
+    for child in children:
+        assert m.VAL_ACCURACY in child.data.metrics and "learning_rate" in child.data.params
+        history = tracker.client.get_metric_history(child.info.run_id, m.VAL_ACCURACY)
+        assert len(history) == int(child.data.params["epochs"])  # one point per epoch, from MLFlowLogger
+    artifacts = {a.path for a in tracker.client.list_artifacts(parent.info.run_id)}
+    assert {"journal.json", "config.yaml", "study.csv", "best"} <= artifacts
+
+
+def test_an_interrupted_run_resumes_without_repeating_the_baseline(tmp_path, images, tracking_uri):
+    config = run_config(images, tmp_path, tracking_uri, study="resume-me")
+
+    def interrupt_when_tuning_starts(line: str) -> None:
+        if line.startswith("[3/5]"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(config, progress=False, report=interrupt_when_tuning_starts)
+    run_dir = tmp_path / "resume-me"
+    assert trial_states(run_dir, tmp_path) == ["COMPLETE"]  # the baseline only
+    first_parent = json.loads((run_dir / "journal.json").read_text())["mlflow_run_id"]
+
+    lines = []
+    result = pipeline.run(config, progress=False, report=lines.append)
+    assert trial_states(run_dir, tmp_path) == ["COMPLETE"] * 3
+    assert "[2/5] baseline: done in an earlier run, skipped" in lines
+    assert not any(line.startswith("[2/5] baseline: trial") for line in lines)
+    study = optuna.load_study(study_name="resume-me", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [t.user_attrs.get("role") for t in study.trials] == ["baseline", None, None]
+    assert json.loads((result.run_dir / "journal.json").read_text())["mlflow_run_id"] == first_parent
+
+
+def test_an_unreachable_target_is_missed_with_its_gap(tmp_path, images, tracking_uri):
+    result = pipeline.run(run_config(images, tmp_path, tracking_uri, target="val_loss<=0.0", trials=1), progress=False)
+    assert not result.met and result.exit_code == pipeline.EXIT_MISSED
+    assert result.verdict["gap"] == pytest.approx(result.verdict["score"])
+    assert [line.stage for line in result.stages if line.note == "not available yet"] == ["escalate"]
+
+
+def test_unreachable_stores_are_named_and_nothing_is_written(tmp_path, images, tracking_uri):
+    bad_storage = "postgresql://nobody@127.0.0.1:1/none"
+    with pytest.raises(StoreUnavailable, match="postgresql://nobody@127.0.0.1:1/none"):
+        pipeline.run(run_config(images, tmp_path, tracking_uri, storage=bad_storage), progress=False)
+    bad_tracking = "http://127.0.0.1:9"
+    with pytest.raises(StoreUnavailable, match="MLflow tracking store 'http://127.0.0.1:9'"):
+        pipeline.run(run_config(images, tmp_path, bad_tracking), progress=False)
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []  # no run folder
+
+
+def test_cli_run_prints_the_summary_and_exits_by_verdict(tmp_path, images, tracking_uri):
+    args = [
+        "run",
+        "--task",
+        "image_classification",
+        "--data",
+        str(images),
+        "--output",
+        str(tmp_path),
+        "--backbone",
+        TINY_IMAGE_BACKBONE,
+        "--no-pretrained",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--image-size",
+        "32",
+        "--trials",
+        "1",
+        "--accelerator",
+        "cpu",
+        "--tracking-uri",
+        tracking_uri,
+        "-q",
+    ]
+    missed = CliRunner().invoke(cli, [*args, "--target", "val_loss<=0.0"])
+    assert missed.exit_code == pipeline.EXIT_MISSED, missed.output
+    assert "target loss<=0: val_loss" in missed.output and "MISSED" in missed.output
+    met = CliRunner().invoke(cli, [*args, "--target", "accuracy>=0"])
+    assert met.exit_code == 0, met.output
+    assert "MET" in met.output
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--target", "acc>=0.9", "Unknown metric 'acc'"),
+        ("--target", "accuracy>=2", "out of range"),
+        ("--time-budget", "soon", "Cannot read the time budget 'soon'"),
+    ],
+)
+def test_cli_run_rejects_bad_options(tmp_path, images, option, value, message):
+    args = [
+        "run",
+        "--task",
+        "image_classification",
+        "--data",
+        str(images),
+        "--output",
+        str(tmp_path),
+        "--target",
+        "accuracy>=0.9",
+        option,
+        value,
+    ]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2 and message in result.output
+    assert not any(tmp_path.iterdir())
+
+
+def test_cli_run_takes_a_yaml_config_and_rejects_unknown_keys(tmp_path, images):
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        yaml.safe_dump({"task": "image_classification", "data": str(images), "target": "accuracy>=0.9", "trails": 5})
+    )
+    result = CliRunner().invoke(cli, ["run", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "Unknown configuration key(s): trails" in result.output and "trials" in result.output

@@ -1,0 +1,167 @@
+from __future__ import annotations
+
+import time
+
+import lightning.pytorch as pl
+import optuna
+import pytest
+from conftest import TINY_IMAGE_BACKBONE, make_image_folder
+
+from automl import metrics as m
+from automl import tuning
+from automl.config import FitConfig
+from automl.errors import StoreUnavailable
+from automl.flash import fit
+
+SPACE = tuning.SearchSpace("image", (TINY_IMAGE_BACKBONE,), epochs=2, image_size=32, batch_size=8)
+BASELINE = tuning.baseline_params(SPACE, learning_rate=2e-3, weight_decay=0.0, dropout=0.0, label_smoothing=0.0)
+
+
+def make_tuner(tmp_path, name="study", pruner="none") -> tuning.Tuner:
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    return tuning.Tuner(SPACE, storage, name, "maximize", m.VAL_ACCURACY, seed=0, pruner=pruner)
+
+
+def fake_train(scores: dict[int, float] | None = None, fail: set[int] = frozenset(), clock=None, seconds=0.0):
+    calls = []
+
+    def train(number, params, callbacks):
+        calls.append((number, params))
+        if clock is not None:
+            clock.advance(seconds)
+        if number in fail:
+            raise FloatingPointError("The training loss became nan at step 3.")
+        return tuning.TrialOutcome(score=(scores or {}).get(number, 0.5), checkpoint=f"ckpt-{number}", best_epoch=0)
+
+    train.calls = calls
+    return train
+
+
+def test_the_baseline_is_trial_zero_and_every_trial_counts(tmp_path):
+    tuner = make_tuner(tmp_path)
+    tuner.enqueue_baseline(BASELINE)
+    train = fake_train({0: 0.7, 1: 0.6, 2: 0.8})
+    assert tuner.run(train, total_trials=3) == "trials"
+    trials = tuner.study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    assert trials[0].params == BASELINE and trials[0].user_attrs["role"] == tuning.BASELINE
+    assert tuner.best_trial().number == 2 and tuner.best_trial().user_attrs["checkpoint"] == "ckpt-2"
+
+    # the same study again: nothing left to do, and the baseline is not enqueued twice
+    again = make_tuner(tmp_path)
+    again.enqueue_baseline(BASELINE)
+    assert again.run(train, total_trials=3) == "trials" and len(train.calls) == 3
+    assert again.run(train, total_trials=4) == "trials" and len(again.study.trials) == 4
+    assert [t.user_attrs.get("role") for t in again.study.trials].count(tuning.BASELINE) == 1
+
+
+def test_a_failing_trial_is_recorded_with_its_reason_and_the_study_goes_on(tmp_path):
+    tuner = make_tuner(tmp_path)
+    tuner.enqueue_baseline(BASELINE)
+    tuner.run(fake_train(fail={1}), total_trials=3)
+    trials = tuner.study.get_trials()
+    assert [t.state for t in trials] == [
+        optuna.trial.TrialState.COMPLETE,
+        optuna.trial.TrialState.FAIL,
+        optuna.trial.TrialState.COMPLETE,
+    ]
+    assert trials[1].user_attrs["fail_reason"] == "FloatingPointError: The training loss became nan at step 3."
+    assert tuner.summary()[1]["reason"].startswith("FloatingPointError")
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_the_time_budget_stops_new_trials(tmp_path, monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(tuning.time, "time", clock.time)
+    tuner = make_tuner(tmp_path)
+    tuner.enqueue_baseline(BASELINE)
+    deadline = clock.now + 25.0
+    # each trial takes 10 s: after two, 5 s are left, less than the median trial: no third starts
+    assert tuner.run(fake_train(clock=clock, seconds=10.0), total_trials=10, deadline=deadline) == "budget"
+    trials = tuner.study.get_trials()
+    assert len(trials) == 2
+    assert all(t.user_attrs["started_at"] < deadline for t in trials)
+    assert [t.user_attrs["seconds"] for t in trials] == [10.0, 10.0]
+
+
+def test_the_deadline_stops_a_running_fit_and_its_best_epoch_counts(tmp_path):
+    class DeadlineAfterFirstEpoch(tuning.Deadline):
+        def on_train_epoch_end(self, trainer, pl_module):
+            self.deadline = time.time() - 1.0  # the budget runs out during epoch 1
+
+    make_image_folder(tmp_path / "imgs", per_class=8)
+    config = FitConfig(
+        task="image_classification",
+        data=str(tmp_path / "imgs"),
+        backbone=TINY_IMAGE_BACKBONE,
+        pretrained=False,
+        epochs=5,
+        batch_size=4,
+        image_size=32,
+        accelerator="cpu",
+    )
+    deadline = DeadlineAfterFirstEpoch(None)
+    trained = fit.train(config, fit.load_data(config), tmp_path / "out", callbacks=[deadline], progress=False)
+    assert deadline.triggered
+    assert trained.trainer.current_epoch < 5
+    assert trained.best_epoch == 0 and trained.checkpoint is not None and trained.best_score is not None
+
+
+class PruneEveryTrialButTheBaseline(optuna.pruners.BasePruner):
+    """A pruner whose decision is fixed: trial 0 runs to the end, every later trial is pruned."""
+
+    def prune(self, study, trial) -> bool:
+        return trial.number > 0
+
+
+def test_a_pruned_trial_is_recorded_as_pruned(tmp_path):
+    make_image_folder(tmp_path / "imgs", per_class=6)
+    config = FitConfig(
+        task="image_classification",
+        data=str(tmp_path / "imgs"),
+        backbone=TINY_IMAGE_BACKBONE,
+        pretrained=False,
+        epochs=2,
+        batch_size=4,
+        image_size=32,
+        accelerator="cpu",
+    )
+    datamodule = fit.load_data(config)
+    tuner = make_tuner(tmp_path, pruner=PruneEveryTrialButTheBaseline())
+    tuner.enqueue_baseline(BASELINE)
+
+    def train(number, params, callbacks):
+        pl.seed_everything(number, verbose=False)
+        trained = fit.train(config, datamodule, tmp_path / str(number), callbacks=callbacks, progress=False)
+        return tuning.TrialOutcome(trained.best_score, trained.checkpoint, trained.best_epoch)
+
+    tuner.run(train, total_trials=3)
+    states = [t.state for t in tuner.study.get_trials()]
+    assert states == [optuna.trial.TrialState.COMPLETE] + [optuna.trial.TrialState.PRUNED] * 2
+    assert tuner.study.trials[1].user_attrs["pruned_reason"] == "Trial was pruned at epoch 0."
+
+
+def test_an_unreachable_storage_is_named(tmp_path):
+    url = f"sqlite:///{tmp_path / 'no' / 'such' / 'dir' / 'optuna.db'}"
+    with pytest.raises(StoreUnavailable, match=r"Cannot open the Optuna storage 'sqlite:///.*no/such/dir/optuna.db'"):
+        tuning.Tuner(SPACE, url, "s", "maximize", m.VAL_ACCURACY)
+
+
+def test_baseline_params_lie_inside_the_space():
+    for modality in ("image", "text"):
+        space = tuning.SearchSpace(modality, ("a", "b"), epochs=3, image_size=96, max_length=64, batch_size=24)
+        params = tuning.baseline_params(space, 2e-3, 0.0, 0.0, 0.0)
+        study = optuna.create_study()
+        study.enqueue_trial(params)
+        trial = study.ask()
+        assert space.suggest(trial) == params
