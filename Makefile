@@ -21,8 +21,8 @@ data/digits: | $(STAMP)
 	$(PY) examples/make_digits.py --out data/digits --size 64
 
 demo: setup data/digits
-	$(VENV)/bin/automl fit --task image_classification --data data/digits \
-		--image-size 96 --epochs 5 --output runs
+	$(VENV)/bin/automl run --task image_classification --data data/digits --target "accuracy>=0.9" \
+		--trials 4 --time-budget 4m --image-size 96 --epochs 4 --output runs
 
 lint: setup
 	$(VENV)/bin/ruff check .

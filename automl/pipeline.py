@@ -231,13 +231,12 @@ def run(config: RunConfig, progress: bool = True, report: Report | None = None, 
     try:
         # 1. inspect ------------------------------------------------------------------
         datamodule = fit.load_data(config)
-        say(
-            f"[1/{total}] inspect: {len(datamodule.labels)} classes, {len(datamodule.train_samples)} training and "
-            f"{len(datamodule.val_samples)} validation examples"
-        )
         fingerprint = data_fingerprint(config.data)
         inspection = stage(
-            1, "inspect", _key(fingerprint, config.val_split, config.seed), lambda: _inspect(datamodule, run_dir)
+            1,
+            "inspect",
+            _key(fingerprint, config.val_split, config.seed),
+            lambda: _inspect(datamodule, run_dir, say, total),
         )
         lines.append(
             StageLine(
@@ -280,6 +279,8 @@ def run(config: RunConfig, progress: bool = True, report: Report | None = None, 
         summary = tuner.summary()
         _write_study(run_dir / STUDY_FILE, summary)
         new = len(tuner.finished_trials()) - before
+        if new == 0:
+            say(f"[3/{total}] tuning: {before} of {config.trials} trials finished in earlier runs, nothing to add")
         note = {"trials": "all trials done", "budget": "time budget reached"}.get(why, why)
         counts = Counter(row["state"] for row in summary)
         lines.append(
@@ -422,6 +423,7 @@ def _trial_trainer(config: RunConfig, datamodule, run_dir: Path, tracker, parent
             return tuning.TrialOutcome(trained.best_score, trained.checkpoint, trained.best_epoch)
         except BaseException as error:
             status = "KILLED" if tuning.is_pruned(error) else "FAILED"
+            shutil.rmtree(run_dir / "trials" / str(number) / "checkpoints", ignore_errors=True)
             tracker.set_tags(child, {"outcome": f"{type(error).__name__}: {error}"[:500]})
             raise
         finally:
@@ -453,8 +455,13 @@ def _trial_result(trial) -> dict:
     }
 
 
-def _inspect(datamodule, run_dir: Path) -> dict:
+def _inspect(datamodule, run_dir: Path, say: Report, total: int) -> dict:
     from automl.flash.fit import write_json
+
+    say(
+        f"[1/{total}] inspect: {len(datamodule.labels)} classes, {len(datamodule.train_samples)} training and "
+        f"{len(datamodule.val_samples)} validation examples"
+    )
 
     counts = Counter(datamodule.labels[t] for _, t in datamodule.train_samples + datamodule.val_samples)
     result = {

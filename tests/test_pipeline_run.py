@@ -74,6 +74,8 @@ def test_a_run_tunes_judges_tracks_and_writes_its_folder(tmp_path, images, track
     study = pd.read_csv(run_dir / "study.csv")
     assert metrics["score"] == pytest.approx(study["value"].max(), abs=1e-6)  # the best trial's model was judged
     assert (run_dir / "best" / "model.ckpt").exists() and (run_dir / "inspection.json").exists()
+    kept = [p.parent.name for p in (run_dir / "trials").glob("*/checkpoints") if any(p.iterdir())]
+    assert kept == [str(metrics["best_trial"])]  # the other trials' checkpoints are deleted
     assert any(line.startswith("[3/5] tuning: trial 2/3, best") for line in lines)
 
     tracker = tracking.Tracker(tracking_uri, tmp_path / "artifacts")
