@@ -171,12 +171,20 @@ def _print_run(result) -> None:
 
     verdict = result.verdict
     table = Table(title=f"automl run: {result.run_dir}", title_justify="left")
-    for column in ("stage", "trials", "best score", "note", "time"):
+    for column in ("stage", "trials", "best score", "95% CI", "target", "verdict", "time", "note"):
         table.add_column(column, justify="right" if column in ("trials", "best score", "time") else "left")
     for line in result.stages:
-        best = "" if line.best is None else f"{line.best:.4f}"
-        trials = "" if line.trials is None else str(line.trials)
-        table.add_row(line.stage, trials, best, line.note, f"{line.seconds:.0f}s" if line.seconds else "")
+        judged = line.stage == "verdict"
+        table.add_row(
+            line.stage,
+            "" if line.trials is None else str(line.trials),
+            "" if line.best is None else f"{line.best:.4f}",
+            f"{verdict['ci_low']:.3f}-{verdict['ci_high']:.3f}" if judged else "",
+            result.target if judged else "",
+            verdict["verdict"] if judged else "",
+            f"{line.seconds:.0f}s" if line.seconds else "",
+            line.note,
+        )
     console = Console()
     console.print(table)
     ci = f"95% CI {verdict['ci_low']:.4f}-{verdict['ci_high']:.4f}"

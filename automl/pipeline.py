@@ -319,7 +319,7 @@ def run(config: RunConfig, progress: bool = True, report: Report | None = None, 
                 None,
                 verdict["score"],
                 time.monotonic() - t_verdict,
-                f"{verdict['verdict']} (95% CI {verdict['ci_low']:.3f}-{verdict['ci_high']:.3f})",
+                f"trial {verdict['best_trial']}'s model on {len(datamodule.val_samples)} validation examples",
             )
         )
         say(
