@@ -144,15 +144,29 @@ def fit(config_file: Path | None, quiet: bool, no_pretrained: bool, no_header: b
 )
 @click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]), help="[default: median]")
 @click.option("--backbones", help="Comma-separated backbones the search may pick.  [default: those available offline]")
-def run(config_file: Path | None, quiet: bool, no_pretrained: bool, no_header: bool, **options) -> None:
-    """Baseline, Optuna tuning and a verdict against --target, tracked in MLflow.
+@click.option("--no-escalate", "no_escalate", is_flag=True, help="Stop at the tuned Flash tier, even when missed.")
+@click.option("--escalation-trials", type=int, help="Trials of the Lightning-tier study.  [default: --trials]")
+@click.option(
+    "--template",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="An edited template folder (from `automl eject`) to escalate with.",
+)
+@click.option("--notify-url", help="Webhook POSTed (Slack-style JSON) at run start, each stage's end and run end.")
+def run(
+    config_file: Path | None, quiet: bool, no_pretrained: bool, no_header: bool, no_escalate: bool, **options
+) -> None:
+    """Baseline, Optuna tuning, a verdict against --target and, when it is missed, escalation to
+    the Lightning-tier template; tracked in MLflow.
 
     Exit status: 0 when the target is met, 3 when it is missed, 2 for bad input. Re-running the same
-    command resumes: finished stages are skipped and the study continues.
+    command resumes: finished stages are skipped and the studies continue.
     """
     if options.get("backbones"):
         options["backbones"] = [b.strip() for b in options["backbones"].split(",") if b.strip()]
-    config = RunConfig.from_dict(_values(config_file, no_pretrained, no_header, options))
+    values = _values(config_file, no_pretrained, no_header, options)
+    if no_escalate:
+        values["escalate"] = False
+    config = RunConfig.from_dict(values)
 
     from automl.pipeline import run as run_pipeline
 
@@ -165,6 +179,27 @@ def run(config_file: Path | None, quiet: bool, no_pretrained: bool, no_header: b
     sys.exit(result.exit_code)
 
 
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--to", "destination", required=True, type=click.Path(path_type=Path), help="The project folder to write."
+)
+@click.option("--force", is_flag=True, help="Write into a folder that is not empty.")
+def eject(run_dir: Path, destination: Path, force: bool) -> None:
+    """Write the Lightning-tier template of a finished run as a standalone, editable project.
+
+    The folder gets datamodule.py, module.py, train.py, a config.yaml holding the run's best
+    parameters, and a README. `python train.py --config config.yaml` inside it trains the model again;
+    `automl run ... --template FOLDER` escalates with your edited copy.
+    """
+    from escalation.eject import eject as write_project
+
+    project = write_project(run_dir, destination, force=force)
+    click.echo(f"wrote {project.folder}: {', '.join(project.files)}")
+    click.echo(f"expected {project.monitor}: {project.expected:.4f} (the {project.tier} tier of the run)")
+    click.echo(f"next: cd {project.folder} && python train.py --config config.yaml")
+
+
 def _print_run(result) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -173,8 +208,9 @@ def _print_run(result) -> None:
     table = Table(title=f"automl run: {result.run_dir}", title_justify="left")
     for column in ("stage", "trials", "best score", "95% CI", "target", "verdict", "time", "note"):
         table.add_column(column, justify="right" if column in ("trials", "best score", "time") else "left")
-    for line in result.stages:
-        judged = line.stage == "verdict"
+    final = max(i for i, line in enumerate(result.stages) if line.stage.startswith("verdict"))
+    for index, line in enumerate(result.stages):
+        judged = index == final  # the CI, target and verdict columns speak of the final model
         table.add_row(
             line.stage,
             "" if line.trials is None else str(line.trials),
@@ -188,12 +224,11 @@ def _print_run(result) -> None:
     console = Console()
     console.print(table)
     ci = f"95% CI {verdict['ci_low']:.4f}-{verdict['ci_high']:.4f}"
-    gap = "" if result.met else f", short by {verdict['gap']:.4f}"
     console.print(
         f"target {result.target}: {verdict['metric']} {verdict['score']:.4f} ({ci}) -> "
-        f"[bold]{verdict['verdict'].upper()}[/bold]{gap}"
+        f"[bold]{verdict['verdict'].upper()}[/bold]: {verdict['outcome']}"
     )
-    console.print(f"best trial {verdict['best_trial']}: {result.best_params}")
+    console.print(f"best: {result.tier} tier, trial {verdict['best_trial']}: {result.best_params}")
     console.print(f"model: {result.run_dir / 'best'}   total time: {result.seconds:.0f}s")
 
 

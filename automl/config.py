@@ -134,6 +134,10 @@ class RunConfig(FitConfig):
     tracking_uri: str | None = None  # MLflow; default MLFLOW_TRACKING_URI or sqlite:///<output>/mlflow.db
     pruner: str = "median"  # median | hyperband | none
     backbones: tuple[str, ...] | None = None  # backbones the search may pick; default: those available offline
+    escalate: bool = True  # a missed target escalates to the Lightning tier
+    escalation_trials: int | None = None  # trials of the Lightning-tier study; default: trials
+    template: str | None = None  # an edited, ejected template folder for the escalation
+    notify_url: str | None = None  # webhook told of run start, each stage's end and run end
 
     def __post_init__(self) -> None:
         super().__post_init__()

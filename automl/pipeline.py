@@ -139,6 +139,7 @@ class RunResult:
     stages: list[StageLine]
     best_params: dict
     seconds: float
+    tier: str = "flash"  # the tier whose model is in best/
 
     @property
     def met(self) -> bool:
@@ -170,220 +171,463 @@ def _key(*parts) -> str:
 
 
 Report = Callable[[str], None]
+FLASH = "flash"
+LIGHTNING = "lightning"
 
 
 def run(config: RunConfig, progress: bool = True, report: Report | None = None, pruner=None) -> RunResult:
-    """The main job: baseline, tuning and verdict against ``config.target``, tracked in MLflow."""
-    from automl import tracking, tuning
-    from automl.data.common import existing_path
-    from automl.flash import backbones as bb
-    from automl.flash import fit
-    from automl.target import judge, parse_target
+    """The main job: baseline, tuning, verdict against ``config.target`` and, when the target is
+    missed, escalation to the Lightning tier; tracked in MLflow, resumable through ``journal.json``."""
+    return RunJob(config, progress, report, pruner).execute()
 
-    fit.quiet_library_logs()
-    say = report or (lambda line: None)
-    started = time.monotonic()
-    deadline = None if config.budget_seconds is None else time.time() + config.budget_seconds
-    target = parse_target(config.target)
-    existing_path(config.data)
 
-    # Stores first: an unreachable one fails before anything is written.
-    output = Path(config.output)
-    output.mkdir(parents=True, exist_ok=True)
-    name = study_name(config)
-    space = _search_space(config, bb)
-    storage = config.storage or f"sqlite:///{(output / 'optuna.db').resolve()}"
-    tuner = tuning.Tuner(
-        space,
-        storage,
-        name,
-        target.direction,
-        target.metric,
-        seed=config.seed,
-        pruner=pruner if pruner is not None else config.pruner,
-    )
-    tracker = tracking.Tracker(config.tracking_uri or tracking.default_tracking_uri(output), output / "mlartifacts")
+class RunJob:
+    """One ``automl run``: its stores, folder, journal and stages (one method each)."""
 
-    run_dir = output / name
-    run_dir.mkdir(exist_ok=True)
-    dump_yaml({k: list(v) if isinstance(v, tuple) else v for k, v in config.to_dict().items()}, run_dir / CONFIG_FILE)
-    journal = Journal(run_dir / JOURNAL_FILE)
-    parent = tracker.start_parent(
-        name, {"task": config.task, "target": str(target), "study": name}, resume_run_id=journal["mlflow_run_id"]
-    )
-    journal["mlflow_run_id"] = parent
-    journal["study"] = name
-    tracker.log_params(parent, {k: v for k, v in config.to_dict().items() if v is not None})
-    lines: list[StageLine] = []
-    total = len(STAGES) - 1  # escalation is not available yet
+    def __init__(self, config: RunConfig, progress: bool, report: Report | None, pruner):
+        from automl import tracking
+        from automl.data.common import existing_path
+        from automl.flash import fit
+        from automl.target import parse_target
 
-    def stage(number: int, stage_name: str, key: str, work: Callable[[], dict]) -> dict:
-        done = journal.finished(stage_name, key)
+        fit.quiet_library_logs()
+        self.config = config
+        self.progress = progress
+        self.say = report or (lambda line: None)
+        self.pruner = pruner if pruner is not None else config.pruner
+        self.started = time.monotonic()
+        self.deadline = None if config.budget_seconds is None else time.time() + config.budget_seconds
+        self.target = parse_target(config.target)
+        existing_path(config.data)
+        self.total = len(STAGES)
+        self.lines: list[StageLine] = []
+
+        # Stores first: an unreachable one fails before the run folder exists.
+        self.output = Path(config.output)
+        self.output.mkdir(parents=True, exist_ok=True)
+        self.name = study_name(config)
+        self.storage = config.storage or f"sqlite:///{(self.output / 'optuna.db').resolve()}"
+        self.flash_tuner = self._tuner(self.name, _search_space(config, FLASH))
+        uri = config.tracking_uri or tracking.default_tracking_uri(self.output)
+        self.tracker = tracking.Tracker(uri, self.output / "mlartifacts")
+
+        self.run_dir = self.output / self.name
+        self.run_dir.mkdir(exist_ok=True)
+        dump_yaml(
+            {k: list(v) if isinstance(v, tuple) else v for k, v in config.to_dict().items()}, self.run_dir / CONFIG_FILE
+        )
+        self.journal = Journal(self.run_dir / JOURNAL_FILE)
+        self.parent = self.tracker.start_parent(
+            self.name,
+            {"task": config.task, "target": str(self.target), "study": self.name},
+            resume_run_id=self.journal["mlflow_run_id"],
+        )
+        self.journal["mlflow_run_id"] = self.parent
+        self.journal["study"] = self.name
+        self.tracker.log_params(self.parent, {k: v for k, v in config.to_dict().items() if v is not None})
+        self.notifier = None
+        if config.notify_url:
+            from escalation.callbacks import WebhookNotifier
+
+            self.notifier = WebhookNotifier(config.notify_url, run=self.name)
+
+    def _tuner(self, name: str, space):
+        from automl import tuning
+
+        return tuning.Tuner(
+            space,
+            self.storage,
+            name,
+            self.target.direction,
+            self.target.metric,
+            seed=self.config.seed,
+            pruner=self.pruner,
+        )
+
+    # ------------------------------------------------------------------ the stages
+    def execute(self) -> RunResult:
+        if self.notifier:
+            self.notifier.run_started(task=self.config.task, target=str(self.target), data=self.config.data)
+        try:
+            self.inspect()
+            self.baseline()
+            flash = self.tune()
+            verdict = self.verdict(flash)
+            final_tier, final, best = FLASH, verdict, flash
+            if verdict["verdict"] != "met":
+                final_tier, final, best = self.escalate(flash, verdict)
+            else:
+                self.lines.append(StageLine("escalate", note="not needed: the target is met"))
+            self.finalise(final_tier, best, final)
+            self.tracker.set_tags(self.parent, {"stage": "finished", "verdict": final["verdict"], "tier": final_tier})
+            self.tracker.end(self.parent, "FINISHED")
+        except BaseException as error:
+            self.tracker.end(self.parent, "FAILED")
+            if self.notifier:
+                self.notifier.run_finished("failed", f"{type(error).__name__}: {error}")
+            raise
+        if self.notifier:
+            self.notifier.run_finished(final["verdict"], final["outcome"], score=final["score"], tier=final_tier)
+        return RunResult(
+            self.run_dir,
+            str(self.target),
+            final,
+            self.lines,
+            best["params"],
+            time.monotonic() - self.started,
+            final_tier,
+        )
+
+    def stage(
+        self,
+        number: int,
+        name: str,
+        key: str,
+        work: Callable[[], dict],
+        summary: Callable[[dict], str] = lambda result: "",
+    ) -> dict:
+        done = self.journal.finished(name, key)
         if done is not None:
-            say(f"[{number}/{total}] {stage_name}: done in an earlier run, skipped")
+            self.say(f"[{number}/{self.total}] {name}: done in an earlier run, skipped")
             return done
         t0 = time.monotonic()
-        tracker.set_tags(parent, {"stage": stage_name})
+        self.tracker.set_tags(self.parent, {"stage": name})
         result = work()
-        journal.record(stage_name, key, result, time.monotonic() - t0)
+        self.journal.record(name, key, result, time.monotonic() - t0)
+        if self.notifier:
+            self.notifier.stage_finished(name, summary(result))
         return result
 
-    try:
-        # 1. inspect ------------------------------------------------------------------
-        datamodule = fit.load_data(config)
-        fingerprint = data_fingerprint(config.data)
-        inspection = stage(
+    def inspect(self) -> None:
+        from automl.flash import fit
+
+        self.datamodule = fit.load_data(self.config)
+        key = _key(data_fingerprint(self.config.data), self.config.val_split, self.config.seed)
+        result = self.stage(
             1,
             "inspect",
-            _key(fingerprint, config.val_split, config.seed),
-            lambda: _inspect(datamodule, run_dir, say, total),
+            key,
+            lambda: _inspect(self.datamodule, self.run_dir, self.say, self.total),
+            lambda r: f"{len(r['labels'])} classes",
         )
-        lines.append(
+        self.lines.append(
             StageLine(
                 "inspect",
-                note=f"{len(inspection['labels'])} classes, {inspection['train_size']} + "
-                f"{inspection['val_size']} examples",
+                note=f"{len(result['labels'])} classes, {result['train_size']} + {result['val_size']} examples",
             )
         )
 
-        train_trial = _trial_trainer(config, datamodule, run_dir, tracker, parent, target, progress)
-        baseline = tuning.baseline_params(
-            space, config.learning_rate, config.weight_decay, config.dropout, config.label_smoothing
-        )
-        tuner.enqueue_baseline(baseline)
-
-        def on_trial(p: tuning.Progress) -> None:
+    def _on_trial(self, number: int, role: str):
+        def show(p) -> None:
             left = "" if p.seconds_left is None else f", {_minutes(p.seconds_left)} left"
             best = "" if p.best is None else f", best {p.best:.3f}"
-            role = "baseline" if p.number == 0 else "tuning"
-            say(f"[{2 if role == 'baseline' else 3}/{total}] {role}: trial {p.number + 1}/{p.total}{best}{left}")
+            self.say(f"[{number}/{self.total}] {role}: trial {p.number + 1}/{p.total}{best}{left}")
 
-        # 2. baseline: trial 0 of the study ----------------------------------------------
-        def run_baseline() -> dict:
-            tuner.run(train_trial, total_trials=1, deadline=deadline, on_trial=on_trial)
-            return _trial_result(tuner.study.trials[0]) if tuner.study.trials else {"state": "not started"}
+        return show
 
-        base = stage(2, "baseline", _key(name, baseline), run_baseline)
-        lines.append(StageLine("baseline", 1, base.get("value"), base.get("seconds") or 0.0, base.get("state", "")))
+    def baseline(self) -> None:
+        from automl import tuning
 
-        # 3. tune -----------------------------------------------------------------------
-        t_tune = time.monotonic()
-        before = len(tuner.finished_trials())
-        why = tuner.run(train_trial, total_trials=config.trials, deadline=deadline, on_trial=on_trial)
-        best_trial = tuner.best_trial()
-        if best_trial is None:
-            raise DataError(
-                "No trial finished with a score; see the failed trials' reasons in the study "
-                f"summary ({run_dir / STUDY_FILE})."
+        config = self.config
+        self.flash_train = self._tracked(FLASH, self._flash_trial)
+        params = tuning.baseline_params(
+            self.flash_tuner.space, config.learning_rate, config.weight_decay, config.dropout, config.label_smoothing
+        )
+        self.flash_tuner.enqueue_baseline(params)
+
+        def work() -> dict:
+            self.flash_tuner.run(
+                self.flash_train, total_trials=1, deadline=self.deadline, on_trial=self._on_trial(2, "baseline")
             )
+            trials = self.flash_tuner.study.trials
+            return _trial_result(trials[0]) if trials else {"state": "not started"}
+
+        base = self.stage(
+            2, "baseline", _key(self.name, params), work, lambda r: f"{self.target.metric} {r.get('value')}"
+        )
+        self.lines.append(
+            StageLine("baseline", 1, base.get("value"), base.get("seconds") or 0.0, base.get("state", ""))
+        )
+
+    def _run_study(self, tuner, train, trials: int, number: int, role: str, stage_name: str) -> dict:
+        """Run ``tuner`` up to ``trials``; the study's best trial as a plain result."""
+        t0 = time.monotonic()
+        before = len(tuner.finished_trials())
+        why = tuner.run(train, total_trials=trials, deadline=self.deadline, on_trial=self._on_trial(number, role))
+        best = tuner.best_trial()
         summary = tuner.summary()
-        _write_study(run_dir / STUDY_FILE, summary)
         new = len(tuner.finished_trials()) - before
         if new == 0:
-            say(f"[3/{total}] tuning: {before} of {config.trials} trials finished in earlier runs, nothing to add")
+            self.say(f"[{number}/{self.total}] {role}: {before} of {trials} trials finished in earlier runs")
+        counts = Counter(row["state"].lower() for row in summary)
         note = {"trials": "all trials done", "budget": "time budget reached"}.get(why, why)
-        counts = Counter(row["state"] for row in summary)
-        lines.append(
-            StageLine(
-                "tune",
-                len(summary),
-                best_trial.value,
-                time.monotonic() - t_tune,
-                f"{note}; {new} new; " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items()),
-            )
+        note = f"{note}; {new} new; " + ", ".join(f"{n} {state}" for state, n in counts.items())
+        self.lines.append(
+            StageLine(stage_name, len(summary), best.value if best else None, time.monotonic() - t0, note)
         )
-        journal.record(
-            "tune",
-            _key(name, config.trials),
-            {"best_trial": best_trial.number, "stopped": why},
-            time.monotonic() - t_tune,
+        if best is None:
+            raise DataError(f"No {role} trial finished with a score; see the reasons in {self.run_dir / STUDY_FILE}.")
+        return {
+            "study": tuner.study.study_name,
+            "best_trial": best.number,
+            "score": best.value,
+            "params": best.params,
+            "checkpoint": best.user_attrs["checkpoint"],
+            "stopped": why,
+            "trials": len(summary),
+            "summary": summary,
+        }
+
+    def tune(self) -> dict:
+        flash = self._run_study(self.flash_tuner, self.flash_train, self.config.trials, 3, "tuning", "tune")
+        _write_study(self.run_dir / STUDY_FILE, flash.pop("summary"))
+        self.journal.record("tune", _key(self.name, self.config.trials), flash, 0.0)
+        if self.notifier:
+            self.notifier.stage_finished("tune", f"best {self.target.metric} {flash['score']:.4f}")
+        return flash
+
+    def verdict(self, flash: dict) -> dict:
+        from automl.flash import fit
+
+        best_config = self.config.fit_config(**flash["params"])
+
+        def work() -> dict:
+            model = fit.load_classifier(flash["checkpoint"])
+            served = fit.data_for(best_config, self.datamodule)
+            targets, probabilities, ids = fit.predict_validation(model, served, self.config.accelerator)
+            return self._judge(FLASH, flash, targets, probabilities, ids)
+
+        t0 = time.monotonic()
+        verdict = self.stage(
+            4, "verdict", _key(str(self.target), flash["best_trial"], flash["score"]), work, lambda v: v["outcome"]
         )
+        self._show_verdict(4, verdict, time.monotonic() - t0)
+        return verdict
 
-        # 4. verdict on the best trial's model ---------------------------------------------------
-        best_config = _trial_config(config, best_trial.params)
+    def _judge(self, tier: str, best: dict, targets, probabilities, ids) -> dict:
+        from automl.target import judge
 
-        def take_verdict() -> dict:
-            model = fit.load_classifier(best_trial.user_attrs["checkpoint"])
-            served = fit.data_for(best_config, datamodule)
-            targets, probabilities, ids = fit.predict_validation(model, served, config.accelerator)
-            _write_predictions(run_dir / PREDICTIONS_FILE, ids, targets, probabilities, datamodule.labels)
-            verdict = judge(target, targets, probabilities, seed=config.seed)
-            all_scores = {name: _safe_score(name, targets, probabilities) for name in m.VALIDATION_METRICS}
-            return {**dataclasses.asdict(verdict), "scores": all_scores, "best_trial": best_trial.number}
+        _write_predictions(
+            self.run_dir / f"predictions_val.{tier}.csv", ids, targets, probabilities, self.datamodule.labels
+        )
+        verdict = dataclasses.asdict(judge(self.target, targets, probabilities, seed=self.config.seed))
+        scores = {name: _safe_score(name, targets, probabilities) for name in m.VALIDATION_METRICS}
+        met = verdict["verdict"] == "met"
+        if met:
+            outcome = f"met by the {tier} tier"
+        elif tier == LIGHTNING or not self.config.escalate:
+            outcome = f"missed{' after escalation' if tier == LIGHTNING else ''}, short by {verdict['gap']:.4f}"
+        else:
+            outcome = f"missed by the flash tier, short by {verdict['gap']:.4f}"
+        return {**verdict, "scores": scores, "best_trial": best["best_trial"], "tier": tier, "outcome": outcome}
 
-        t_verdict = time.monotonic()
-        verdict = stage(4, "verdict", _key(str(target), best_trial.number, best_trial.value), take_verdict)
-        lines.append(
+    def _show_verdict(self, number: int, verdict: dict, seconds: float) -> None:
+        self.lines.append(
             StageLine(
-                "verdict",
+                "verdict" if verdict["tier"] == FLASH else "verdict (lightning)",
                 None,
                 verdict["score"],
-                time.monotonic() - t_verdict,
-                f"trial {verdict['best_trial']}'s model on {len(datamodule.val_samples)} validation examples",
+                seconds,
+                f"{verdict['outcome']}; {verdict['tier']} trial {verdict['best_trial']}",
             )
         )
-        say(
-            f"[4/{total}] verdict: {target.metric} {verdict['score']:.4f} "
-            f"(95% CI {verdict['ci_low']:.3f}-{verdict['ci_high']:.3f}) -> {verdict['verdict']}"
+        self.say(
+            f"[{number}/{self.total}] verdict: {self.target.metric} {verdict['score']:.4f} "
+            f"(95% CI {verdict['ci_low']:.3f}-{verdict['ci_high']:.3f}) -> {verdict['outcome']}"
         )
-        if verdict["verdict"] != "met":
-            say("escalation to the Lightning tier is not available yet: the run ends with the tuned Flash tier")
-            lines.append(StageLine("escalate", note="not available yet"))
 
-        # 5. finalise ------------------------------------------------------------------------
-        def finalise() -> dict:
-            fit.save_best(
-                run_dir / BEST_DIR,
-                best_trial.user_attrs["checkpoint"],
-                fit.data_for(best_config, datamodule),
-                best_config,
+    def _escalate_key(self, flash: dict) -> str:
+        trials = self.config.escalation_trials or self.config.trials
+        return _key(self.name, trials, str(self.config.template or "built-in"), flash["best_trial"], str(self.target))
+
+    def escalate(self, flash: dict, verdict: dict) -> tuple[str, dict, dict]:
+        """The Lightning tier: a second study over the template, warm-started from the best Flash
+        parameters, under what is left of the budget. The better tier's model is judged again."""
+        if not self.config.escalate:
+            self.lines.append(StageLine("escalate", note="off (--no-escalate)"))
+            return FLASH, verdict, flash
+        from automl import tuning
+        from escalation.train import load_template, predict_validation
+
+        template = load_template(self.config.template)
+        space = _search_space(self.config, LIGHTNING)
+        tuner = self._tuner(f"{self.name}-{LIGHTNING}", space)
+        train = self._tracked(LIGHTNING, self._lightning_trial(template))
+        self.say(f"[5/{self.total}] escalate: the target is missed; tuning the Lightning tier ({template.folder})")
+
+        def work() -> dict:
+            tuner.enqueue_baseline(tuning.warm_start_params(space, flash["params"]), role="warm start")
+            trials = self.config.escalation_trials or self.config.trials
+            lightning = self._run_study(tuner, train, trials, 5, "escalation", "escalate")
+            _write_study(self.run_dir / f"study.{LIGHTNING}.csv", lightning.pop("summary"))
+            better = (
+                lightning["score"] > flash["score"] if self.target.maximize else lightning["score"] < flash["score"]
             )
+            result = {"tier": lightning, "template": str(template.folder), "better": better}
+            if better:
+                config = self._template_config(lightning["params"], lightning["best_trial"])
+                targets, probabilities, ids = predict_validation(template, lightning["checkpoint"], config)
+                result["verdict"] = self._judge(LIGHTNING, lightning, targets, probabilities, ids)
+                result["template_config"] = config
+            return result
+
+        t0 = time.monotonic()
+        result = self.stage(
+            5, "escalate", self._escalate_key(flash), work, lambda r: f"lightning best {r['tier']['score']:.4f}"
+        )
+        self.journal["template"] = result["template"]
+        if not result["better"]:
+            outcome = (
+                f"missed after escalation (the Lightning tier did not beat the Flash tier's "
+                f"{flash['score']:.4f}), short by {verdict['gap']:.4f}"
+            )
+            final = {**verdict, "outcome": outcome}
+            self.lines.append(StageLine("verdict (final)", None, final["score"], 0.0, outcome))
+            self.say(f"[5/{self.total}] escalate: {outcome}")
+            return FLASH, final, flash
+        self._show_verdict(5, result["verdict"], time.monotonic() - t0)
+        return LIGHTNING, result["verdict"], result["tier"]
+
+    def _template_config(self, params: dict, number: int) -> dict:
+        from escalation.train import template_config
+
+        out = self.run_dir / "escalation" / str(number)
+        return template_config(self.config.to_dict(), params, out, self.target.metric)
+
+    def finalise(self, tier: str, best: dict, verdict: dict) -> None:
+        from automl.flash import fit
+
+        def work() -> dict:
+            best_dir = self.run_dir / BEST_DIR
+            if tier == FLASH:
+                config = self.config.fit_config(**best["params"])
+                fit.save_best(best_dir, best["checkpoint"], fit.data_for(config, self.datamodule), config)
+            else:
+                from escalation.train import preprocessing
+
+                config = self._template_config(best["params"], best["best_trial"])
+                best_dir.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(best["checkpoint"], best_dir / fit.CHECKPOINT_FILE)
+                fit.write_json(best_dir / fit.LABELS_FILE, self.datamodule.labels)
+                fit.write_json(
+                    best_dir / fit.PREPROCESSING_FILE,
+                    {**preprocessing(config), "task": self.config.task, "backbone": config["backbone"]},
+                )
+                dump_yaml(config, best_dir / "template_config.yaml")
+            fit.write_json(best_dir / "tier.json", {"tier": tier, "template": self.journal["template"]})
+            shutil.copy2(self.run_dir / f"predictions_val.{tier}.csv", self.run_dir / PREDICTIONS_FILE)
             metrics = {
                 **verdict["scores"],
-                "target": str(target),
+                "target": str(self.target),
                 "verdict": verdict["verdict"],
+                "outcome": verdict["outcome"],
+                "tier": tier,
                 "score": verdict["score"],
                 "ci_low": verdict["ci_low"],
                 "ci_high": verdict["ci_high"],
-                "best_trial": best_trial.number,
-                "best_params": best_trial.params,
-                "labels": datamodule.labels,
+                "gap": verdict["gap"],
+                "best_trial": best["best_trial"],
+                "best_params": best["params"],
+                "labels": self.datamodule.labels,
             }
-            fit.write_json(run_dir / METRICS_FILE, metrics)
-            tracker.log_metrics(parent, {f"final_{k}": v for k, v in verdict["scores"].items()})
-            tracker.set_tags(parent, {"verdict": verdict["verdict"], "best_trial": best_trial.number})
-            for artifact in (CONFIG_FILE, JOURNAL_FILE, STUDY_FILE, PREDICTIONS_FILE, INSPECTION_FILE, METRICS_FILE):
-                tracker.log_artifact(parent, run_dir / artifact)
-            tracker.log_artifact(parent, run_dir / BEST_DIR, "best")
-            return {"best_dir": str(run_dir / BEST_DIR)}
+            fit.write_json(self.run_dir / METRICS_FILE, metrics)
+            self.tracker.log_metrics(self.parent, {f"final_{k}": v for k, v in verdict["scores"].items()})
+            self.tracker.set_tags(
+                self.parent, {"verdict": verdict["verdict"], "tier": tier, "best_trial": best["best_trial"]}
+            )
+            for path in sorted(self.run_dir.glob("*.csv")) + [
+                self.run_dir / n for n in (CONFIG_FILE, JOURNAL_FILE, INSPECTION_FILE, METRICS_FILE)
+            ]:
+                self.tracker.log_artifact(self.parent, path)
+            self.tracker.log_artifact(self.parent, best_dir, "best")
+            return {"best_dir": str(best_dir), "tier": tier}
 
-        stage(5, "finalise", _key(str(target), best_trial.number), finalise)
-        lines.append(StageLine("finalise", note="best/ written, artifacts logged"))
-        tracker.set_tags(parent, {"stage": "finished", "verdict": verdict["verdict"]})
-        tracker.end(parent, "FINISHED")
-    except BaseException:
-        tracker.end(parent, "FAILED")
-        raise
-    return RunResult(run_dir, str(target), verdict, lines, best_trial.params, time.monotonic() - started)
+        self.stage(
+            6,
+            "finalise",
+            _key(str(self.target), tier, best["best_trial"], best["score"]),
+            work,
+            lambda r: f"model in {r['best_dir']}",
+        )
+        self.lines.append(StageLine("finalise", note=f"best/ from the {tier} tier, artifacts logged"))
+
+    # ------------------------------------------------------------------ trials
+    def _flash_trial(self, number: int, params: dict, callbacks: list, logger):
+        from automl import tuning
+        from automl.flash import fit
+
+        config = self.config.fit_config(**params)
+        trained = fit.train(
+            config,
+            fit.data_for(config, self.datamodule),
+            self.run_dir / "trials" / str(number),
+            monitor=self.target.metric,
+            callbacks=callbacks,
+            logger=logger,
+            progress=self.progress,
+        )
+        return tuning.TrialOutcome(trained.best_score, trained.checkpoint, trained.best_epoch)
+
+    def _lightning_trial(self, template):
+        from automl import tuning
+
+        def train(number: int, params: dict, callbacks: list, logger):
+            config = self._template_config(params, number)
+            result = template.train.fit(config, extra_callbacks=callbacks, logger=logger, progress=self.progress)
+            return tuning.TrialOutcome(result["best_score"], result["checkpoint"], result["best_epoch"])
+
+        return train
+
+    def _tracked(self, tier: str, fit_trial):
+        """A trial as the study sees it: an MLflow child run around ``fit_trial``, and only the best
+        trial's checkpoint kept on disk."""
+        from automl import tuning
+
+        folder = self.run_dir / ("trials" if tier == FLASH else "escalation")
+
+        def train(number: int, params: dict, callbacks: list) -> tuning.TrialOutcome:
+            child = self.tracker.start_child(
+                self.parent, f"{tier} trial {number}", params, {"trial": str(number), "tier": tier}
+            )
+            status = "FAILED"
+            try:
+                outcome = fit_trial(number, params, callbacks, self.tracker.lightning_logger(child))
+                if outcome.checkpoint is None:
+                    raise RuntimeError("stopped before its first validation (time budget)")
+                status = "FINISHED"
+                self.tracker.log_metrics(child, {f"best_{self.target.metric}": outcome.score})
+                _keep_only_best(folder, number, outcome.score, self.target.maximize)
+                return outcome
+            except BaseException as error:
+                status = "KILLED" if tuning.is_pruned(error) else "FAILED"
+                shutil.rmtree(folder / str(number) / "checkpoints", ignore_errors=True)
+                self.tracker.set_tags(child, {"outcome": f"{type(error).__name__}: {error}"[:500]})
+                raise
+            finally:
+                self.tracker.end(child, status)
+
+        return train
 
 
 # --------------------------------------------------------------------------- helpers of run
-def _search_space(config: RunConfig, bb):
-    from automl.tuning import SearchSpace
+def _search_space(config: RunConfig, tier: str):
+    from automl.flash import backbones as bb
+    from automl.tuning import SearchSpace, TemplateSearchSpace
 
     modality = config.modality
+    default = bb.DEFAULT_IMAGE_BACKBONE if modality == "image" else bb.DEFAULT_TEXT_BACKBONE
     if config.backbones:
         backbones = tuple(config.backbones)
     elif config.backbone:
         backbones = (config.backbone,)
     elif not config.pretrained:
-        backbones = (bb.DEFAULT_IMAGE_BACKBONE if modality == "image" else bb.DEFAULT_TEXT_BACKBONE,)
+        backbones = (default,)
     else:
         # the default first (the baseline), then any other whose weights are here already
-        default = bb.DEFAULT_IMAGE_BACKBONE if modality == "image" else bb.DEFAULT_TEXT_BACKBONE
         offline = [n for n in bb.available_backbones(modality) if n != default and _offline(bb, n, modality)]
         backbones = (default, *offline)
-    return SearchSpace(
+    space = SearchSpace if tier == FLASH else TemplateSearchSpace
+    return space(
         modality, backbones, config.epochs, config.image_size, config.max_length, config.batch_size, config.strategy
     )
 
@@ -391,45 +635,6 @@ def _search_space(config: RunConfig, bb):
 def _offline(bb, name: str, modality: str) -> bool:
     source = bb.weights_status(name, modality)
     return source is not None and source.kind != "hub"
-
-
-def _trial_config(config: RunConfig, params: dict) -> FitConfig:
-    return config.fit_config(**params)
-
-
-def _trial_trainer(config: RunConfig, datamodule, run_dir: Path, tracker, parent: str, target, progress: bool):
-    from automl import tuning
-    from automl.flash import fit
-
-    def train_trial(number: int, params: dict, callbacks: list) -> tuning.TrialOutcome:
-        trial_config = _trial_config(config, params)
-        child = tracker.start_child(parent, f"trial {number}", params, {"trial": str(number)})
-        status = "FAILED"
-        try:
-            trained = fit.train(
-                trial_config,
-                fit.data_for(trial_config, datamodule),
-                run_dir / "trials" / str(number),
-                monitor=target.metric,
-                callbacks=callbacks,
-                logger=tracker.lightning_logger(child),
-                progress=progress,
-            )
-            if trained.checkpoint is None:
-                raise RuntimeError("stopped before its first validation (time budget)")
-            status = "FINISHED"
-            tracker.log_metrics(child, {f"best_{target.metric}": trained.best_score})
-            _keep_only_best(run_dir / "trials", number, trained.best_score, target.maximize)
-            return tuning.TrialOutcome(trained.best_score, trained.checkpoint, trained.best_epoch)
-        except BaseException as error:
-            status = "KILLED" if tuning.is_pruned(error) else "FAILED"
-            shutil.rmtree(run_dir / "trials" / str(number) / "checkpoints", ignore_errors=True)
-            tracker.set_tags(child, {"outcome": f"{type(error).__name__}: {error}"[:500]})
-            raise
-        finally:
-            tracker.end(child, status)
-
-    return train_trial
 
 
 def _keep_only_best(trials_dir: Path, number: int, score: float, maximize: bool) -> None:

@@ -51,13 +51,19 @@ class SearchSpace:
     strategy: str = "freeze_unfreeze:1"
 
     def suggest(self, trial) -> dict:
+        params = self.shared(trial)
+        params["strategy"] = trial.suggest_categorical(
+            "strategy", self._choices(self.strategy, ("freeze", "freeze_unfreeze:1", "no_freeze"))
+        )
+        return params
+
+    def shared(self, trial) -> dict:
+        """The knobs both tiers have, with the same ranges, so a Flash-tier trial can seed the
+        Lightning tier's study."""
         params = {
             "learning_rate": trial.suggest_float("learning_rate", 1e-4, 3e-2, log=True),
             "batch_size": trial.suggest_categorical("batch_size", self._choices(self.batch_size, (16, 32, 64))),
             "backbone": trial.suggest_categorical("backbone", list(self.backbones)),
-            "strategy": trial.suggest_categorical(
-                "strategy", self._choices(self.strategy, ("freeze", "freeze_unfreeze:1", "no_freeze"))
-            ),
             "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True),
             "dropout": trial.suggest_float("dropout", 0.0, 0.5),
             "epochs": trial.suggest_int("epochs", max(1, self.epochs - 2), self.epochs + 2),
@@ -75,6 +81,42 @@ class SearchSpace:
     @staticmethod
     def _choices(value, others):
         return sorted({value, *others}, key=str)
+
+
+@dataclass(frozen=True)
+class TemplateSearchSpace(SearchSpace):
+    """The Lightning tier's knobs: the shared ones plus the template's recipe (escalation/template)."""
+
+    def suggest(self, trial) -> dict:
+        params = self.shared(trial)
+        params["backbone_lr_ratio"] = trial.suggest_float("backbone_lr_ratio", 0.01, 1.0, log=True)
+        params["warmup_epochs"] = trial.suggest_int("warmup_epochs", 0, 1)
+        params["gradient_clip"] = trial.suggest_categorical("gradient_clip", [0.0, 1.0])
+        params["weight_averaging"] = trial.suggest_categorical("weight_averaging", ["none", "ema", "swa"])
+        params["class_weighted"] = trial.suggest_categorical("class_weighted", [True, False])
+        if self.modality == "image":
+            params["augment"] = trial.suggest_categorical("augment", ["none", "trivialaugment", "randaugment"])
+            params["mix"] = trial.suggest_categorical("mix", ["none", "mixup", "cutmix"])
+            params["tta"] = trial.suggest_categorical("tta", [True, False])
+        else:
+            params["pooling"] = trial.suggest_categorical("pooling", ["mean", "cls"])
+            params["layer_decay"] = trial.suggest_float("layer_decay", 0.6, 1.0)
+        return params
+
+
+def warm_start_params(space: SearchSpace, flash_params: dict) -> dict:
+    """The best Flash-tier trial's values of the knobs the Lightning tier shares with it."""
+    shared = {
+        "learning_rate",
+        "batch_size",
+        "backbone",
+        "weight_decay",
+        "dropout",
+        "epochs",
+        "label_smoothing",
+        "image_size" if space.modality == "image" else "max_length",
+    }
+    return {key: value for key, value in flash_params.items() if key in shared}
 
 
 def baseline_params(
@@ -191,10 +233,11 @@ class Tuner:
         complete = [t for t in self.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
         return self.study.best_trial if complete else None
 
-    def enqueue_baseline(self, params: dict) -> None:
-        """Trial 0 is the Flash-tier baseline (once per study, however often the run resumes)."""
+    def enqueue_baseline(self, params: dict, role: str = BASELINE) -> None:
+        """Trial 0 runs ``params`` (once per study, however often the run resumes): the Flash-tier
+        baseline, or the best Flash-tier parameters that warm-start the Lightning tier."""
         if not self.study.get_trials(deepcopy=False):
-            self.study.enqueue_trial(params, user_attrs={"role": BASELINE})
+            self.study.enqueue_trial(params, user_attrs={"role": role})
 
     def summary(self) -> list[dict]:
         rows = []

@@ -1,0 +1,214 @@
+"""Escalation to the Lightning tier, `automl eject`, `--template` and the webhook."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import optuna
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import TINY_IMAGE_BACKBONE, make_image_folder
+
+from automl import pipeline, tracking, tuning
+from automl.cli import cli
+from automl.config import RunConfig
+from escalation.callbacks import WebhookNotifier
+from escalation.train import load_template
+
+UNREACHABLE = "val_loss<=0.0"  # a loss is never exactly 0: the target is always missed
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("data") / "imgs", per_class=8)
+
+
+def config(images, output, tracking_uri, **changes) -> RunConfig:
+    values = dict(
+        task="image_classification",
+        data=str(images),
+        output=str(output),
+        target=UNREACHABLE,
+        trials=2,
+        escalation_trials=2,
+        backbone=TINY_IMAGE_BACKBONE,
+        pretrained=False,
+        epochs=2,
+        batch_size=4,
+        image_size=32,
+        accelerator="cpu",
+        tracking_uri=tracking_uri,
+        pruner="none",
+    )
+    return RunConfig(**{**values, **changes})
+
+
+@pytest.fixture(scope="module")
+def escalated(tmp_path_factory, images, tracking_uri):
+    """One run whose target is unreachable: it escalates. Shared by the tests that read it."""
+    output = tmp_path_factory.mktemp("escalated")
+    lines = []
+    result = pipeline.run(config(images, output, tracking_uri), progress=False, report=lines.append)
+    return result, output, lines
+
+
+def test_a_missed_target_escalates_from_the_best_flash_parameters(escalated, tracking_uri):
+    result, output, lines = escalated
+    assert result.exit_code == pipeline.EXIT_MISSED and result.verdict["outcome"].startswith("missed after escalation")
+    storage = f"sqlite:///{output / 'optuna.db'}"
+    flash = optuna.load_study(study_name=result.run_dir.name, storage=storage)
+    lightning = optuna.load_study(study_name=f"{result.run_dir.name}-lightning", storage=storage)
+    assert len(flash.trials) == 2 and len(lightning.trials) == 2
+
+    first = lightning.trials[0]
+    space = tuning.SearchSpace("image", (TINY_IMAGE_BACKBONE,), 2)
+    warm = tuning.warm_start_params(space, flash.best_trial.params)
+    assert warm and {k: first.params[k] for k in warm} == warm  # it started from the best Flash trial
+    assert first.user_attrs["role"] == "warm start"
+    assert "backbone_lr_ratio" in first.params and "augment" in first.params  # the template's own knobs
+
+    journal = json.loads((result.run_dir / "journal.json").read_text())
+    assert journal["stages"]["tune"]["result"]["best_trial"] == flash.best_trial.number
+    escalation = journal["stages"]["escalate"]["result"]
+    assert escalation["tier"]["best_trial"] == lightning.best_trial.number
+    assert escalation["tier"]["score"] == pytest.approx(lightning.best_value)
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    better = lightning.best_value < flash.best_value  # the loss: lower is better
+    assert metrics["tier"] == ("lightning" if better else "flash") == result.tier
+    assert any(line.startswith("[5/6] escalate") for line in lines)
+
+    tracker = tracking.Tracker(tracking_uri, output / "artifacts")
+    children = tracker.runs(journal["mlflow_run_id"])
+    assert sorted(c.data.tags["tier"] for c in children) == ["flash", "flash", "lightning", "lightning"]
+
+
+def test_eject_writes_a_project_whose_train_py_reproduces_the_score(escalated, tmp_path):
+    result, _, _ = escalated
+    project = tmp_path / "project"
+    ejected = CliRunner().invoke(cli, ["eject", str(result.run_dir), "--to", str(project)])
+    assert ejected.exit_code == 0, ejected.output
+    assert sorted(p.name for p in project.iterdir()) == [
+        "README.md",
+        "config.yaml",
+        "datamodule.py",
+        "module.py",
+        "train.py",
+    ]
+    journal = json.loads((result.run_dir / "journal.json").read_text())
+    expected = journal["stages"]["escalate"]["result"]["tier"]["score"]
+    assert (
+        f"{expected:.4f}" in ejected.output
+        and "python train.py --config config.yaml" in (project / "README.md").read_text()
+    )
+
+    trained = subprocess.run(
+        [sys.executable, "train.py", "--config", "config.yaml", "-q"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    outcome = json.loads(trained.stdout[trained.stdout.index("{") :])
+    # Same data, split, seed and machine: the same training. Tolerance 1e-4 for float noise.
+    assert outcome["best_score"] == pytest.approx(expected, abs=1e-4)
+    assert (project / "outputs" / "checkpoints").is_dir()
+
+    again = CliRunner().invoke(cli, ["eject", str(result.run_dir), "--to", str(project)])
+    assert again.exit_code == 2 and "is not empty" in again.output
+
+
+def test_an_edited_template_is_used_for_the_escalation(escalated, tmp_path, images, tracking_uri):
+    result, _, _ = escalated
+    project = tmp_path / "mine"
+    assert CliRunner().invoke(cli, ["eject", str(result.run_dir), "--to", str(project)]).exit_code == 0
+    module = project / "module.py"
+    source = module.read_text()
+    original = "    return nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, num_classes))"
+    assert original in source
+    module.write_text(
+        source.replace(
+            original,
+            (
+                "    return nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, 16), nn.ReLU(), "
+                "nn.Linear(16, num_classes))"
+            ),
+        )
+    )
+    run = pipeline.run(
+        config(images, tmp_path / "out", tracking_uri, template=str(project), trials=1, escalation_trials=1),
+        progress=False,
+    )
+    lightning = optuna.load_study(
+        study_name=f"{run.run_dir.name}-lightning", storage=f"sqlite:///{tmp_path / 'out' / 'optuna.db'}"
+    )
+    state = torch.load(lightning.best_trial.user_attrs["checkpoint"], map_location="cpu", weights_only=False)
+    assert "head.3.weight" in state["state_dict"]  # the edited, two-layer head
+    assert json.loads((run.run_dir / "journal.json").read_text())["template"] == str(project.resolve())
+    # the built-in template is untouched, and loads again afterwards
+    assert "head.3" not in str(load_template().module.make_head(8, 2, 0.0))
+
+
+class Hook(BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        length = int(self.headers["Content-Length"])
+        Hook.received.append(json.loads(self.rfile.read(length)))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def webhook():
+    Hook.received = []
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook", Hook.received
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_webhook_hears_run_start_each_stage_and_run_end(webhook, tmp_path, images, tracking_uri):
+    url, received = webhook
+    result = pipeline.run(
+        config(images, tmp_path, tracking_uri, target="accuracy>=0", trials=1, notify_url=url), progress=False
+    )
+    assert result.met
+    events = [(body["event"], body.get("stage")) for body in received]
+    assert events == [
+        ("run_start", None),
+        ("stage_end", "inspect"),
+        ("stage_end", "baseline"),
+        ("stage_end", "tune"),
+        ("stage_end", "verdict"),
+        ("stage_end", "finalise"),
+        ("run_end", None),
+    ]
+    assert all(body["text"].startswith("automl run") for body in received)  # Slack's field
+    assert received[-1]["verdict"] == "met"
+
+
+def test_a_dead_webhook_does_not_fail_the_run(tmp_path, images, tracking_uri, caplog):
+    notifier = WebhookNotifier("http://127.0.0.1:9/hook", timeout=1, retries=0)
+    assert notifier.run_started() is False and notifier.failures == 1
+    result = pipeline.run(
+        config(images, tmp_path, tracking_uri, target="accuracy>=0", trials=1, notify_url="http://127.0.0.1:9/hook"),
+        progress=False,
+    )
+    assert result.met and result.exit_code == 0
+    assert "did not take the run_end event" in caplog.text
