@@ -206,7 +206,7 @@ def _print_run(result) -> None:
 
     verdict = result.verdict
     table = Table(title=f"automl run: {result.run_dir}", title_justify="left")
-    for column in ("stage", "trials", "best score", "95% CI", "target", "verdict", "time", "note"):
+    for column in ("stage", "trials", "best score", "95% CI", "target", "verdict", "time"):
         table.add_column(column, justify="right" if column in ("trials", "best score", "time") else "left")
     final = max(i for i, line in enumerate(result.stages) if line.stage.startswith("verdict"))
     for index, line in enumerate(result.stages):
@@ -219,10 +219,12 @@ def _print_run(result) -> None:
             result.target if judged else "",
             verdict["verdict"] if judged else "",
             f"{line.seconds:.0f}s" if line.seconds else "",
-            line.note,
         )
     console = Console()
     console.print(table)
+    for line in result.stages:
+        if line.note:
+            console.print(f"  {line.stage}: {line.note}", highlight=False)
     ci = f"95% CI {verdict['ci_low']:.4f}-{verdict['ci_high']:.4f}"
     console.print(
         f"target {result.target}: {verdict['metric']} {verdict['score']:.4f} ({ci}) -> "

@@ -424,7 +424,7 @@ class RunJob:
     def _show_verdict(self, number: int, verdict: dict, seconds: float) -> None:
         self.lines.append(
             StageLine(
-                "verdict" if verdict["tier"] == FLASH else "verdict (lightning)",
+                "verdict",
                 None,
                 verdict["score"],
                 seconds,
@@ -476,13 +476,24 @@ class RunJob:
             5, "escalate", self._escalate_key(flash), work, lambda r: f"lightning best {r['tier']['score']:.4f}"
         )
         self.journal["template"] = result["template"]
+        if not any(line.stage == "escalate" for line in self.lines):  # finished in an earlier run
+            lightning = result["tier"]
+            self.lines.append(
+                StageLine(
+                    "escalate",
+                    lightning["trials"],
+                    lightning["score"],
+                    0.0,
+                    f"{lightning['trials']} trials, done in an earlier run",
+                )
+            )
         if not result["better"]:
             outcome = (
                 f"missed after escalation (the Lightning tier did not beat the Flash tier's "
                 f"{flash['score']:.4f}), short by {verdict['gap']:.4f}"
             )
             final = {**verdict, "outcome": outcome}
-            self.lines.append(StageLine("verdict (final)", None, final["score"], 0.0, outcome))
+            self.lines.append(StageLine("verdict", None, final["score"], 0.0, outcome))
             self.say(f"[5/{self.total}] escalate: {outcome}")
             return FLASH, final, flash
         self._show_verdict(5, result["verdict"], time.monotonic() - t0)

@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import (
     EarlyStopping,
     EMAWeightAveraging,
     ModelCheckpoint,
+    RichProgressBar,
     StochasticWeightAveraging,
 )
 from module import TemplateModule
@@ -76,6 +77,8 @@ def fit(config: dict, extra_callbacks=(), logger=None, progress: bool = True) ->
         config, datamodule.labels, class_weights(datamodule) if config.get("class_weighted") else None
     )
     callbacks = callbacks_for(config)
+    if progress:  # on stderr: stdout is for results
+        callbacks.append(RichProgressBar(leave=True, console_kwargs={"stderr": True}))
     accelerator = config.get("accelerator", "auto")
     precision = config.get("precision", "auto")
     if precision == "auto":  # mixed precision where a GPU makes it pay
