@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Nothing here needs the network beyond the package registries.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test lint browser screenshot clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,15 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: setup lint
+browser:
+	@bash scripts/install-browser.sh
+
+test: setup lint browser
 	$(PY) -m pytest
+
+# The README's report picture, made by the project's own code from the demo's run.
+screenshot: demo browser
+	$(PY) -m automl.report.browser $$(ls runs/image_classification-*/report.html | head -n 1) docs/report.png
 
 clean:
 	rm -rf runs data .pytest_cache

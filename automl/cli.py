@@ -200,6 +200,132 @@ def eject(run_dir: Path, destination: Path, force: bool) -> None:
     click.echo(f"next: cd {project.folder} && python train.py --config config.yaml")
 
 
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def report(run_dir: Path) -> None:
+    """Render RUN_DIR/report.html (self-contained) and RUN_DIR/report.json again."""
+    from automl.report import write_report
+
+    html, data = write_report(run_dir)
+    click.echo(f"wrote {html} and {data}")
+
+
+@cli.command()
+@click.option("--output", default="runs", type=click.Path(path_type=Path), help="Runs folder.  [default: runs]")
+def runs(output: Path) -> None:
+    """A leaderboard of the finished runs under --output, newest first."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = []
+    for metrics_path in sorted(Path(output).glob("*/metrics.json")):
+        metrics = json.loads(metrics_path.read_text())
+        if "target" not in metrics:
+            continue  # an `automl fit` folder
+        run_dir = metrics_path.parent
+        journal = json.loads((run_dir / "journal.json").read_text()) if (run_dir / "journal.json").exists() else {}
+        stages = journal.get("stages", {})
+        config = load_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else {}
+        rows.append(
+            (
+                stages.get("finalise", {}).get("finished_at", ""),
+                config.get("task", ""),
+                config.get("data", ""),
+                metrics["target"],
+                metrics.get("score"),
+                metrics.get("verdict", ""),
+                metrics.get("tier", ""),
+                sum(s.get("seconds", 0.0) for s in stages.values()),
+                str(run_dir),
+            )
+        )
+    if not rows:
+        click.echo(f"No finished runs under {output}/ (automl run writes them there).")
+        return
+    table = Table(title=f"runs in {output}/", title_justify="left")
+    for column in ("finished", "task", "data", "target", "score", "verdict", "tier", "time", "path"):
+        table.add_column(column, justify="right" if column in ("score", "time") else "left")
+    for finished, task, data, target, score, verdict, tier, seconds, path in sorted(rows, reverse=True):
+        table.add_row(
+            finished,
+            task,
+            data,
+            target,
+            f"{score:.4f}" if score is not None else "",
+            verdict,
+            tier,
+            f"{seconds:.0f}s",
+            path,
+        )
+    Console().print(table)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Images: a file or folder. Texts: a CSV/JSONL (column found by name), a .txt file (a text a line) "
+    "or a folder of .txt files.",
+)
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="CSV to write.  [default: stdout]")
+@click.option("--top-k", type=int, default=3, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--input-field", help="The text column of a CSV/JSONL.")
+def predict(
+    run_dir: Path, data: Path, output: Path | None, top_k: int, batch_size: int, input_field: str | None
+) -> None:
+    """Predict with a finished run's final model. Unreadable inputs get an error row, not a crash."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from automl.predict import Predictor, read_inputs, write_predictions
+
+    predictor = Predictor.load(run_dir)
+    inputs, ids = read_inputs(predictor, data, input_field)
+    method = predictor.predict_images if predictor.kind == "image" else predictor.predict_texts
+    with Progress(console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("predicting", total=len(inputs))
+        rows = method(inputs, ids, top_k=top_k, batch_size=batch_size, on_batch=lambda n: progress.advance(task, n))
+    errors = sum(1 for row in rows if row["error"])
+    write_predictions(rows, output or sys.stdout)
+    if output:
+        click.echo(
+            f"wrote {len(rows)} predictions to {output}" + (f" ({errors} inputs could not be read)" if errors else "")
+        )
+    elif errors:
+        click.echo(f"{errors} inputs could not be read; see their error column", err=True)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript"]), default="onnx", show_default=True)
+def export(run_dir: Path, fmt: str) -> None:
+    """Export the final model (checked against PyTorch on the first validation batch, within 1e-4)."""
+    from automl.export import export as do_export
+
+    exported = do_export(run_dir, fmt)
+    click.echo(
+        f"wrote {exported.path} (+ export.json with its preprocessing); max difference from PyTorch on "
+        f"{exported.checked} validation examples: {exported.max_abs_diff:.2e}"
+    )
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--max-body-mb", type=float, default=10.0, show_default=True, help="Larger requests get 413.")
+def serve(run_dir: Path, host: str, port: int, max_body_mb: float) -> None:
+    """Serve the final model over HTTP: POST /predict, GET /health, GET /labels, docs at /docs."""
+    from automl.serve import serve as run_server
+
+    run_server(run_dir, host, port, int(max_body_mb * 1024 * 1024))
+
+
 def _print_run(result) -> None:
     from rich.console import Console
     from rich.table import Table

@@ -380,8 +380,10 @@ class RunJob:
 
     def tune(self) -> dict:
         flash = self._run_study(self.flash_tuner, self.flash_train, self.config.trials, 3, "tuning", "tune")
-        _write_study(self.run_dir / STUDY_FILE, flash.pop("summary"))
-        self.journal.record("tune", _key(self.name, self.config.trials), flash, 0.0)
+        _write_study(self.run_dir / STUDY_FILE, flash["summary"])
+        seconds = sum(row["seconds"] or 0.0 for row in flash["summary"] if row["role"] != tuning_baseline())
+        flash.pop("summary")
+        self.journal.record("tune", _key(self.name, self.config.trials), flash, seconds)
         if self.notifier:
             self.notifier.stage_finished("tune", f"best {self.target.metric} {flash['score']:.4f}")
         return flash
@@ -546,8 +548,9 @@ class RunJob:
             self.tracker.set_tags(
                 self.parent, {"verdict": verdict["verdict"], "tier": tier, "best_trial": best["best_trial"]}
             )
+            report = self._report(tier, verdict)
             for path in sorted(self.run_dir.glob("*.csv")) + [
-                self.run_dir / n for n in (CONFIG_FILE, JOURNAL_FILE, INSPECTION_FILE, METRICS_FILE)
+                self.run_dir / n for n in (CONFIG_FILE, JOURNAL_FILE, INSPECTION_FILE, METRICS_FILE, *report)
             ]:
                 self.tracker.log_artifact(self.parent, path)
             self.tracker.log_artifact(self.parent, best_dir, "best")
@@ -561,6 +564,18 @@ class RunJob:
             lambda r: f"model in {r['best_dir']}",
         )
         self.lines.append(StageLine("finalise", note=f"best/ from the {tier} tier, artifacts logged"))
+
+    def _report(self, tier: str, verdict: dict) -> tuple[str, ...]:
+        """report.html and report.json; a report that fails to render costs a warning, not the run."""
+        from automl.report import write_report
+
+        try:
+            html, data = write_report(self.run_dir)
+        except Exception as exc:
+            self.say(f"[6/{self.total}] finalise: the report could not be written ({type(exc).__name__}: {exc})")
+            return ()
+        self.say(f"[6/{self.total}] finalise: report written to {html}")
+        return (html.name, data.name)
 
     # ------------------------------------------------------------------ trials
     def _flash_trial(self, number: int, params: dict, callbacks: list, logger):
@@ -621,6 +636,12 @@ class RunJob:
 
 
 # --------------------------------------------------------------------------- helpers of run
+def tuning_baseline() -> str:
+    from automl.tuning import BASELINE
+
+    return BASELINE
+
+
 def _search_space(config: RunConfig, tier: str):
     from automl.flash import backbones as bb
     from automl.tuning import SearchSpace, TemplateSearchSpace
@@ -699,17 +720,22 @@ def _safe_score(name: str, targets, probabilities) -> float | None:
         return None
 
 
-def _write_predictions(path: Path, ids, targets, probabilities, labels: list[str]) -> None:
+def _write_predictions(path: Path, inputs, targets, probabilities, labels: list[str]) -> None:
+    """One row per validation example: its file (images) or text, true and predicted label, confidence
+    and every class probability."""
     import pandas as pd
 
+    texts = bool(inputs) and isinstance(inputs[0], str)
     frame = pd.DataFrame(
         {
-            "id": ids,
+            "id": [f"val {i}" for i in range(len(inputs))] if texts else [str(item) for item in inputs],
             "true": [labels[t] for t in targets],
             "predicted": [labels[i] for i in probabilities.argmax(axis=1)],
             "confidence": probabilities.max(axis=1),
         }
     )
+    if texts:
+        frame.insert(1, "text", list(inputs))
     for index, label in enumerate(labels):
         frame[f"p_{label}"] = probabilities[:, index]
     tmp = path.with_suffix(".tmp")

@@ -111,3 +111,17 @@ class Tracker:
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def trial_history(tracking_uri: str, parent_id: str, tier: str, number: int, keys: list[str]) -> dict[str, list]:
+    """Per-step values of ``keys`` logged by one trial's child run: {key: [(step, value), ...]}."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    parent = client.get_run(parent_id)
+    query = f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.trial = '{number}' and tags.tier = '{tier}'"
+    runs = client.search_runs([parent.info.experiment_id], filter_string=query, max_results=1)
+    if not runs:
+        return {}
+    run_id = runs[0].info.run_id
+    return {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)] for key in keys}

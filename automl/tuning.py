@@ -326,3 +326,14 @@ class Tuner:
             return outcome.score
 
         return objective
+
+
+def param_importances(storage: str, study_name: str) -> dict[str, float]:
+    """How much each parameter mattered to the score (Optuna's fANOVA); needs 5+ complete trials."""
+    import optuna
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    if len(complete) < 5:
+        return {}
+    return dict(optuna.importance.get_param_importances(study))

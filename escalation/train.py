@@ -114,7 +114,7 @@ def template_config(run: dict, params: dict, output_dir: str | Path, monitor: st
 
 
 def predict_validation(template: Template, checkpoint: str | Path, config: dict):
-    """(true class indices, class probabilities, sample ids) of a template checkpoint on the validation split."""
+    """(true class indices, class probabilities, inputs) of a template checkpoint on the validation split."""
     import lightning.pytorch as pl
     import numpy as np
     import torch
@@ -133,8 +133,7 @@ def predict_validation(template: Template, checkpoint: str | Path, config: dict)
     probabilities = torch.cat(trainer.predict(model, datamodule=datamodule)).float().numpy()
     samples = datamodule.samples.val_samples
     targets = np.array([target for _, target in samples])
-    ids = [str(item) if isinstance(item, Path) else f"row {i}" for i, (item, _) in enumerate(samples)]
-    return targets, probabilities, ids
+    return targets, probabilities, [item for item, _ in samples]
 
 
 def preprocessing(config: dict) -> dict:

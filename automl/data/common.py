@@ -50,14 +50,14 @@ def detect_splits(root: Path) -> dict[str, Path]:
     return splits
 
 
-def files_in(folder: Path, suffixes: Sequence[str]) -> list[Path]:
-    """Files under ``folder`` (recursively) with one of ``suffixes``, sorted; hidden paths skipped."""
+def files_in(folder: Path, suffixes: Sequence[str] | None) -> list[Path]:
+    """Files under ``folder`` (recursively) with one of ``suffixes`` (None: any), sorted; hidden paths skipped."""
     found = []
     for path in sorted(folder.rglob("*")):
         relative = path.relative_to(folder)
         if any(is_hidden(Path(part)) for part in relative.parts):
             continue
-        if path.is_file() and path.suffix.lower() in suffixes:
+        if path.is_file() and (suffixes is None or path.suffix.lower() in suffixes):
             found.append(path)
     return found
 

@@ -191,7 +191,7 @@ def load_classifier(checkpoint: str | Path):
 
 
 def predict_validation(model, datamodule, accelerator: str = "auto") -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(true class indices, class probabilities, sample ids) for the validation split."""
+    """(true class indices, class probabilities, inputs: image paths or texts) for the validation split."""
     import torch
 
     predict = datamodule.with_options(predict_samples=datamodule.val_samples)
@@ -200,12 +200,7 @@ def predict_validation(model, datamodule, accelerator: str = "auto") -> tuple[np
     )
     probabilities = torch.cat(trainer.predict(model, datamodule=predict)).float().numpy()
     targets = np.array([target for _, target in datamodule.val_samples])
-    ids = [sample_id(i, item) for i, (item, _) in enumerate(datamodule.val_samples)]
-    return targets, probabilities, ids
-
-
-def sample_id(index: int, item) -> str:
-    return str(item) if isinstance(item, Path) else f"row {index}"
+    return targets, probabilities, [item for item, _ in datamodule.val_samples]
 
 
 def save_best(out: Path, checkpoint: str, datamodule, config: FitConfig) -> None:
@@ -213,10 +208,12 @@ def save_best(out: Path, checkpoint: str, datamodule, config: FitConfig) -> None
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy2(checkpoint, out / CHECKPOINT_FILE)
     write_json(out / LABELS_FILE, datamodule.labels)
-    write_json(
-        out / PREPROCESSING_FILE,
-        {**datamodule.preprocessing(), "task": config.task, "backbone": default_backbone(config)},
-    )
+    backbone = default_backbone(config)
+    preprocessing = {**datamodule.preprocessing(), "task": config.task, "backbone": backbone}
+    if preprocessing["kind"] == "image" and not datamodule.normalization_fixed:
+        # the classifier set the datamodule's normalisation when it trained: the backbone's
+        preprocessing["mean"], preprocessing["std"] = map(list, bb.image_normalization(backbone))
+    write_json(out / PREPROCESSING_FILE, preprocessing)
 
 
 def write_json(path: Path, values) -> None:

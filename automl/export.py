@@ -1,0 +1,136 @@
+"""``automl export RUN_DIR --format onnx|torchscript``: the final model as a file a runtime loads
+without automl, checked against PyTorch on the validation set's first batch before it is kept.
+
+Inputs: images as a float tensor (batch, 3, size, size) already resized, cropped and normalised as
+``export.json`` says; texts as ``input_ids`` and ``attention_mask`` from the backbone's tokenizer.
+Output: class probabilities, in the order of ``labels``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from automl.errors import AutoMLError, ConfigError
+from automl.predict import BEST, Predictor
+
+FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+TOLERANCE = 1e-4
+CHECK_BATCH = 8
+
+
+class ExportMismatch(AutoMLError):
+    """The exported model disagrees with PyTorch beyond the tolerance."""
+
+
+class ImageNetwork(nn.Module):
+    def __init__(self, predictor: Predictor):
+        super().__init__()
+        # the network's parts as submodules (their parameters are what the export holds); the
+        # LightningModule itself stays out, its Trainer-bound properties break TorchScript tracing
+        self.backbone, self.head = predictor.model.backbone, predictor.model.head
+        object.__setattr__(self, "logits", predictor.logits_fn)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logits(images).softmax(dim=-1)
+
+
+class TextNetwork(nn.Module):
+    def __init__(self, predictor: Predictor):
+        super().__init__()
+        # the network's parts as submodules (their parameters are what the export holds); the
+        # LightningModule itself stays out, its Trainer-bound properties break TorchScript tracing
+        self.backbone, self.head = predictor.model.backbone, predictor.model.head
+        object.__setattr__(self, "logits", predictor.logits_fn)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.logits({"input_ids": input_ids, "attention_mask": attention_mask}).softmax(dim=-1)
+
+
+@dataclass
+class Exported:
+    path: Path
+    max_abs_diff: float
+    checked: int  # examples compared
+
+
+def check_inputs(predictor: Predictor, run_dir: Path) -> tuple:
+    """The first validation batch, as the exported network takes it."""
+    import pandas as pd
+
+    frame = pd.read_csv(run_dir / "predictions_val.csv", keep_default_na=False).head(CHECK_BATCH)
+    if predictor.kind == "image":
+        return (torch.stack([predictor.image_tensor(path) for path in frame["id"]]),)
+    encoded = predictor.encode(list(frame["text"]))
+    return encoded["input_ids"], encoded["attention_mask"]
+
+
+def export(run_dir: str | Path, fmt: str) -> Exported:
+    if fmt not in FORMATS:
+        raise ConfigError(f"Unknown export format '{fmt}'. Choose one of: {', '.join(FORMATS)}.")
+    run_dir = Path(run_dir)
+    predictor = Predictor.load(run_dir)
+    network = (ImageNetwork if predictor.kind == "image" else TextNetwork)(predictor).eval()
+    inputs = check_inputs(predictor, run_dir)
+    names = ["images"] if predictor.kind == "image" else ["input_ids", "attention_mask"]
+    path = run_dir / BEST / FORMATS[fmt]
+    with torch.no_grad():
+        expected = network(*inputs).numpy()
+        if fmt == "torchscript":
+            traced = torch.jit.trace(network, inputs, check_trace=False)
+            traced.save(str(path))
+            got = torch.jit.load(str(path))(*inputs).numpy()
+        else:
+            got = _onnx(network, inputs, names, path)
+    difference = float(abs(got - expected).max())
+    if difference > TOLERANCE:
+        path.unlink(missing_ok=True)
+        raise ExportMismatch(
+            f"The {fmt} export differs from PyTorch by {difference:.2e} (> {TOLERANCE:g}) on the validation "
+            "set's first batch; it was not kept."
+        )
+    (run_dir / BEST / "export.json").write_text(
+        json.dumps(
+            {
+                "format": fmt,
+                "file": path.name,
+                "inputs": names,
+                "output": "probabilities",
+                "labels": predictor.labels,
+                "preprocessing": predictor.preprocessing,
+                "checked_examples": len(expected),
+                "max_abs_diff": difference,
+                "tolerance": TOLERANCE,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    return Exported(path, difference, len(expected))
+
+
+def _onnx(network: nn.Module, inputs: tuple, names: list[str], path: Path):
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise ConfigError("ONNX export needs the export extras: pip install 'automl[export]'.") from exc
+    axes = {name: {0: "batch"} for name in names}
+    if len(names) == 2:  # texts: the sequence length varies too
+        axes = {name: {0: "batch", 1: "tokens"} for name in names}
+    axes["probabilities"] = {0: "batch"}
+    torch.onnx.export(
+        network,
+        inputs,
+        str(path),
+        input_names=names,
+        output_names=["probabilities"],
+        dynamic_axes=axes,
+        opset_version=17,
+        dynamo=False,
+    )
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {name: tensor.numpy() for name, tensor in zip(names, inputs, strict=True)})[0]

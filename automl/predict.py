@@ -1,0 +1,241 @@
+"""Predictions from a finished run's final model, whichever tier it came from.
+
+``Predictor.load(run_dir)`` is what ``automl predict``, ``automl export`` and ``automl serve`` use:
+
+>>> predictor = Predictor.load("runs/image_classification-1a2b3c4d5e")
+>>> predictor.predict_images(["cat.jpg", "broken.jpg"], top_k=3)
+[{'id': 'cat.jpg', 'label': 'cat', 'probability': 0.97, 'top_k': [...], 'error': None}, {... 'error': '...'}]
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from automl.errors import DataError
+
+BEST = "best"
+
+
+@dataclass
+class Predictor:
+    model: nn.Module  # eval mode; forward(inputs) -> logits
+    logits_fn: Callable  # inputs -> logits (test-time augmentation included where the model uses it)
+    labels: list[str]
+    preprocessing: dict
+    tier: str
+    tokenizer: object = None
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, run_dir: str | Path) -> Predictor:
+        import yaml
+
+        best = Path(run_dir) / BEST
+        checkpoint = best / "model.ckpt"
+        if not checkpoint.exists():
+            raise DataError(
+                f"'{run_dir}' holds no trained model ({checkpoint} is missing). Pass a run folder that "
+                "`automl run` finished (its best/ folder)."
+            )
+        labels = json.loads((best / "labels.json").read_text())
+        preprocessing = json.loads((best / "preprocessing.json").read_text())
+        tier = json.loads((best / "tier.json").read_text()) if (best / "tier.json").exists() else {"tier": "flash"}
+        tokenizer = None
+        if tier["tier"] == "lightning":
+            from escalation.train import load_template
+
+            config = yaml.safe_load((best / "template_config.yaml").read_text())
+            template = load_template(tier.get("template"))
+            model = template.module.TemplateModule.load_from_checkpoint(
+                checkpoint, config={**config, "pretrained": False}, map_location="cpu"
+            )
+            logits_fn = model.predict_logits
+            if preprocessing["kind"] == "text":
+                from automl.flash.backbones import load_tokenizer
+
+                tokenizer = load_tokenizer(config["backbone"], config.get("weights"))
+        else:
+            from automl.flash.fit import load_classifier
+
+            model = load_classifier(checkpoint)
+            logits_fn = model
+            if preprocessing["kind"] == "text":
+                from transformers import AutoTokenizer
+
+                tokenizer = AutoTokenizer.from_pretrained(model.tokenizer_source)
+        model.eval()
+        return cls(model, logits_fn, labels, preprocessing, tier["tier"], tokenizer)
+
+    @property
+    def kind(self) -> str:
+        return self.preprocessing["kind"]
+
+    # ------------------------------------------------------------------ inputs
+    def image_transform(self):
+        from torchvision.transforms import v2
+
+        p = self.preprocessing
+        return v2.Compose(
+            [
+                v2.Resize(p["resize"], antialias=True),
+                v2.CenterCrop(p["image_size"]),
+                v2.ToImage(),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(p["mean"], p["std"]),
+            ]
+        )
+
+    def image_tensor(self, source) -> torch.Tensor:
+        """A path, raw bytes or PIL image -> the network's input; raises ``DataError`` for non-images."""
+        from PIL import Image, ImageOps, UnidentifiedImageError
+
+        try:
+            if isinstance(source, Image.Image):
+                image = source
+            else:
+                image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+                image.load()
+            image = ImageOps.exif_transpose(image).convert("RGB")
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            raise DataError(f"not a readable image ({type(exc).__name__}: {exc})") from exc
+        return self.image_transform()(image)
+
+    def encode(self, texts: Sequence[str]) -> dict:
+        encoded = self.tokenizer(
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.preprocessing["max_length"],
+            return_tensors="pt",
+        )
+        return dict(encoded)
+
+    # ------------------------------------------------------------------ predicting
+    @torch.inference_mode()
+    def probabilities(self, inputs) -> torch.Tensor:
+        return self.logits_fn(inputs).float().softmax(dim=-1)
+
+    def rows(self, ids: Sequence[str], probabilities: torch.Tensor, top_k: int) -> list[dict]:
+        k = max(1, min(top_k, len(self.labels)))
+        values, indices = probabilities.topk(k, dim=-1)
+        return [
+            {
+                "id": id_,
+                "label": self.labels[int(idx[0])],
+                "probability": float(val[0]),
+                "top_k": [(self.labels[int(i)], float(v)) for v, i in zip(val, idx, strict=True)],
+                "error": None,
+            }
+            for id_, val, idx in zip(ids, values, indices, strict=True)
+        ]
+
+    def predict_images(
+        self,
+        sources: Iterable,
+        ids: Sequence[str] | None = None,
+        top_k: int = 3,
+        batch_size: int = 32,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> list[dict]:
+        """Predict images (paths, bytes or PIL images); an unreadable one gets a row with its error."""
+        sources = list(sources)
+        ids = list(ids) if ids is not None else [str(s) for s in sources]
+        rows: list[dict | None] = [None] * len(sources)
+        for start in range(0, len(sources), batch_size):
+            good, tensors = [], []
+            for index in range(start, min(start + batch_size, len(sources))):
+                try:
+                    tensors.append(self.image_tensor(sources[index]))
+                    good.append(index)
+                except DataError as error:
+                    rows[index] = _error_row(ids[index], str(error))
+            if tensors:
+                batch_rows = self.rows([ids[i] for i in good], self.probabilities(torch.stack(tensors)), top_k)
+                for index, row in zip(good, batch_rows, strict=True):
+                    rows[index] = row
+            if on_batch:
+                on_batch(min(batch_size, len(sources) - start))
+        return rows
+
+    def predict_texts(
+        self,
+        texts: Sequence,
+        ids: Sequence[str] | None = None,
+        top_k: int = 3,
+        batch_size: int = 32,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> list[dict]:
+        """Predict texts; an empty or non-text entry gets a row with its error."""
+        texts = list(texts)
+        ids = list(ids) if ids is not None else [str(i) for i in range(len(texts))]
+        rows: list[dict | None] = [None] * len(texts)
+        for start in range(0, len(texts), batch_size):
+            good = []
+            for index in range(start, min(start + batch_size, len(texts))):
+                text = texts[index]
+                if not isinstance(text, str) or not text.strip():
+                    rows[index] = _error_row(ids[index], "empty or not a text")
+                else:
+                    good.append(index)
+            if good:
+                probabilities = self.probabilities(self.encode([texts[i] for i in good]))
+                for index, row in zip(good, self.rows([ids[i] for i in good], probabilities, top_k), strict=True):
+                    rows[index] = row
+            if on_batch:
+                on_batch(min(batch_size, len(texts) - start))
+        return rows
+
+
+def _error_row(id_: str, error: str) -> dict:
+    return {"id": id_, "label": None, "probability": None, "top_k": [], "error": error}
+
+
+def read_inputs(predictor: Predictor, path: str | Path, input_field: str | None = None) -> tuple[list, list[str]]:
+    """(inputs, ids) from ``path``: images (a file or a folder, every file in it tried) or texts (a
+    CSV/TSV, JSONL, a .txt file with one text per line, or a folder of .txt files)."""
+    from automl.data import common
+
+    path = common.existing_path(path)
+    if predictor.kind == "image":
+        files = [path] if path.is_file() else common.files_in(path, None)
+        return files, [str(f) for f in files]
+    if path.is_dir():
+        files = common.files_in(path, (".txt",))
+        return [f.read_text(encoding="utf-8", errors="replace") for f in files], [str(f) for f in files]
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv", ".jsonl", ".ndjson", ".json"):
+        import pandas as pd
+
+        if suffix in (".csv", ".tsv"):
+            frame = common.read_csv(path)
+        else:
+            frame = pd.read_json(path, lines=True, dtype=False)
+            frame.columns = [str(c) for c in frame.columns]
+        from automl.data.text import TEXT_COLUMNS
+
+        column = common.pick_column(frame, input_field, TEXT_COLUMNS, f"'{path}'", "text")
+        return list(frame[column]), [f"row {i + (2 if suffix in ('.csv', '.tsv') else 1)}" for i in range(len(frame))]
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    return lines, [f"line {i + 1}" for i in range(len(lines))]
+
+
+def write_predictions(rows: list[dict], path: str | Path) -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        {
+            "id": [r["id"] for r in rows],
+            "label": [r["label"] for r in rows],
+            "probability": [r["probability"] for r in rows],
+            "top_k": [";".join(f"{label}:{p:.4f}" for label, p in r["top_k"]) for r in rows],
+            "error": [r["error"] or "" for r in rows],
+        }
+    )
+    frame.to_csv(path, index=False)

@@ -1,0 +1,52 @@
+"""The run report: ``report.html`` (one self-contained page, plots embedded) and ``report.json``
+(the same facts for machines), written at the end of every run and by ``automl report RUN_DIR``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from automl.report.facts import collect
+
+__all__ = ["collect", "write_report"]
+
+
+def write_report(run_dir: str | Path) -> tuple[Path, Path]:
+    """Render the report of ``run_dir``; returns the paths of report.html and report.json."""
+    import jinja2
+
+    from automl.report import plots
+
+    run_dir = Path(run_dir)
+    facts = collect(run_dir)
+    verdict = facts["verdict"]
+    from automl.target import parse_target
+
+    target = parse_target(verdict["target"])
+    figures = {}
+    if facts["data"].get("class_counts"):
+        figures["class_counts"] = plots.class_counts(facts["data"]["class_counts"])
+    if facts["study"]["trials"]:
+        figures["history"] = plots.history(facts["study"]["trials"], target.metric, target.maximize, target.value)
+    importances = {k: v for k, v in facts["study"]["importances"].items() if not k.startswith("_")}
+    if importances:
+        figures["importances"] = plots.importances(importances)
+    curves = {k: v for k, v in facts["learning_curves"].items() if not k.startswith("_")}
+    if curves:
+        figures["curves"] = plots.learning_curves(curves, target.metric)
+    if "confusion" in facts:
+        figures["confusion"] = plots.confusion(facts["confusion"]["labels"], facts["confusion"]["matrix"])
+    thumbs = []
+    if facts["run"]["task"] == "image_classification":
+        thumbs = [plots.thumbnail(m["id"]) for m in facts.get("mistakes", [])]
+
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=True, undefined=jinja2.ChainableUndefined
+    )
+    html = environment.get_template("report.html.j2").render(f=facts, p=figures, thumbs=thumbs)
+    html_path, json_path = run_dir / "report.html", run_dir / "report.json"
+    for path, text in ((html_path, html), (json_path, json.dumps(facts, indent=2, default=str) + "\n")):
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    return html_path, json_path
