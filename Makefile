@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Nothing here needs the network beyond the package registries.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo test lint browser screenshot clean
+.PHONY: setup demo test lint browser screenshot bench bench-quick clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,13 @@ test: setup lint browser
 # The README's report picture, made by the project's own code from the demo's run.
 screenshot: demo browser
 	$(PY) -m automl.report.browser $$(ls runs/image_classification-*/report.html | head -n 1) docs/report.png
+
+# Speed and quality figures, each against a reference measured in the same run (about 20 minutes).
+bench: setup data/digits
+	$(PY) -m bench
+
+bench-quick: setup data/digits
+	$(PY) -m bench --quick
 
 clean:
 	rm -rf runs data .pytest_cache

@@ -50,6 +50,7 @@ class FitConfig:
     dropout: float = 0.0
     label_smoothing: float = 0.0
     image_size: int = 224
+    augment: bool = True  # images: random-resized-crop + horizontal flip while training
     max_length: int = 128
     val_split: float = 0.2
     num_workers: int = 0

@@ -658,10 +658,16 @@ def _search_space(config: RunConfig, tier: str):
         # the default first (the baseline), then any other whose weights are here already
         offline = [n for n in bb.available_backbones(modality) if n != default and _offline(bb, n, modality)]
         backbones = (default, *offline)
-    space = SearchSpace if tier == FLASH else TemplateSearchSpace
-    return space(
-        modality, backbones, config.epochs, config.image_size, config.max_length, config.batch_size, config.strategy
+    fields = (
+        modality,
+        backbones,
+        config.epochs,
+        config.image_size,
+        config.max_length,
+        config.batch_size,
+        config.strategy,
     )
+    return SearchSpace(*fields, augment=config.augment) if tier == FLASH else TemplateSearchSpace(*fields)
 
 
 def _offline(bb, name: str, modality: str) -> bool:

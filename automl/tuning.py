@@ -50,11 +50,15 @@ class SearchSpace:
     batch_size: int = 32
     strategy: str = "freeze_unfreeze:1"
 
+    augment: bool = True
+
     def suggest(self, trial) -> dict:
         params = self.shared(trial)
         params["strategy"] = trial.suggest_categorical(
             "strategy", self._choices(self.strategy, ("freeze", "freeze_unfreeze:1", "no_freeze"))
         )
+        if self.modality == "image":  # flips and crops help photos and hurt e.g. digits: the study decides
+            params["augment"] = trial.suggest_categorical("augment", [True, False])
         return params
 
     def shared(self, trial) -> dict:
@@ -134,6 +138,8 @@ def baseline_params(
         "epochs": space.epochs,
         "label_smoothing": label_smoothing,
     }
+    if space.modality == "image":
+        params["augment"] = space.augment
     params["image_size" if space.modality == "image" else "max_length"] = (
         space.image_size if space.modality == "image" else space.max_length
     )

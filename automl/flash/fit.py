@@ -63,7 +63,7 @@ def load_data(config: FitConfig):
     }
     fields = {"input_field": config.input_field, "target_field": config.target_field}
     if config.task == IMAGE_CLASSIFICATION:
-        kwargs = {**common, "image_size": config.image_size}
+        kwargs = {**common, "image_size": config.image_size, "augment": config.augment}
         if path.is_dir():
             return ImageClassificationData.from_folders(path, **kwargs)
         if path.suffix.lower() in (".csv", ".tsv"):
@@ -82,7 +82,9 @@ def load_data(config: FitConfig):
 def data_for(config: FitConfig, datamodule):
     """``datamodule``'s samples served the way ``config`` asks (batch size, image size, max length)."""
     if config.task == IMAGE_CLASSIFICATION:
-        return datamodule.with_options(batch_size=config.batch_size, image_size=config.image_size)
+        return datamodule.with_options(
+            batch_size=config.batch_size, image_size=config.image_size, augment=config.augment
+        )
     return datamodule.with_options(batch_size=config.batch_size, max_length=config.max_length)
 
 
