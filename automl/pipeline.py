@@ -365,14 +365,14 @@ class RunJob:
         self.lines.append(
             StageLine(stage_name, len(summary), best.value if best else None, time.monotonic() - t0, note)
         )
-        if best is None:
+        if best is None and stage_name == "tune":
             raise DataError(f"No {role} trial finished with a score; see the reasons in {self.run_dir / STUDY_FILE}.")
         return {
             "study": tuner.study.study_name,
-            "best_trial": best.number,
-            "score": best.value,
-            "params": best.params,
-            "checkpoint": best.user_attrs["checkpoint"],
+            "best_trial": best.number if best else None,
+            "score": best.value if best else None,  # None: no trial finished (e.g. the budget ran out)
+            "params": best.params if best else {},
+            "checkpoint": best.user_attrs["checkpoint"] if best else None,
             "stopped": why,
             "trials": len(summary),
             "summary": summary,
@@ -462,9 +462,8 @@ class RunJob:
             trials = self.config.escalation_trials or self.config.trials
             lightning = self._run_study(tuner, train, trials, 5, "escalation", "escalate")
             _write_study(self.run_dir / f"study.{LIGHTNING}.csv", lightning.pop("summary"))
-            better = (
-                lightning["score"] > flash["score"] if self.target.maximize else lightning["score"] < flash["score"]
-            )
+            score = lightning["score"]
+            better = score is not None and (score > flash["score"] if self.target.maximize else score < flash["score"])
             result = {"tier": lightning, "template": str(template.folder), "better": better}
             if better:
                 config = self._template_config(lightning["params"], lightning["best_trial"])
@@ -475,7 +474,7 @@ class RunJob:
 
         t0 = time.monotonic()
         result = self.stage(
-            5, "escalate", self._escalate_key(flash), work, lambda r: f"lightning best {r['tier']['score']:.4f}"
+            5, "escalate", self._escalate_key(flash), work, lambda r: f"lightning best {r['tier']['score']}"
         )
         self.journal["template"] = result["template"]
         if not any(line.stage == "escalate" for line in self.lines):  # finished in an earlier run
@@ -490,10 +489,12 @@ class RunJob:
                 )
             )
         if not result["better"]:
-            outcome = (
-                f"missed after escalation (the Lightning tier did not beat the Flash tier's "
-                f"{flash['score']:.4f}), short by {verdict['gap']:.4f}"
+            why = (
+                f"the Lightning tier did not beat the Flash tier's {flash['score']:.4f}"
+                if result["tier"]["score"] is not None
+                else f"no Lightning-tier trial finished ({result['tier']['stopped']}; see study.{LIGHTNING}.csv)"
             )
+            outcome = f"missed after escalation ({why}), short by {verdict['gap']:.4f}"
             final = {**verdict, "outcome": outcome}
             self.lines.append(StageLine("verdict", None, final["score"], 0.0, outcome))
             self.say(f"[5/{self.total}] escalate: {outcome}")

@@ -137,7 +137,17 @@ def tiers(stages: dict, config: dict) -> list[dict]:
             }
         )
     escalate = stages.get("escalate", {})
-    if escalate.get("result"):
+    if escalate.get("result") and escalate["result"]["tier"].get("score") is None:
+        rows.append(
+            {
+                "tier": "escalated Lightning tier (no trial finished)",
+                "score": None,
+                "trials": escalate["result"]["tier"]["trials"],
+                "seconds": escalate.get("seconds"),
+                "params": {},
+            }
+        )
+    elif escalate.get("result"):
         result = escalate["result"]["tier"]
         rows.append(
             {

@@ -9,6 +9,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import optuna
+import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
@@ -212,3 +213,27 @@ def test_a_dead_webhook_does_not_fail_the_run(tmp_path, images, tracking_uri, ca
     )
     assert result.met and result.exit_code == 0
     assert "did not take the run_end event" in caplog.text
+
+
+def test_a_broken_template_keeps_the_flash_tier(escalated, tmp_path, images, tracking_uri):
+    """An edited template that raises fails its trials, not the run: the Flash tier's model stays."""
+    result, _, _ = escalated
+    project = tmp_path / "broken"
+    assert CliRunner().invoke(cli, ["eject", str(result.run_dir), "--to", str(project)]).exit_code == 0
+    train = project / "train.py"
+    train.write_text(
+        train.read_text().replace(
+            '    """Train once; returns the best score',
+            '    raise RuntimeError("my edit broke it")\n    """Train once; returns',
+        )
+    )
+    run = pipeline.run(
+        config(images, tmp_path / "out", tracking_uri, template=str(project), trials=1, escalation_trials=2),
+        progress=False,
+    )
+    assert run.exit_code == pipeline.EXIT_MISSED and run.tier == "flash"
+    assert "no Lightning-tier trial finished" in run.verdict["outcome"]
+    study = pd.read_csv(run.run_dir / "study.lightning.csv")
+    assert list(study["state"]) == ["FAIL", "FAIL"]
+    assert set(study["reason"]) == {"RuntimeError: my edit broke it"}
+    assert (run.run_dir / "best" / "model.ckpt").exists() and (run.run_dir / "report.html").exists()
