@@ -96,3 +96,36 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
 def fast_trainer_kwargs(**overrides) -> dict:
     settings = {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "num_sanity_val_steps": 0}
     return {**settings, **overrides}
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory) -> str:
+    """One MLflow store per test module: creating its tables takes seconds."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """A tiny three-class image folder shared by a module's runs."""
+    return make_image_folder(tmp_path_factory.mktemp("data") / "imgs", per_class=8)
+
+
+def tiny_run_config(images: Path, output: Path, **changes):
+    """An ``automl run`` configuration that trains the tiny model on 32 px images in seconds."""
+    from automl.config import RunConfig
+
+    values = dict(
+        task="image_classification",
+        data=str(images),
+        output=str(output),
+        target="accuracy>=0.0",
+        trials=3,
+        backbone=TINY_IMAGE_BACKBONE,
+        pretrained=False,
+        epochs=2,
+        batch_size=4,
+        image_size=32,
+        accelerator="cpu",
+        pruner="none",
+    )
+    return RunConfig(**{**values, **changes})

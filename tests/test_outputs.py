@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import TINY_IMAGE_BACKBONE, make_image_folder, make_texts
+from conftest import make_image_folder, make_texts, tiny_run_config
 
 from automl import pipeline
 from automl.cli import cli
@@ -29,24 +29,9 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
 @pytest.fixture(scope="module")
-def image_run(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("image-run")
-    images = make_image_folder(root / "imgs", per_class=8)
-    config = RunConfig(
-        task="image_classification",
-        data=str(images),
-        output=str(root / "runs"),
-        target="accuracy>=0",
-        trials=5,
-        backbone=TINY_IMAGE_BACKBONE,
-        pretrained=False,
-        epochs=1,
-        batch_size=4,
-        image_size=32,
-        accelerator="cpu",
-        pruner="none",
-    )
-    return pipeline.run(config, progress=False).run_dir
+def image_run(tmp_path_factory, images) -> Path:
+    output = tmp_path_factory.mktemp("image-run") / "runs"
+    return pipeline.run(tiny_run_config(images, output, trials=5, epochs=1), progress=False).run_dir
 
 
 @pytest.fixture(scope="module")

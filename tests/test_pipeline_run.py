@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import TINY_IMAGE_BACKBONE, make_image_folder
+from conftest import TINY_IMAGE_BACKBONE, tiny_run_config
 
 from automl import metrics as m
 from automl import pipeline, tracking
@@ -18,34 +18,8 @@ from automl.config import RunConfig
 from automl.errors import StoreUnavailable
 
 
-@pytest.fixture(scope="module")
-def tracking_uri(tmp_path_factory) -> str:
-    """One MLflow store for the module: creating its tables takes seconds."""
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    return make_image_folder(tmp_path_factory.mktemp("data") / "imgs", per_class=8)
-
-
 def run_config(images, output, tracking_uri, **changes) -> RunConfig:
-    values = dict(
-        task="image_classification",
-        data=str(images),
-        output=str(output),
-        target="accuracy>=0.0",
-        trials=3,
-        backbone=TINY_IMAGE_BACKBONE,
-        pretrained=False,
-        epochs=2,
-        batch_size=4,
-        image_size=32,
-        accelerator="cpu",
-        tracking_uri=tracking_uri,
-        pruner="none",
-    )
-    return RunConfig(**{**values, **changes})
+    return tiny_run_config(images, output, tracking_uri=tracking_uri, **changes)
 
 
 def trial_states(run_dir, output) -> list[str]:

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import TINY_IMAGE_BACKBONE, make_image_folder
+from conftest import TINY_IMAGE_BACKBONE, tiny_run_config
 
 from automl import pipeline, tracking, tuning
 from automl.cli import cli
@@ -24,34 +24,9 @@ from escalation.train import load_template
 UNREACHABLE = "val_loss<=0.0"  # a loss is never exactly 0: the target is always missed
 
 
-@pytest.fixture(scope="module")
-def tracking_uri(tmp_path_factory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    return make_image_folder(tmp_path_factory.mktemp("data") / "imgs", per_class=8)
-
-
 def config(images, output, tracking_uri, **changes) -> RunConfig:
-    values = dict(
-        task="image_classification",
-        data=str(images),
-        output=str(output),
-        target=UNREACHABLE,
-        trials=2,
-        escalation_trials=2,
-        backbone=TINY_IMAGE_BACKBONE,
-        pretrained=False,
-        epochs=2,
-        batch_size=4,
-        image_size=32,
-        accelerator="cpu",
-        tracking_uri=tracking_uri,
-        pruner="none",
-    )
-    return RunConfig(**{**values, **changes})
+    defaults = {"tracking_uri": tracking_uri, "target": UNREACHABLE, "trials": 2, "escalation_trials": 2}
+    return tiny_run_config(images, output, **{**defaults, **changes})
 
 
 @pytest.fixture(scope="module")
