@@ -201,6 +201,37 @@ def eject(run_dir: Path, destination: Path, force: bool) -> None:
 
 
 @cli.command()
+@click.option("--task", required=True, callback=_task, metavar="|".join(TASKS))
+@click.option("--data", required=True, type=click.Path(path_type=Path))
+@click.option("--val-split", type=float, default=0.2, show_default=True)
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+def inspect(task: str, data: Path, val_split: float, seed: int, as_json: bool) -> None:
+    """The data doctor: what automl would skip, convert or warn about in --data. Changes nothing."""
+    import json
+
+    from automl.pipeline import inspect_data
+
+    found = inspect_data(FitConfig(task=task, data=str(data), val_split=val_split, seed=seed))
+    if as_json:
+        click.echo(json.dumps(found.as_dict(), indent=2))
+        return
+    click.echo(f"{data}: {found.summary()}")
+    click.echo("class counts: " + ", ".join(f"{k}={v}" for k, v in found.class_counts.items()))
+    for title, items in (("skipped", found.skipped), ("converted", found.converted), ("flagged", found.flagged)):
+        for item in items:
+            click.echo(f"  {title}: {item.where}: {item.problem}")
+    for group in found.duplicates:
+        click.echo(f"  duplicates: {', '.join(group)}")
+    for group in found.leaks:
+        click.echo(f"  leak (copies in train and validation): {', '.join(group)}")
+    if found.small_classes:
+        click.echo(f"  small classes (< 5 examples): {', '.join(found.small_classes)}")
+    if found.class_weights:
+        click.echo(f"  imbalance {found.imbalance_ratio}x; suggested class weights: {found.class_weights}")
+
+
+@cli.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def report(run_dir: Path) -> None:
     """Render RUN_DIR/report.html (self-contained) and RUN_DIR/report.json again."""

@@ -307,13 +307,15 @@ class RunJob:
             1,
             "inspect",
             key,
-            lambda: _inspect(self.datamodule, self.run_dir, self.say, self.total),
-            lambda r: f"{len(r['labels'])} classes",
+            lambda: _inspect(self.config, self.datamodule, self.run_dir, self.say, self.total),
+            lambda r: f"{len(r['labels'])} classes, {len(r['skipped'])} files skipped",
         )
         self.lines.append(
             StageLine(
                 "inspect",
-                note=f"{len(result['labels'])} classes, {result['train_size']} + {result['val_size']} examples",
+                note=f"{len(result['labels'])} classes, {result['train_size']} + {result['val_size']} examples"
+                + (f", {len(result['skipped'])} skipped" if result.get("skipped") else "")
+                + (f", {len(result['leaks'])} train/val leaks" if result.get("leaks") else ""),
             )
         )
 
@@ -699,23 +701,32 @@ def _trial_result(trial) -> dict:
     }
 
 
-def _inspect(datamodule, run_dir: Path, say: Report, total: int) -> dict:
+def _inspect(config, datamodule, run_dir: Path, say: Report, total: int) -> dict:
+    """The data doctor on the run's data and split; its findings go to inspection.json."""
     from automl.flash.fit import write_json
 
-    say(
-        f"[1/{total}] inspect: {len(datamodule.labels)} classes, {len(datamodule.train_samples)} training and "
-        f"{len(datamodule.val_samples)} validation examples"
-    )
-
-    counts = Counter(datamodule.labels[t] for _, t in datamodule.train_samples + datamodule.val_samples)
-    result = {
-        "labels": datamodule.labels,
-        "class_counts": dict(counts),
-        "train_size": len(datamodule.train_samples),
-        "val_size": len(datamodule.val_samples),
-    }
+    found = inspect_data(config, datamodule)
+    say(f"[1/{total}] inspect: {found.summary()}")
+    result = found.as_dict()
     write_json(run_dir / INSPECTION_FILE, result)
     return result
+
+
+def inspect_data(config: FitConfig, datamodule=None):
+    """The data doctor for ``config``'s data (``automl inspect`` and the first stage of a run)."""
+    from automl.data.inspect import inspect_images, inspect_texts
+
+    if config.task == "image_classification":
+        return inspect_images(config.data, config.val_split, config.seed, datamodule=datamodule)
+    fields = {"input_field": config.input_field, "target_field": config.target_field}
+    return inspect_texts(
+        config.data,
+        config.val_split,
+        config.seed,
+        config.max_length,
+        datamodule=datamodule,
+        **({k: v for k, v in fields.items() if v is not None}),
+    )
 
 
 def _safe_score(name: str, targets, probabilities) -> float | None:

@@ -94,7 +94,9 @@ class Predictor:
 
     def image_tensor(self, source) -> torch.Tensor:
         """A path, raw bytes or PIL image -> the network's input; raises ``DataError`` for non-images."""
-        from PIL import Image, ImageOps, UnidentifiedImageError
+        from PIL import Image, UnidentifiedImageError
+
+        from automl.data.image import to_rgb
 
         try:
             if isinstance(source, Image.Image):
@@ -102,7 +104,7 @@ class Predictor:
             else:
                 image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
                 image.load()
-            image = ImageOps.exif_transpose(image).convert("RGB")
+            image = to_rgb(image)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise DataError(f"not a readable image ({type(exc).__name__}: {exc})") from exc
         return self.image_transform()(image)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pandas as pd
 from torch.utils.data import DataLoader, Dataset
 
 from automl.errors import DataError
+
+log = logging.getLogger(__name__)
 
 SPLIT_NAMES = ("train", "val", "test")
 VAL_ALIASES = ("val", "valid", "validation")
@@ -99,11 +102,26 @@ def encode(values: Sequence[str], labels: Sequence[str]) -> list[int]:
     return [index[v] for v in values]
 
 
+def read_text(path: Path) -> tuple[str, str]:
+    """(text, encoding): UTF-8 (a byte-order mark is dropped), else Latin-1 with a warning."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig"), "utf-8"
+    except UnicodeDecodeError:
+        log.warning("'%s' is not UTF-8; read as Latin-1. Check accented characters.", path)
+        return data.decode("latin-1"), "latin-1"
+
+
 def read_csv(path: Path, header: bool = True) -> pd.DataFrame:
-    """Every cell as text. Without a header row the columns are named by position: "0", "1", ..."""
+    """Every cell as text. Without a header row the columns are named by position: "0", "1", ...
+    The encoding it was read with is in ``frame.attrs["encoding"]``."""
+    import io
+
+    text, encoding = read_text(path)
     sep = "\t" if path.suffix.lower() == ".tsv" else ","
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep, header=0 if header else None)
+    frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, sep=sep, header=0 if header else None)
     frame.columns = [str(c) for c in frame.columns]
+    frame.attrs["encoding"] = encoding
     return frame
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
@@ -35,18 +35,24 @@ Sample = tuple[Path, int]
 def load_rgb(path: Path) -> Image.Image:
     """Decode ``path`` as an upright RGB image (EXIF orientation applied)."""
     with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image)
-        return image.convert("RGB")
+        return to_rgb(image)
 
 
-def is_readable_image(path: Path) -> bool:
-    """Cheap check (header only): PIL recognises the file as an image."""
-    try:
-        with Image.open(path) as image:
-            image.verify()
-        return True
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        return False
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB as a person sees the image: upright, transparency on white, 16-bit scaled to 8 bits."""
+    import numpy as np
+
+    image = ImageOps.exif_transpose(image)
+    if image.mode.startswith("I"):  # 16- or 32-bit greyscale: a plain convert() would clip it to white
+        pixels = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if "16" in image.mode or pixels.max() <= 65535 else float(pixels.max())
+        image = Image.fromarray((pixels / top * 255.0).clip(0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    return image.convert("RGB")
 
 
 class ImageFiles(Dataset):
@@ -252,12 +258,16 @@ def _scan_class_folders(root: Path) -> tuple[list[Path], list[str]]:
         raise DataError(
             f"The folder '{root}' has no class sub-folders. Lay the images out as '{root}/<class>/<image>'."
         )
+    from automl.data.inspect import check_image
+
     for folder in folders:
         readable, unreadable = [], []
         for file in common.files_in(folder, IMAGE_SUFFIXES):
-            (readable if is_readable_image(file) else unreadable).append(file)
-        for file in unreadable:
-            log.warning("Skipping '%s': not a readable image.", file)
+            usable, findings = check_image(file)  # a full decode: truncated files are caught here
+            (readable if usable else unreadable).append((file, findings))
+        readable = [file for file, _ in readable]
+        for file, findings in unreadable:
+            log.warning("Skipping '%s': %s.", file, findings[0].problem)
         if not readable:
             raise DataError(
                 f"The class folder '{folder}' holds no readable image "

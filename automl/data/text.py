@@ -11,6 +11,7 @@ batch (dynamic padding), truncated at ``max_length`` tokens.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +20,10 @@ import torch
 from torch.utils.data import Dataset
 
 from automl.data import common
+from automl.data.inspect import Finding
 from automl.errors import DataError
+
+log = logging.getLogger(__name__)
 
 TEXT_COLUMNS = ("text", "sentence", "review", "content")
 TARGET_COLUMNS = ("label", "target", "class", "category")
@@ -60,6 +64,8 @@ class TextClassificationData(common.ClassificationDataModule):
         num_workers: int = 0,
     ):
         super().__init__(labels, train_samples, val_samples, test_samples, predict_samples, batch_size, num_workers)
+        self.skipped = []  # rows left out (empty text or label), for the data doctor
+        self.encoding = None  # the file's encoding, when read from one
         self.max_length_fixed = max_length is not None
         self.max_length = int(max_length) if max_length is not None else DEFAULT_MAX_LENGTH
         self.tokenizer = None
@@ -84,20 +90,25 @@ class TextClassificationData(common.ClassificationDataModule):
         """Rows of a table; ``first_row`` is the file row number of ``frame``'s first row (errors cite it)."""
         input_field = common.pick_column(frame, input_field, TEXT_COLUMNS, source, "text")
         target_field = common.pick_column(frame, target_field, TARGET_COLUMNS, source, "label")
-        texts, names = [], []
+        texts, names, skipped = [], [], []
         for row, (text, label) in enumerate(zip(frame[input_field], frame[target_field], strict=True), start=first_row):
-            label = "" if label is None or (isinstance(label, float) and pd.isna(label)) else str(label).strip()
-            if label == "":
-                raise DataError(
-                    f"Row {row} of {source}: the label in column '{target_field}' is empty. Fill it in or drop the row."
-                )
-            texts.append("" if text is None or (isinstance(text, float) and pd.isna(text)) else str(text))
+            label = _cell(label).strip()
+            text = _cell(text)
+            if label == "" or text.strip() == "":
+                what = f"the label in column '{target_field}'" if label == "" else f"the text in column '{input_field}'"
+                skipped.append(Finding(f"{source}, row {row}", f"{what} is empty", "skipped"))
+                continue
+            texts.append(text)
             names.append(label)
+        for finding in skipped:
+            log.warning("Skipping %s: %s.", finding.where, finding.problem)
         labels = sorted(set(names))
         common.check_labels(labels, source)
         samples = list(zip(texts, common.encode(names, labels), strict=True))
         train_idx, val_idx = common.stratified_split([t for _, t in samples], val_split, seed)
-        return cls(labels, [samples[i] for i in train_idx], [samples[i] for i in val_idx], **kwargs)
+        data = cls(labels, [samples[i] for i in train_idx], [samples[i] for i in val_idx], **kwargs)
+        data.skipped, data.encoding = skipped, frame.attrs.get("encoding")
+        return data
 
     @classmethod
     def from_csv(
@@ -124,15 +135,16 @@ class TextClassificationData(common.ClassificationDataModule):
         """One JSON object per line."""
         path = common.existing_path(path, "JSONL file")
         records = []
-        with path.open(encoding="utf-8") as handle:
-            for row, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}, line {row}: not valid JSON ({exc.msg}).") from exc
+        text, encoding = common.read_text(path)
+        for row, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}, line {row}: not valid JSON ({exc.msg}).") from exc
         frame = pd.DataFrame.from_records(records)
+        frame.attrs["encoding"] = encoding
         return cls.from_frame(frame, f"the JSONL file '{path}'", input_field, target_field, first_row=1, **kwargs)
 
     @classmethod
@@ -190,3 +202,7 @@ class TextClassificationData(common.ClassificationDataModule):
 
     def make_dataset(self, samples: list, train: bool) -> Dataset:
         return Texts(samples)
+
+
+def _cell(value) -> str:
+    return "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)

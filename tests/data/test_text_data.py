@@ -70,11 +70,16 @@ def test_csv_without_text_column_lists_its_columns(tmp_path):
         TextClassificationData.from_csv(path)
 
 
-def test_empty_label_names_the_row(tmp_path):
+def test_rows_with_an_empty_label_or_text_are_skipped_and_named(tmp_path, caplog):
     path = tmp_path / "gap.csv"
-    pd.DataFrame({"text": ["x", "y", "z"], "label": ["a", "", "b"]}).to_csv(path, index=False)
-    with pytest.raises(DataError, match=r"Row 3 of the CSV .*gap.csv.: the label in column .label. is empty"):
-        TextClassificationData.from_csv(path)
+    pd.DataFrame({"text": ["x", "y", "z", "  ", "w"], "label": ["a", "", "b", "a", "b"]}).to_csv(path, index=False)
+    data = TextClassificationData.from_csv(path)
+    assert sorted(t for t, _ in data.train_samples + data.val_samples) == ["w", "x", "z"]
+    assert [(f.where.split(", ")[-1], f.problem) for f in data.skipped] == [
+        ("row 3", "the label in column 'label' is empty"),
+        ("row 5", "the text in column 'text' is empty"),
+    ]
+    assert "row 3: the label in column 'label' is empty" in caplog.text
 
 
 def test_a_headerless_csv_takes_columns_by_position(tmp_path):
