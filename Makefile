@@ -20,9 +20,10 @@ setup: $(STAMP)
 data/digits: | $(STAMP)
 	$(PY) examples/make_digits.py --out data/digits --size 64
 
+# exit status 3 means "target missed": a verdict the demo shows, not a failure of the demo
 demo: setup data/digits
 	$(VENV)/bin/automl run --task image_classification --data data/digits --target "accuracy>=0.9" \
-		--trials 4 --time-budget 4m --image-size 96 --epochs 4 --output runs
+		--trials 4 --time-budget 4m --image-size 96 --epochs 4 --output runs || test $$? -eq 3
 
 lint: setup
 	$(VENV)/bin/ruff check .
