@@ -607,6 +607,26 @@ class RunJob:
 
         return train
 
+    def _fit_with_oom_retry(self, fit_trial, number: int, params: dict, callbacks: list, child: str):
+        """Out of GPU memory: one more try at half the batch size, then the trial fails with both sizes."""
+        import torch
+
+        try:
+            return fit_trial(number, params, callbacks, self.tracker.lightning_logger(child))
+        except torch.cuda.OutOfMemoryError as error:
+            size = int(params.get("batch_size", self.config.batch_size))
+            half = max(1, size // 2)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            self.say(f"trial {number}: out of GPU memory at batch size {size}; trying once more with {half}")
+            self.tracker.set_tags(child, {"oom_retry_batch_size": half})
+            try:
+                return fit_trial(
+                    number, {**params, "batch_size": half}, callbacks, self.tracker.lightning_logger(child)
+                )
+            except torch.cuda.OutOfMemoryError as again:
+                raise RuntimeError(f"out of GPU memory at batch size {size} and again at {half} ({again})") from error
+
     def _tracked(self, tier: str, fit_trial):
         """A trial as the study sees it: an MLflow child run around ``fit_trial``, and only the best
         trial's checkpoint kept on disk."""
@@ -620,7 +640,7 @@ class RunJob:
             )
             status = "FAILED"
             try:
-                outcome = fit_trial(number, params, callbacks, self.tracker.lightning_logger(child))
+                outcome = self._fit_with_oom_retry(fit_trial, number, params, callbacks, child)
                 if outcome.checkpoint is None:
                     raise RuntimeError("stopped before its first validation (time budget)")
                 status = "FINISHED"

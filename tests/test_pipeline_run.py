@@ -170,3 +170,43 @@ def test_cli_run_takes_a_yaml_config_and_rejects_unknown_keys(tmp_path, images):
     result = CliRunner().invoke(cli, ["run", "--config", str(config)])
     assert result.exit_code == 2
     assert "Unknown configuration key(s): trails" in result.output and "trials" in result.output
+
+
+def test_out_of_gpu_memory_retries_once_at_half_the_batch(tmp_path, images, tracking_uri, monkeypatch):
+    import torch
+
+    from automl.flash.tasks import ClassificationTask
+
+    original = ClassificationTask.training_step
+    seen = []
+
+    def fails_above_two(self, batch, batch_idx):
+        seen.append(len(batch[1]))
+        if len(batch[1]) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(ClassificationTask, "training_step", fails_above_two)
+    lines = []
+    result = pipeline.run(run_config(images, tmp_path, tracking_uri, trials=1), progress=False, report=lines.append)
+    assert result.met and trial_states(result.run_dir, tmp_path) == ["COMPLETE"]
+    assert seen[0] == 4 and set(seen[1:]) == {2}  # batch size 4 failed, then every batch at 2
+    assert "trial 0: out of GPU memory at batch size 4; trying once more with 2" in lines
+
+
+def test_out_of_gpu_memory_twice_fails_the_trial_with_both_sizes(tmp_path, images, tracking_uri, monkeypatch):
+    import torch
+
+    from automl.errors import DataError
+    from automl.flash.tasks import ClassificationTask
+
+    def always(self, batch, batch_idx):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(ClassificationTask, "training_step", always)
+    with pytest.raises(DataError, match="No tuning trial finished"):
+        pipeline.run(run_config(images, tmp_path, tracking_uri, trials=1, study="oom"), progress=False)
+    study = optuna.load_study(study_name="oom", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    (trial,) = study.trials
+    assert trial.state.name == "FAIL"
+    assert trial.user_attrs["fail_reason"].startswith("RuntimeError: out of GPU memory at batch size 4 and again at 2")
