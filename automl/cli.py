@@ -158,8 +158,9 @@ def run(
     """Baseline, Optuna tuning, a verdict against --target and, when it is missed, escalation to
     the Lightning-tier template; tracked in MLflow.
 
-    Exit status: 0 when the target is met, 3 when it is missed, 2 for bad input. Re-running the same
-    command resumes: finished stages are skipped and the studies continue.
+    Exit status: 0 when the target is met, 3 when it is missed, 2 for bad input, 130 after Ctrl-C
+    (which stops after the current epoch and still writes the report). Re-running the same command
+    resumes: finished stages are skipped and the studies continue.
     """
     if options.get("backbones"):
         options["backbones"] = [b.strip() for b in options["backbones"].split(",") if b.strip()]
@@ -174,7 +175,7 @@ def run(
         if not quiet:
             click.secho(line, fg="cyan", err=True)
 
-    result = run_pipeline(config, progress=not quiet, report=report)
+    result = run_pipeline(config, progress=not quiet, report=report, handle_interrupts=True)
     _print_run(result)
     sys.exit(result.exit_code)
 

@@ -33,6 +33,8 @@ STUDY_FILE = "study.csv"
 STAGES = ("inspect", "baseline", "tune", "verdict", "escalate", "finalise")
 #: exit status of ``automl run`` when the target is missed (0: met, 2: bad input)
 EXIT_MISSED = 3
+#: exit status of ``automl run`` stopped by Ctrl-C (after judging and reporting what finished)
+EXIT_INTERRUPTED = 130
 
 
 # =========================================================================== automl fit
@@ -140,6 +142,7 @@ class RunResult:
     best_params: dict
     seconds: float
     tier: str = "flash"  # the tier whose model is in best/
+    interrupted: bool = False  # Ctrl-C: what finished was judged and reported; re-run to resume
 
     @property
     def met(self) -> bool:
@@ -147,6 +150,8 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
+        if self.interrupted:
+            return EXIT_INTERRUPTED
         return 0 if self.met else EXIT_MISSED
 
 
@@ -175,10 +180,21 @@ FLASH = "flash"
 LIGHTNING = "lightning"
 
 
-def run(config: RunConfig, progress: bool = True, report: Report | None = None, pruner=None) -> RunResult:
+def run(
+    config: RunConfig, progress: bool = True, report: Report | None = None, pruner=None, handle_interrupts: bool = False
+) -> RunResult:
     """The main job: baseline, tuning, verdict against ``config.target`` and, when the target is
-    missed, escalation to the Lightning tier; tracked in MLflow, resumable through ``journal.json``."""
-    return RunJob(config, progress, report, pruner).execute()
+    missed, escalation to the Lightning tier; tracked in MLflow, resumable through ``journal.json``.
+
+    With ``handle_interrupts`` (the CLI), Ctrl-C stops after the current epoch, judges and reports
+    what finished, and the result's exit code is 130; the same command later resumes."""
+    job = RunJob(config, progress, report, pruner)
+    if handle_interrupts:
+        job.stop.install(job.say)
+    try:
+        return job.execute()
+    finally:
+        job.stop.uninstall()
 
 
 class RunJob:
@@ -207,6 +223,9 @@ class RunJob:
         self.output.mkdir(parents=True, exist_ok=True)
         self.name = study_name(config)
         self.storage = config.storage or f"sqlite:///{(self.output / 'optuna.db').resolve()}"
+        from automl.tuning import StopRequest
+
+        self.stop = StopRequest()
         self.flash_tuner = self._tuner(self.name, _search_space(config, FLASH))
         uri = config.tracking_uri or tracking.default_tracking_uri(self.output)
         self.tracker = tracking.Tracker(uri, self.output / "mlartifacts")
@@ -234,7 +253,7 @@ class RunJob:
     def _tuner(self, name: str, space):
         from automl import tuning
 
-        return tuning.Tuner(
+        tuner = tuning.Tuner(
             space,
             self.storage,
             name,
@@ -243,6 +262,8 @@ class RunJob:
             seed=self.config.seed,
             pruner=self.pruner,
         )
+        tuner.stop = self.stop  # one Ctrl-C stops whichever study is running
+        return tuner
 
     # ------------------------------------------------------------------ the stages
     def execute(self) -> RunResult:
@@ -254,7 +275,9 @@ class RunJob:
             flash = self.tune()
             verdict = self.verdict(flash)
             final_tier, final, best = FLASH, verdict, flash
-            if verdict["verdict"] != "met":
+            if self.stop.requested:
+                self.lines.append(StageLine("escalate", note="skipped: interrupted (re-run the command to resume)"))
+            elif verdict["verdict"] != "met":
                 final_tier, final, best = self.escalate(flash, verdict)
             else:
                 self.lines.append(StageLine("escalate", note="not needed: the target is met"))
@@ -276,6 +299,7 @@ class RunJob:
             best["params"],
             time.monotonic() - self.started,
             final_tier,
+            self.stop.requested,
         )
 
     def stage(
@@ -362,7 +386,9 @@ class RunJob:
         if new == 0:
             self.say(f"[{number}/{self.total}] {role}: {before} of {trials} trials finished in earlier runs")
         counts = Counter(row["state"].lower() for row in summary)
-        note = {"trials": "all trials done", "budget": "time budget reached"}.get(why, why)
+        note = {"trials": "all trials done", "budget": "time budget reached", "interrupted": "interrupted"}.get(
+            why, why
+        )
         note = f"{note}; {new} new; " + ", ".join(f"{n} {state}" for state, n in counts.items())
         self.lines.append(
             StageLine(stage_name, len(summary), best.value if best else None, time.monotonic() - t0, note)

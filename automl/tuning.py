@@ -160,6 +160,50 @@ class Deadline(pl.Callback):
             trainer.should_stop = True
 
 
+class StopRequest:
+    """Ctrl-C during a run: the first asks to stop after the current epoch (the running trial keeps
+    its validated epochs, no new trial starts); the second stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def install(self, say: Callable[[str], None] = print) -> None:
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers live in the main thread only
+
+        def handler(signum, frame):
+            if self.requested:
+                signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+                raise KeyboardInterrupt
+            self.requested = True
+            say("interrupted: stopping after the current epoch and writing the report (Ctrl-C again to stop now)")
+
+        self._previous = signal.signal(signal.SIGINT, handler)
+
+    def uninstall(self) -> None:
+        import signal
+        import threading
+
+        if self._previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
+class StopAtEpochEnd(pl.Callback):
+    """Ends a fit after the epoch that was running when a stop was requested (its validation done)."""
+
+    def __init__(self, stop: StopRequest):
+        self.stop = stop
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.stop.requested:
+            trainer.should_stop = True
+
+
 def pruning_callback(trial, monitor: str):
     from optuna_integration import PyTorchLightningPruningCallback
 
@@ -230,6 +274,7 @@ class Tuner:
                 "Check the URL, or leave --storage out for a local SQLite file."
             ) from exc
         self.uses_pruning = not isinstance(self.study.pruner, optuna.pruners.NopPruner)
+        self.stop = StopRequest()  # the run installs it as the SIGINT handler
 
     # ------------------------------------------------------------------ state
     def finished_trials(self) -> list:
@@ -274,13 +319,15 @@ class Tuner:
         baseline included), ``max_new`` were started here, or the time budget says stop.
 
         No new trial starts when the time left is below the median duration of the finished trials.
-        Returns why it stopped: "trials", "budget" or "max_new".
+        Returns why it stopped: "trials", "budget", "max_new" or "interrupted" (Ctrl-C).
         """
         started = 0
         while True:
             finished = self.finished_trials()
             if len(finished) >= total_trials:
                 return "trials"
+            if self.stop.requested:
+                return "interrupted"
             if max_new is not None and started >= max_new:
                 return "max_new"
             left = None if deadline is None else deadline - time.time()
@@ -306,7 +353,7 @@ class Tuner:
         def objective(trial) -> float:
             params = self.space.suggest(trial)
             deadline_cb = Deadline(deadline)
-            callbacks = [deadline_cb]
+            callbacks = [deadline_cb, StopAtEpochEnd(self.stop)]
             if self.uses_pruning:
                 callbacks.append(pruning_callback(trial, self.monitor))
             started = time.time()

@@ -210,3 +210,62 @@ def test_out_of_gpu_memory_twice_fails_the_trial_with_both_sizes(tmp_path, image
     (trial,) = study.trials
     assert trial.state.name == "FAIL"
     assert trial.user_attrs["fail_reason"].startswith("RuntimeError: out of GPU memory at batch size 4 and again at 2")
+
+
+def test_ctrl_c_stops_after_the_epoch_reports_and_exits_130_then_resumes(tmp_path, images):
+    import signal
+    import subprocess
+    import sys
+
+    args = [
+        sys.executable,
+        "-m",
+        "automl",
+        "run",
+        "--task",
+        "image_classification",
+        "--data",
+        str(images),
+        "--output",
+        str(tmp_path),
+        "--target",
+        "accuracy>=0",
+        "--trials",
+        "4",
+        "--backbone",
+        TINY_IMAGE_BACKBONE,
+        "--no-pretrained",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "4",
+        "--image-size",
+        "32",
+        "--accelerator",
+        "cpu",
+        "--pruner",
+        "none",
+        "--study",
+        "ctrl-c",
+    ]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in process.stderr:  # wait for the second trial to start, then press Ctrl-C
+        seen.append(line)
+        if line.startswith("[3/6] tuning: trial 2/4"):
+            process.send_signal(signal.SIGINT)
+            break
+    else:
+        pytest.fail("the run never reached its second trial:\n" + "".join(seen[-30:]))
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == pipeline.EXIT_INTERRUPTED, stderr[-3000:]
+    assert "interrupted: stopping after the current epoch" in stderr
+    run_dir = tmp_path / "ctrl-c"
+    assert (run_dir / "report.html").exists() and "finalise" in json.loads((run_dir / "journal.json").read_text())[
+        "stages"
+    ]
+    assert trial_states(run_dir, tmp_path) == ["COMPLETE", "COMPLETE"]  # the running trial kept its epochs
+
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert trial_states(run_dir, tmp_path) == ["COMPLETE"] * 4  # resumed to the requested number
