@@ -227,6 +227,11 @@ class RunJob:
 
         self.stop = StopRequest()
         self.flash_tuner = self._tuner(self.name, _search_space(config, FLASH))
+        if self.flash_tuner.recovered:
+            self.say(
+                f"trials {self.flash_tuner.recovered} were left running by a process that died: "
+                "recorded as failed and run again"
+            )
         uri = config.tracking_uri or tracking.default_tracking_uri(self.output)
         self.tracker = tracking.Tracker(uri, self.output / "mlartifacts")
 
@@ -365,8 +370,9 @@ class RunJob:
             self.flash_tuner.run(
                 self.flash_train, total_trials=1, deadline=self.deadline, on_trial=self._on_trial(2, "baseline")
             )
-            trials = self.flash_tuner.study.trials
-            return _trial_result(trials[0]) if trials else {"state": "not started"}
+            # trial 0, or its retry when the process running it died
+            baseline = [t for t in self.flash_tuner.finished_trials() if t.user_attrs.get("role") == tuning.BASELINE]
+            return _trial_result(baseline[0]) if baseline else {"state": "not started"}
 
         base = self.stage(
             2, "baseline", _key(self.name, params), work, lambda r: f"{self.target.metric} {r.get('value')}"

@@ -8,6 +8,8 @@ function, and the same study can be shared by workers through an RDB storage URL
 from __future__ import annotations
 
 import math
+import os
+import socket
 import statistics
 import time
 from collections.abc import Callable
@@ -18,6 +20,7 @@ import lightning.pytorch as pl
 from automl.errors import StoreUnavailable
 
 PRUNERS = ("median", "hyperband", "none")
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
 BASELINE = "baseline"
 FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
 
@@ -204,6 +207,18 @@ class StopAtEpochEnd(pl.Callback):
             trainer.should_stop = True
 
 
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def pruning_callback(trial, monitor: str):
     from optuna_integration import PyTorchLightningPruningCallback
 
@@ -275,10 +290,33 @@ class Tuner:
             ) from exc
         self.uses_pruning = not isinstance(self.study.pruner, optuna.pruners.NopPruner)
         self.stop = StopRequest()  # the run installs it as the SIGINT handler
+        self.recovered = self.recover_dead_trials()
 
     # ------------------------------------------------------------------ state
     def finished_trials(self) -> list:
-        return [t for t in self.study.get_trials(deepcopy=False) if t.state.name in FINISHED_STATES]
+        """Finished trials that count towards the total: a trial whose process died is replaced by its
+        retry and does not count itself."""
+        trials = self.study.get_trials(deepcopy=False)
+        retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+        return [t for t in trials if t.state.name in FINISHED_STATES and t.number not in retried]
+
+    def recover_dead_trials(self) -> list[int]:
+        """Trials left RUNNING by a process of this machine that is gone (killed, crashed): marked failed
+        with the reason, and enqueued again with the same parameters. Returns their numbers."""
+        from optuna.trial import TrialState
+
+        recovered = []
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+            if host != socket.gethostname() or not pid.isdigit() or _alive(int(pid)):
+                continue  # another machine's worker, or still running
+            storage = self.study._storage
+            storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"its process ({host}:{pid}) died")
+            storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+            attrs = {"role": trial.user_attrs.get("role", "tuning"), "retry_of": trial.number}
+            self.study.enqueue_trial(trial.params, user_attrs=attrs)
+            recovered.append(trial.number)
+        return recovered
 
     def best_trial(self):
         complete = [t for t in self.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
@@ -358,6 +396,7 @@ class Tuner:
                 callbacks.append(pruning_callback(trial, self.monitor))
             started = time.time()
             trial.set_user_attr("started_at", started)
+            trial.set_user_attr("worker", WORKER)  # lets a later run tell a dead trial from a running one
             try:
                 outcome = train(trial.number, params, callbacks)
             except optuna.TrialPruned as pruned:

@@ -269,3 +269,70 @@ def test_ctrl_c_stops_after_the_epoch_reports_and_exits_130_then_resumes(tmp_pat
     again = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert trial_states(run_dir, tmp_path) == ["COMPLETE"] * 4  # resumed to the requested number
+
+
+def test_a_run_killed_during_tuning_resumes_without_losing_or_repeating_trials(tmp_path, images):
+    import subprocess
+    import sys
+    import time
+
+    args = [
+        sys.executable,
+        "-m",
+        "automl",
+        "run",
+        "--task",
+        "image_classification",
+        "--data",
+        str(images),
+        "--output",
+        str(tmp_path),
+        "--target",
+        "accuracy>=0",
+        "--trials",
+        "4",
+        "--backbone",
+        TINY_IMAGE_BACKBONE,
+        "--no-pretrained",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "4",
+        "--image-size",
+        "32",
+        "--accelerator",
+        "cpu",
+        "--pruner",
+        "none",
+        "--study",
+        "killed",
+        "-q",
+    ]
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while True:  # kill it once the third trial runs, i.e. after its second finished trial
+        try:
+            states = [t.state.name for t in optuna.load_study(study_name="killed", storage=storage).trials]
+        except KeyError:  # the study does not exist yet
+            states = []
+        if states[:3] == ["COMPLETE", "COMPLETE", "RUNNING"]:
+            process.kill()
+            process.wait()
+            break
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"never saw the third trial running: {states}")
+        time.sleep(0.05)
+    assert trial_states(tmp_path / "killed", tmp_path)[2] == "RUNNING"  # left behind by the dead process
+
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    study = optuna.load_study(study_name="killed", storage=storage)
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") == 4  # the requested number, none lost
+    (dead,) = [t for t in study.trials if t.state.name == "FAIL"]
+    assert dead.number == 2 and dead.user_attrs["fail_reason"].endswith("died")
+    (retry,) = [t for t in study.trials if t.user_attrs.get("retry_of") == 2]
+    assert retry.params == dead.params and retry.state.name == "COMPLETE"
+    assert [t.user_attrs.get("role") for t in study.trials].count("baseline") == 1  # not repeated
