@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Nothing here needs the network beyond the package registries.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo test lint browser screenshot bench bench-quick clean
+.PHONY: setup demo test lint browser postgres screenshot bench bench-quick clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,7 +32,10 @@ lint: setup
 browser:
 	@bash scripts/install-browser.sh
 
-test: setup lint browser
+postgres:
+	@bash scripts/start-postgres.sh
+
+test: setup lint browser postgres
 	$(PY) -m pytest
 
 # The README's report picture, made by the project's own code from the demo's run.

@@ -358,6 +358,39 @@ def serve(run_dir: Path, host: str, port: int, max_body_mb: float) -> None:
     run_server(run_dir, host, port, int(max_body_mb * 1024 * 1024))
 
 
+@cli.command()
+@fit_options
+@click.option("--target", help="The run's target; its metric is what the study optimises (required).")
+@click.option("--trials", type=int, help="Finished trials the study should hold, whoever runs them.  [default: 10]")
+@click.option("--time-budget", help="e.g. 90s, 20m, 1h, for this worker.")
+@click.option("--storage", help="The shared Optuna storage, e.g. postgresql://user:pass@host/db (required).")
+@click.option("--study", help="Study name; every worker and the final `automl run` use the same.")
+@click.option("--tracking-uri", help="MLflow tracking URI.")
+@click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]))
+def tune(config_file: Path | None, quiet: bool, no_pretrained: bool, no_header: bool, **options) -> None:
+    """A tuning worker: join a shared study and run trials until it holds --trials finished ones.
+
+    Start one per machine with the same --storage and --study; then `automl run` with the same
+    options (and --target) judges the best trial and writes the report.
+    """
+    if not options.get("storage"):
+        raise click.UsageError("automl tune needs --storage (a database URL the workers share).")
+    config = RunConfig.from_dict(_values(config_file, no_pretrained, no_header, options))
+
+    from automl.pipeline import tune_worker
+
+    def report(line: str) -> None:
+        if not quiet:
+            click.secho(line, fg="cyan", err=True)
+
+    result = tune_worker(config, progress=not quiet, report=report)
+    click.echo(
+        f"study {result['study']}: {result['finished']} of {result['requested']} trials finished "
+        f"({result['by_this_worker']} by this worker, {result['worker']}); best {result['best_value']}; "
+        f"stopped: {result['stopped']}"
+    )
+
+
 def _print_run(result) -> None:
     from rich.console import Console
     from rich.table import Table

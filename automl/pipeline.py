@@ -180,6 +180,38 @@ FLASH = "flash"
 LIGHTNING = "lightning"
 
 
+def tune_worker(config: RunConfig, progress: bool = True, report: Report | None = None) -> dict:
+    """``automl tune``: join (or create) the study in ``config.storage`` and run Flash-tier trials until
+    it holds ``config.trials`` finished ones, whoever ran them. Verdict and report are ``automl run``'s."""
+    from automl.tuning import WORKER
+
+    job = RunJob(config, progress, report, None)
+    job.stop.install(job.say)
+    try:
+        job.inspect()
+        job.baseline_params_enqueued()
+        why = job.flash_tuner.run(
+            job.flash_train, total_trials=config.trials, deadline=job.deadline, on_trial=job._on_trial(3, "tuning")
+        )
+        job.tracker.end(job.parent, "FINISHED")
+    except BaseException:
+        job.tracker.end(job.parent, "FAILED")
+        raise
+    finally:
+        job.stop.uninstall()
+    trials = job.flash_tuner.finished_trials()
+    best = job.flash_tuner.best_trial()
+    return {
+        "study": job.name,
+        "stopped": why,
+        "finished": len(trials),
+        "requested": config.trials,
+        "by_this_worker": sum(1 for t in trials if t.user_attrs.get("worker") == WORKER),
+        "best_value": best.value if best else None,
+        "worker": WORKER,
+    }
+
+
 def run(
     config: RunConfig, progress: bool = True, report: Report | None = None, pruner=None, handle_interrupts: bool = False
 ) -> RunResult:
@@ -356,7 +388,8 @@ class RunJob:
 
         return show
 
-    def baseline(self) -> None:
+    def baseline_params_enqueued(self) -> dict:
+        """Trial 0 of a new study is the Flash-tier defaults; returns those parameters."""
         from automl import tuning
 
         config = self.config
@@ -365,13 +398,17 @@ class RunJob:
             self.flash_tuner.space, config.learning_rate, config.weight_decay, config.dropout, config.label_smoothing
         )
         self.flash_tuner.enqueue_baseline(params)
+        return params
+
+    def baseline(self) -> None:
+        params = self.baseline_params_enqueued()
 
         def work() -> dict:
             self.flash_tuner.run(
                 self.flash_train, total_trials=1, deadline=self.deadline, on_trial=self._on_trial(2, "baseline")
             )
             # trial 0, or its retry when the process running it died
-            baseline = [t for t in self.flash_tuner.finished_trials() if t.user_attrs.get("role") == tuning.BASELINE]
+            baseline = [t for t in self.flash_tuner.finished_trials() if t.user_attrs.get("role") == tuning_baseline()]
             return _trial_result(baseline[0]) if baseline else {"state": "not started"}
 
         base = self.stage(

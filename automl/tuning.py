@@ -163,6 +163,10 @@ class Deadline(pl.Callback):
             trainer.should_stop = True
 
 
+class SurplusTrial(Exception):
+    """Raised for a trial another worker made unnecessary; it is closed unused and not counted."""
+
+
 class StopRequest:
     """Ctrl-C during a run: the first asks to stop after the current epoch (the running trial keeps
     its validated epochs, no new trial starts); the second stops at once."""
@@ -298,7 +302,33 @@ class Tuner:
         retry and does not count itself."""
         trials = self.study.get_trials(deepcopy=False)
         retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
-        return [t for t in trials if t.state.name in FINISHED_STATES and t.number not in retried]
+        return [
+            t
+            for t in trials
+            if t.state.name in FINISHED_STATES and t.number not in retried and not t.user_attrs.get("surplus")
+        ]
+
+    def _duplicate_start(self, trial) -> bool:
+        """Two workers starting a new study together may both enqueue its first trial: the lower
+        number runs, the other is closed unused."""
+        role = trial.user_attrs.get("role")
+        if role is None or role == "tuning" or "retry_of" in trial.user_attrs:
+            return False
+        return any(
+            t.number < trial.number and t.user_attrs.get("role") == role and "retry_of" not in t.user_attrs
+            for t in self.study.get_trials(deepcopy=False)
+        )
+
+    def _surplus(self, trial, total_trials: int) -> bool:
+        """Workers sharing a study may start trials at the same moment: the lower-numbered ones run,
+        and a trial past the requested total is closed unused, so the total is exact."""
+        from optuna.trial import TrialState
+
+        finished = len(self.finished_trials())
+        ahead = [
+            t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number < trial.number
+        ]
+        return finished + len(ahead) >= total_trials
 
     def recover_dead_trials(self) -> list[int]:
         """Trials left RUNNING by a process of this machine that is gone (killed, crashed): marked failed
@@ -326,11 +356,14 @@ class Tuner:
         """Trial 0 runs ``params`` (once per study, however often the run resumes): the Flash-tier
         baseline, or the best Flash-tier parameters that warm-start the Lightning tier."""
         if not self.study.get_trials(deepcopy=False):
-            self.study.enqueue_trial(params, user_attrs={"role": role})
+            # skip_if_exists: a worker starting at the same moment may have just enqueued it
+            self.study.enqueue_trial(params, user_attrs={"role": role}, skip_if_exists=True)
 
     def summary(self) -> list[dict]:
         rows = []
         for trial in self.study.get_trials(deepcopy=False):
+            if trial.user_attrs.get("surplus"):
+                continue
             rows.append(
                 {
                     "number": trial.number,
@@ -376,7 +409,7 @@ class Tuner:
             if on_trial is not None:
                 best = self.best_trial()
                 on_trial(Progress(self._next_number(), len(finished), total_trials, best.value if best else None, left))
-            self.study.optimize(self._objective(train, deadline), n_trials=1, catch=(Exception,))
+            self.study.optimize(self._objective(train, deadline, total_trials), n_trials=1, catch=(Exception,))
             started += 1
 
     def _next_number(self) -> int:
@@ -385,10 +418,16 @@ class Tuner:
         waiting = [t.number for t in trials if t.state.name == "WAITING"]
         return waiting[0] if waiting else len(trials)
 
-    def _objective(self, train: TrainFn, deadline: float | None):
+    def _objective(self, train: TrainFn, deadline: float | None, total_trials: int | None = None):
         import optuna
 
         def objective(trial) -> float:
+            if self._duplicate_start(trial):
+                trial.set_user_attr("surplus", True)
+                raise SurplusTrial(f"trial {trial.number} repeats the study's first trial, enqueued by another worker")
+            if total_trials is not None and self._surplus(trial, total_trials):
+                trial.set_user_attr("surplus", True)
+                raise SurplusTrial(f"trial {trial.number} is past the requested {total_trials} trials")
             params = self.space.suggest(trial)
             deadline_cb = Deadline(deadline)
             callbacks = [deadline_cb, StopAtEpochEnd(self.stop)]

@@ -1,0 +1,77 @@
+"""Several `automl tune` workers sharing one study in a real PostgreSQL server on loopback
+(scripts/start-postgres.sh, run by `make test`, installs and starts it)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+
+import optuna
+import pytest
+from conftest import TINY_IMAGE_BACKBONE
+
+POSTGRES = os.environ.get("AUTOML_TEST_POSTGRES_URL", "postgresql://automl:automl@127.0.0.1:5432/automl")
+
+
+def postgres_reachable() -> str | None:
+    try:
+        import sqlalchemy
+
+        with sqlalchemy.create_engine(POSTGRES, connect_args={"connect_timeout": 3}).connect() as connection:
+            connection.execute(sqlalchemy.text("select 1"))
+        return None
+    except Exception as exc:  # no driver, no server, no role
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+
+
+@pytest.fixture(scope="module")
+def postgres() -> str:
+    problem = postgres_reachable()
+    if problem and not os.environ.get("CI"):  # CI must have it: there the test fails instead
+        pytest.skip(f"PostgreSQL at {POSTGRES} is not reachable ({problem}); run scripts/start-postgres.sh as root")
+    assert problem is None, f"PostgreSQL at {POSTGRES}: {problem}"
+    return POSTGRES
+
+
+def command(kind: str, images, output, study: str, storage: str) -> list[str]:
+    options = (
+        f"--task image_classification --target accuracy>=0 --trials 10 --backbone {TINY_IMAGE_BACKBONE} "
+        "--no-pretrained --epochs 3 --batch-size 4 --image-size 32 --accelerator cpu --pruner none -q"
+    ).split()
+    paths = ["--data", str(images), "--output", str(output), "--storage", storage, "--study", study]
+    return [sys.executable, "-m", "automl", kind, *options, *paths]
+
+
+def test_two_workers_share_one_study_and_run_exactly_the_requested_trials(postgres, images, tmp_path):
+    from automl.tuning import Tuner
+
+    study = f"shared-{uuid.uuid4().hex[:8]}"
+    first, second = (
+        subprocess.Popen(
+            command("tune", images, tmp_path / name, study, postgres),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("w1", "w2")
+    )
+    outputs = [process.communicate(timeout=300) for process in (first, second)]
+    assert [p.returncode for p in (first, second)] == [0, 0], [err[-2000:] for _, err in outputs]
+
+    shared = optuna.load_study(study_name=study, storage=postgres)
+    counted = Tuner.__new__(Tuner)
+    counted.study = shared
+    finished = counted.finished_trials()
+    assert len(finished) == 10  # exactly the requested total, between them
+    workers = [t.user_attrs["worker"] for t in finished]
+    assert len(set(workers)) == 2 and min(workers.count(w) for w in set(workers)) >= 1  # each did some
+    assert [t.user_attrs.get("role") for t in finished].count("baseline") == 1  # not run twice
+
+    # the final `automl run` on the same study adds no trial and judges the best one
+    judged = subprocess.run(
+        command("run", images, tmp_path / "final", study, postgres), capture_output=True, text=True, timeout=300
+    )
+    assert judged.returncode == 0, judged.stderr[-2000:]
+    assert len(counted.finished_trials()) == 10 and "MET" in judged.stdout
