@@ -83,6 +83,9 @@ _FIT_OPTIONS = [
     click.option("--num-workers", type=int, help="Data loading processes.  [default: 0]"),
     click.option("--accelerator", help="cpu | gpu | mps | auto  [default: auto]"),
     click.option("--devices", help="Number of devices or 'auto'.  [default: auto]"),
+    click.option("--trainer-strategy", help="Lightning's strategy: ddp, ddp_spawn, fsdp...  [default: auto]"),
+    click.option("--num-nodes", type=int, help="Machines in a distributed fit.  [default: 1]"),
+    click.option("--precision", help="Lightning's precision, e.g. 16-mixed, bf16-mixed.  [default: 32-bit]"),
     click.option("--output", type=click.Path(path_type=Path), help="Runs folder.  [default: runs]"),
     click.option("--seed", type=int, help="[default: 42]"),
     click.option(

@@ -56,6 +56,9 @@ class FitConfig:
     num_workers: int = 0
     accelerator: str = "auto"
     devices: str = "auto"
+    trainer_strategy: str = "auto"  # Lightning's: ddp, ddp_spawn, fsdp... (--strategy is the fine-tuning one)
+    num_nodes: int = 1
+    precision: str | None = None  # Lightning's, e.g. 16-mixed, bf16-mixed; None: 32-bit
     output: str = "runs"
     seed: int = 42
 
@@ -151,6 +154,11 @@ class RunConfig(FitConfig):
             raise ConfigError(f"trials must be at least 1 (the baseline is trial 0), got {self.trials}.")
         if self.time_budget is not None:
             parse_duration(self.time_budget)
+        if self.trainer_strategy not in ("auto", "single_device"):
+            raise ConfigError(
+                f"automl run/tune train each trial in one process; --trainer-strategy {self.trainer_strategy} is for "
+                "`automl fit`. To spread a study over machines, start `automl tune` workers on a shared --storage."
+            )
         if self.pruner not in ("median", "hyperband", "none"):
             raise ConfigError(f"Unknown pruner '{self.pruner}'. Choose median, hyperband or none.")
 

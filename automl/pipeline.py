@@ -11,8 +11,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import secrets
 import shutil
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -26,6 +28,7 @@ from automl.errors import DataError
 BEST_DIR = "best"
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
+RUN_DIR_ENV = "AUTOML_RUN_DIR"
 JOURNAL_FILE = "journal.json"
 INSPECTION_FILE = "inspection.json"
 PREDICTIONS_FILE = "predictions_val.csv"
@@ -67,12 +70,22 @@ def fit_baseline(config: FitConfig, progress: bool = True, run_dir: Path | None 
 
     started = time.monotonic()
     datamodule = fit.load_data(config)
-    run_dir = run_dir or new_run_dir(config.output, config.task)
-    dump_yaml(config.to_dict(), run_dir / CONFIG_FILE)
-    trained = fit.train(
-        config, datamodule, run_dir, logger=CSVLogger(run_dir, name="", version="logs"), progress=progress
-    )
-    scores = fit.validate(trained)
+    # Lightning's "ddp" starts each other rank by running this same command again: they find the run
+    # folder the first one made in the environment it hands down.
+    inherited = os.environ.get(RUN_DIR_ENV)
+    run_dir = run_dir or (Path(inherited) if inherited else new_run_dir(config.output, config.task))
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+    try:
+        dump_yaml(config.to_dict(), run_dir / CONFIG_FILE)
+        trained = fit.train(
+            config, datamodule, run_dir, logger=CSVLogger(run_dir, name="", version="logs"), progress=progress
+        )
+        scores = fit.validate(trained)
+    finally:  # handed to the other ranks only: the next fit in this process makes its own folder
+        if inherited is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+    if not trained.trainer.is_global_zero:
+        sys.exit(0)  # a helper rank of a distributed fit: rank zero writes the results
     fit.save_best(run_dir / BEST_DIR, trained.checkpoint, datamodule, config)
     seconds = time.monotonic() - started
     details = {

@@ -147,3 +147,42 @@ def test_fit_trains_a_text_classifier_from_a_csv(tmp_path, runner, text_csv, tin
     assert json.loads((run_dir / "best" / "preprocessing.json").read_text())["max_length"] == 24
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["val_size"] == 16 and metrics["weights"].startswith("local")
+
+
+def test_a_two_process_cpu_ddp_fit_finishes_and_writes_once(tmp_path):
+    data = make_image_folder(tmp_path / "imgs", per_class=8)
+    args = [
+        sys.executable,
+        "-m",
+        "automl",
+        *fit_args(data, tmp_path / "runs", "--devices", "2", "--trainer-strategy", "ddp", "--strategy", "no_freeze"),
+    ]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs").iterdir()  # one run folder for both processes
+    assert result.stdout.count("Validation metrics of the best epoch") == 1  # printed by rank zero only
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0.0 <= metrics[m.VAL_ACCURACY] <= 1.0 and (run_dir / "best" / "model.ckpt").exists()
+    rows = (run_dir / "logs" / "metrics.csv").read_text().splitlines()
+    epochs = [row for row in rows[1:] if row.split(",")[rows[0].split(",").index(m.VAL_ACCURACY)]]
+    # two epochs and the final validation of the best checkpoint, each once: not once per process
+    assert len(epochs) == 3
+
+
+def test_run_refuses_a_distributed_trainer_strategy(tmp_path):
+    data = make_image_folder(tmp_path / "imgs", per_class=4)
+    result = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            "--task",
+            "image_classification",
+            "--data",
+            str(data),
+            "--target",
+            "accuracy>=0.5",
+            "--trainer-strategy",
+            "ddp",
+        ],
+    )
+    assert result.exit_code == 2 and "start `automl tune` workers" in result.output

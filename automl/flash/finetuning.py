@@ -154,12 +154,15 @@ def finetune(model: pl.LightningModule, datamodule: pl.LightningDataModule, stra
     """Fit ``model`` on ``datamodule`` with a fine-tuning ``strategy``; returns the ``Trainer``.
 
     ``trainer_kwargs`` go to ``lightning.pytorch.Trainer`` (``max_epochs=3``, no logger and no
-    checkpoint files unless you ask for them; the progress bar goes to stderr).
+    checkpoint files unless you ask for them; the progress bar goes to stderr); Lightning's own
+    ``strategy`` (``"ddp"``...) is passed as ``trainer_strategy``.
 
     >>> trainer = finetune(model, data, strategy=("freeze_unfreeze", 1), max_epochs=3)
     >>> trainer.validate(model, datamodule=data)
     """
     callbacks = [*(trainer_kwargs.pop("callbacks", None) or []), FlashFinetuning(strategy)]
+    if "trainer_strategy" in trainer_kwargs:  # Lightning's own strategy (ddp, ...), named apart from ours
+        trainer_kwargs["strategy"] = trainer_kwargs.pop("trainer_strategy")
     if trainer_kwargs.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
         # progress is not a result: keep stdout clean for what the user pipes or parses
         callbacks.append(RichProgressBar(leave=True, console_kwargs={"stderr": True}))

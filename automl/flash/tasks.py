@@ -89,14 +89,16 @@ class ClassificationTask(pl.LightningModule):
             raise FloatingPointError(f"The training loss became {loss.item()} at step {self.global_step}.")
         accuracy = (logits.argmax(dim=-1) == targets).float().mean()
         batch_size = targets.shape[0]
-        self.log(m.TRAIN_LOSS, loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size)
-        self.log(m.TRAIN_ACCURACY, accuracy, on_step=False, on_epoch=True, batch_size=batch_size)
+        # sync_dist: epoch values averaged over the processes of a distributed fit (a no-op otherwise)
+        self.log(m.TRAIN_LOSS, loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size, sync_dist=True)
+        self.log(m.TRAIN_ACCURACY, accuracy, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
         return loss
 
     def _evaluate(self, batch, metrics, loss_name: str) -> None:
         inputs, targets = batch
         logits = self(inputs)
-        self.log(loss_name, self.criterion(logits, targets), prog_bar=True, on_epoch=True, batch_size=targets.shape[0])
+        loss = self.criterion(logits, targets)
+        self.log(loss_name, loss, prog_bar=True, on_epoch=True, batch_size=targets.shape[0], sync_dist=True)
         metrics.update(logits.softmax(dim=-1), targets)
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -115,7 +117,8 @@ class ClassificationTask(pl.LightningModule):
         values = metrics.compute()
         metrics.reset()
         for name, value in values.items():
-            self.log(name, value, prog_bar=name.endswith(("accuracy", "f1_macro")), on_epoch=True)
+            # torchmetrics already gathered every process's predictions: the value is the same on each
+            self.log(name, value, prog_bar=name.endswith(("accuracy", "f1_macro")), on_epoch=True, sync_dist=True)
 
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         """Class probabilities, one row per input."""
