@@ -104,6 +104,16 @@ def fit_options(command):
     return command
 
 
+def _stage_reporter(quiet: bool):
+    """Stage lines (``[3/6] tuning: trial 7/20 ...``) on stderr, or nowhere with -q."""
+
+    def report(line: str) -> None:
+        if not quiet:
+            click.secho(line, fg="cyan", err=True)
+
+    return report
+
+
 def _values(config_file: Path | None, no_pretrained: bool, no_header: bool, options: dict) -> dict:
     """YAML values, overridden by the options given on the command line."""
     values = load_yaml(config_file) if config_file else {}
@@ -174,11 +184,7 @@ def run(
 
     from automl.pipeline import run as run_pipeline
 
-    def report(line: str) -> None:
-        if not quiet:
-            click.secho(line, fg="cyan", err=True)
-
-    result = run_pipeline(config, progress=not quiet, report=report, handle_interrupts=True)
+    result = run_pipeline(config, progress=not quiet, report=_stage_reporter(quiet), handle_interrupts=True)
     _print_run(result)
     sys.exit(result.exit_code)
 
@@ -382,11 +388,7 @@ def tune(config_file: Path | None, quiet: bool, no_pretrained: bool, no_header: 
 
     from automl.pipeline import tune_worker
 
-    def report(line: str) -> None:
-        if not quiet:
-            click.secho(line, fg="cyan", err=True)
-
-    result = tune_worker(config, progress=not quiet, report=report)
+    result = tune_worker(config, progress=not quiet, report=_stage_reporter(quiet))
     click.echo(
         f"study {result['study']}: {result['finished']} of {result['requested']} trials finished "
         f"({result['by_this_worker']} by this worker, {result['worker']}); best {result['best_value']}; "

@@ -22,6 +22,30 @@ def run_config(images, output, tracking_uri, **changes) -> RunConfig:
     return tiny_run_config(images, output, tracking_uri=tracking_uri, **changes)
 
 
+def run_command(images, output, study: str, *extra: str) -> list[str]:
+    """``automl run`` in a subprocess: 4 trials of the tiny model, 3 epochs each."""
+    import sys
+
+    options = (
+        f"--task image_classification --target accuracy>=0 --trials 4 --backbone {TINY_IMAGE_BACKBONE} "
+        "--no-pretrained --epochs 3 --batch-size 4 --image-size 32 --accelerator cpu --pruner none"
+    ).split()
+    return [
+        sys.executable,
+        "-m",
+        "automl",
+        "run",
+        *options,
+        "--data",
+        str(images),
+        "--output",
+        str(output),
+        "--study",
+        study,
+        *extra,
+    ]
+
+
 def trial_states(run_dir, output) -> list[str]:
     study = optuna.load_study(study_name=run_dir.name, storage=f"sqlite:///{output / 'optuna.db'}")
     return [t.state.name for t in study.get_trials()]
@@ -215,39 +239,8 @@ def test_out_of_gpu_memory_twice_fails_the_trial_with_both_sizes(tmp_path, image
 def test_ctrl_c_stops_after_the_epoch_reports_and_exits_130_then_resumes(tmp_path, images):
     import signal
     import subprocess
-    import sys
 
-    args = [
-        sys.executable,
-        "-m",
-        "automl",
-        "run",
-        "--task",
-        "image_classification",
-        "--data",
-        str(images),
-        "--output",
-        str(tmp_path),
-        "--target",
-        "accuracy>=0",
-        "--trials",
-        "4",
-        "--backbone",
-        TINY_IMAGE_BACKBONE,
-        "--no-pretrained",
-        "--epochs",
-        "3",
-        "--batch-size",
-        "4",
-        "--image-size",
-        "32",
-        "--accelerator",
-        "cpu",
-        "--pruner",
-        "none",
-        "--study",
-        "ctrl-c",
-    ]
+    args = run_command(images, tmp_path, "ctrl-c")
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = []
     for line in process.stderr:  # wait for the second trial to start, then press Ctrl-C
@@ -273,41 +266,9 @@ def test_ctrl_c_stops_after_the_epoch_reports_and_exits_130_then_resumes(tmp_pat
 
 def test_a_run_killed_during_tuning_resumes_without_losing_or_repeating_trials(tmp_path, images):
     import subprocess
-    import sys
     import time
 
-    args = [
-        sys.executable,
-        "-m",
-        "automl",
-        "run",
-        "--task",
-        "image_classification",
-        "--data",
-        str(images),
-        "--output",
-        str(tmp_path),
-        "--target",
-        "accuracy>=0",
-        "--trials",
-        "4",
-        "--backbone",
-        TINY_IMAGE_BACKBONE,
-        "--no-pretrained",
-        "--epochs",
-        "3",
-        "--batch-size",
-        "4",
-        "--image-size",
-        "32",
-        "--accelerator",
-        "cpu",
-        "--pruner",
-        "none",
-        "--study",
-        "killed",
-        "-q",
-    ]
+    args = run_command(images, tmp_path, "killed", "-q")
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
