@@ -5,11 +5,10 @@ import time
 import lightning.pytorch as pl
 import optuna
 import pytest
-from conftest import TINY_IMAGE_BACKBONE, make_image_folder
+from conftest import TINY_IMAGE_BACKBONE, make_image_folder, tiny_run_config
 
 from automl import metrics as m
 from automl import tuning
-from automl.config import FitConfig
 from automl.errors import StoreUnavailable
 from automl.flash import fit
 
@@ -100,16 +99,7 @@ def test_the_deadline_stops_a_running_fit_and_its_best_epoch_counts(tmp_path):
             self.deadline = time.time() - 1.0  # the budget runs out during epoch 1
 
     make_image_folder(tmp_path / "imgs", per_class=8)
-    config = FitConfig(
-        task="image_classification",
-        data=str(tmp_path / "imgs"),
-        backbone=TINY_IMAGE_BACKBONE,
-        pretrained=False,
-        epochs=5,
-        batch_size=4,
-        image_size=32,
-        accelerator="cpu",
-    )
+    config = tiny_run_config(tmp_path / "imgs", tmp_path, epochs=5).fit_config()
     deadline = DeadlineAfterFirstEpoch(None)
     trained = fit.train(config, fit.load_data(config), tmp_path / "out", callbacks=[deadline], progress=False)
     assert deadline.triggered
@@ -126,16 +116,7 @@ class PruneEveryTrialButTheBaseline(optuna.pruners.BasePruner):
 
 def test_a_pruned_trial_is_recorded_as_pruned(tmp_path):
     make_image_folder(tmp_path / "imgs", per_class=6)
-    config = FitConfig(
-        task="image_classification",
-        data=str(tmp_path / "imgs"),
-        backbone=TINY_IMAGE_BACKBONE,
-        pretrained=False,
-        epochs=2,
-        batch_size=4,
-        image_size=32,
-        accelerator="cpu",
-    )
+    config = tiny_run_config(tmp_path / "imgs", tmp_path, epochs=2).fit_config()
     datamodule = fit.load_data(config)
     tuner = make_tuner(tmp_path, pruner=PruneEveryTrialButTheBaseline())
     tuner.enqueue_baseline(BASELINE)
