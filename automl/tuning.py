@@ -297,10 +297,11 @@ class Tuner:
         self.recovered = self.recover_dead_trials()
 
     # ------------------------------------------------------------------ state
-    def finished_trials(self) -> list:
+    def finished_trials(self, trials: list | None = None) -> list:
         """Finished trials that count towards the total: a trial whose process died is replaced by its
-        retry and does not count itself."""
-        trials = self.study.get_trials(deepcopy=False)
+        retry and does not count itself. ``trials`` is a snapshot already read, else the study's now."""
+        if trials is None:
+            trials = self.study.get_trials(deepcopy=False)
         retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
         return [
             t
@@ -321,14 +322,18 @@ class Tuner:
 
     def _surplus(self, trial, total_trials: int) -> bool:
         """Workers sharing a study may start trials at the same moment: the lower-numbered ones run,
-        and a trial past the requested total is closed unused, so the total is exact."""
-        from optuna.trial import TrialState
+        and a trial past the requested total is closed unused, so the total is exact.
 
-        finished = len(self.finished_trials())
+        Finished and running trials come from one snapshot: read one after the other, a trial that
+        finishes in between would be in neither list, and a second worker would start one too many.
+        """
+        trials = self.study.get_trials(deepcopy=False)
         ahead = [
-            t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number < trial.number
+            t
+            for t in trials
+            if t.state.name == "RUNNING" and t.number < trial.number and not t.user_attrs.get("surplus")
         ]
-        return finished + len(ahead) >= total_trials
+        return len(self.finished_trials(trials)) + len(ahead) >= total_trials
 
     def recover_dead_trials(self) -> list[int]:
         """Trials left RUNNING by a process of this machine that is gone (killed, crashed): marked failed
