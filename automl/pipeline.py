@@ -9,6 +9,7 @@ through the ``report`` hook the CLI hands in.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -722,7 +723,16 @@ class RunJob:
             )
             status = "FAILED"
             try:
-                outcome = self._fit_with_oom_retry(fit_trial, number, params, callbacks, child)
+                try:
+                    outcome = self._fit_with_oom_retry(fit_trial, number, params, callbacks, child)
+                except OSError as error:
+                    if error.errno != errno.ENOSPC:
+                        raise
+                    raise RuntimeError(
+                        f"the disk is full (writing {error.filename or folder}); its partial checkpoint is "
+                        f"removed. Free space under {self.run_dir} or give --output another disk, then run "
+                        "the same command again"
+                    ) from error
                 if outcome.checkpoint is None:
                     raise RuntimeError("stopped before its first validation (time budget)")
                 status = "FINISHED"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import optuna
 import pandas as pd
@@ -234,6 +236,35 @@ def test_out_of_gpu_memory_twice_fails_the_trial_with_both_sizes(tmp_path, image
     (trial,) = study.trials
     assert trial.state.name == "FAIL"
     assert trial.user_attrs["fail_reason"].startswith("RuntimeError: out of GPU memory at batch size 4 and again at 2")
+
+
+def test_a_full_disk_while_checkpointing_fails_the_trial_not_the_study(tmp_path, images, tracking_uri, monkeypatch):
+    import errno
+
+    from lightning.fabric.plugins.io import torch_io
+
+    original = torch_io._atomic_save
+
+    def disk_full_in_trial_0(checkpoint, filepath):
+        if f"{os.sep}trials{os.sep}0{os.sep}" in str(filepath):
+            Path(filepath).write_bytes(b"half a checkpoint")  # what a full disk leaves behind
+            raise OSError(errno.ENOSPC, "No space left on device", str(filepath))
+        original(checkpoint, filepath)
+
+    monkeypatch.setattr(torch_io, "_atomic_save", disk_full_in_trial_0)
+    lines = []
+    result = pipeline.run(
+        run_config(images, tmp_path, tracking_uri, trials=2, study="full"), progress=False, report=lines.append
+    )
+    study = optuna.load_study(study_name="full", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    first, second = study.trials
+    assert first.state.name == "FAIL" and second.state.name == "COMPLETE"
+    reason = first.user_attrs["fail_reason"]
+    assert reason.startswith("RuntimeError: the disk is full (writing ") and "trials/0/checkpoints" in reason
+    assert "give --output another disk" in reason
+    assert not (result.run_dir / "trials" / "0").joinpath("checkpoints").exists()  # the partial file is gone
+    assert result.met and (result.run_dir / "best" / "model.ckpt").exists()
+    assert any(line.startswith("[6/6] finalise: report written to") for line in lines), lines  # with a failed trial
 
 
 def test_ctrl_c_stops_after_the_epoch_reports_and_exits_130_then_resumes(tmp_path, images):

@@ -171,7 +171,9 @@ def study_facts(run_dir: Path, config: dict, journal: dict) -> dict:
     for tier, file in (("flash", "study.csv"), ("lightning", "study.lightning.csv")):
         path = run_dir / file
         if path.exists():
-            frame = pd.read_csv(path, keep_default_na=False)
+            frame = pd.read_csv(path, keep_default_na=False)  # parameter values such as "None" stay text
+            for column in ("value", "seconds"):  # empty for a failed trial, which made the column text
+                frame[column] = pd.to_numeric(frame[column], errors="coerce")
             studies[tier] = json.loads(frame.to_json(orient="records"))
     importances = {}
     try:
