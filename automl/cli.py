@@ -156,6 +156,12 @@ def fit(config_file: Path | None, quiet: bool, no_pretrained: bool, no_header: b
     "--tracking-uri", help="MLflow tracking URI.  [default: $MLFLOW_TRACKING_URI or sqlite:///OUTPUT/mlflow.db]"
 )
 @click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]), help="[default: median]")
+@click.option(
+    "--heartbeat",
+    type=click.IntRange(min=1),
+    help="Seconds between a running trial's signs of life on a shared database; one silent for 3x this "
+    "(its machine died) is failed and run again by another worker.  [default: 30]",
+)
 @click.option("--backbones", help="Comma-separated backbones the search may pick.  [default: those available offline]")
 @click.option("--no-escalate", "no_escalate", is_flag=True, help="Stop at the tuned Flash tier, even when missed.")
 @click.option("--escalation-trials", type=int, help="Trials of the Lightning-tier study.  [default: --trials]")
@@ -376,6 +382,12 @@ def serve(run_dir: Path, host: str, port: int, max_body_mb: float) -> None:
 @click.option("--study", help="Study name; every worker and the final `automl run` use the same.")
 @click.option("--tracking-uri", help="MLflow tracking URI.")
 @click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]))
+@click.option(
+    "--heartbeat",
+    type=click.IntRange(min=1),
+    help="Seconds between a running trial's signs of life on a shared database; one silent for 3x this "
+    "(its machine died) is failed and run again by another worker.  [default: 30]",
+)
 def tune(config_file: Path | None, quiet: bool, no_pretrained: bool, no_header: bool, **options) -> None:
     """A tuning worker: join a shared study and run trials until it holds --trials finished ones.
 

@@ -137,6 +137,7 @@ class RunConfig(FitConfig):
     study: str | None = None  # default: task + data fingerprint, so re-running resumes
     tracking_uri: str | None = None  # MLflow; default MLFLOW_TRACKING_URI or sqlite:///<output>/mlflow.db
     pruner: str = "median"  # median | hyperband | none
+    heartbeat: int = 30  # seconds; on a shared database a trial silent for 3x this is failed and retried
     backbones: tuple[str, ...] | None = None  # backbones the search may pick; default: those available offline
     escalate: bool = True  # a missed target escalates to the Lightning tier
     escalation_trials: int | None = None  # trials of the Lightning-tier study; default: trials
@@ -159,6 +160,8 @@ class RunConfig(FitConfig):
                 f"automl run/tune train each trial in one process; --trainer-strategy {self.trainer_strategy} is for "
                 "`automl fit`. To spread a study over machines, start `automl tune` workers on a shared --storage."
             )
+        if self.heartbeat < 1:
+            raise ConfigError(f"heartbeat must be at least 1 second, got {self.heartbeat}.")
         if self.pruner not in ("median", "hyperband", "none"):
             raise ConfigError(f"Unknown pruner '{self.pruner}'. Choose median, hyperband or none.")
 

@@ -205,7 +205,11 @@ def tune_worker(config: RunConfig, progress: bool = True, report: Report | None 
         job.inspect()
         job.baseline_params_enqueued()
         why = job.flash_tuner.run(
-            job.flash_train, total_trials=config.trials, deadline=job.deadline, on_trial=job._on_trial(3, "tuning")
+            job.flash_train,
+            total_trials=config.trials,
+            deadline=job.deadline,
+            on_trial=job._on_trial(3, "tuning"),
+            on_wait=job._on_wait(3, "tuning"),
         )
         job.tracker.end(job.parent, "FINISHED")
     except BaseException:
@@ -312,6 +316,7 @@ class RunJob:
             self.target.metric,
             seed=self.config.seed,
             pruner=self.pruner,
+            heartbeat=self.config.heartbeat,
         )
         tuner.stop = self.stop  # one Ctrl-C stops whichever study is running
         return tuner
@@ -402,6 +407,16 @@ class RunJob:
 
         return show
 
+    def _on_wait(self, number: int, role: str):
+        def show(running: list) -> None:
+            workers = sorted({str(t.user_attrs.get("worker", "a starting worker")) for t in running})
+            self.say(
+                f"[{number}/{self.total}] {role}: waiting for {len(running)} trial(s) running in other workers "
+                f"({', '.join(workers)})"
+            )
+
+        return show
+
     def baseline_params_enqueued(self) -> dict:
         """Trial 0 of a new study is the Flash-tier defaults; returns those parameters."""
         from automl import tuning
@@ -419,7 +434,11 @@ class RunJob:
 
         def work() -> dict:
             self.flash_tuner.run(
-                self.flash_train, total_trials=1, deadline=self.deadline, on_trial=self._on_trial(2, "baseline")
+                self.flash_train,
+                total_trials=1,
+                deadline=self.deadline,
+                on_trial=self._on_trial(2, "baseline"),
+                on_wait=self._on_wait(2, "baseline"),
             )
             # trial 0, or its retry when the process running it died
             baseline = [t for t in self.flash_tuner.finished_trials() if t.user_attrs.get("role") == tuning_baseline()]
@@ -436,7 +455,13 @@ class RunJob:
         """Run ``tuner`` up to ``trials``; the study's best trial as a plain result."""
         t0 = time.monotonic()
         before = len(tuner.finished_trials())
-        why = tuner.run(train, total_trials=trials, deadline=self.deadline, on_trial=self._on_trial(number, role))
+        why = tuner.run(
+            train,
+            total_trials=trials,
+            deadline=self.deadline,
+            on_trial=self._on_trial(number, role),
+            on_wait=self._on_wait(number, role),
+        )
         best = tuner.best_trial()
         summary = tuner.summary()
         new = len(tuner.finished_trials()) - before

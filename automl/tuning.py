@@ -23,6 +23,8 @@ PRUNERS = ("median", "hyperband", "none")
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 BASELINE = "baseline"
 FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
+UNNAMED_TRIAL_SECONDS = 60  # a RUNNING trial still without its worker's name after this is dead
+HEARTBEAT_SECONDS = 30  # a shared database's running trials say they are alive this often
 
 
 @dataclass
@@ -262,6 +264,8 @@ class Progress:
 class Tuner:
     """An Optuna study over ``space``, maximising or minimising ``monitor``; resumes when it exists."""
 
+    poll_seconds = 1.0  # how often a worker waiting for others' last trials looks at the study
+
     def __init__(
         self,
         space: SearchSpace,
@@ -271,6 +275,7 @@ class Tuner:
         monitor: str,
         seed: int = 42,
         pruner="median",
+        heartbeat: int | None = HEARTBEAT_SECONDS,
     ):
         import optuna
 
@@ -280,7 +285,7 @@ class Tuner:
         self.storage_url = storage
         try:
             self.study = optuna.create_study(
-                storage=storage,
+                storage=self._storage(storage, heartbeat),
                 study_name=study_name,
                 direction=direction,
                 sampler=optuna.samplers.TPESampler(seed=seed),
@@ -295,6 +300,37 @@ class Tuner:
         self.uses_pruning = not isinstance(self.study.pruner, optuna.pruners.NopPruner)
         self.stop = StopRequest()  # the run installs it as the SIGINT handler
         self.recovered = self.recover_dead_trials()
+
+    def _storage(self, url: str, heartbeat: int | None):
+        """A shared database gets Optuna's heartbeat: each running trial says it is alive every
+        ``heartbeat`` seconds, and one silent for three times that (its machine died, or its network)
+        is failed by any other worker and run again. A SQLite file is one machine's: there a dead
+        trial is found by its process id (``recover_dead_trials``)."""
+        if heartbeat is None or url.startswith("sqlite"):
+            return url
+        import warnings
+
+        import optuna
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs={"pool_pre_ping": True},  # a server restart or an idle timeout reconnects
+                heartbeat_interval=heartbeat,
+                grace_period=3 * heartbeat,
+                heartbeat_stale_trial_callback=self._retry_stale,
+            )
+
+    def _retry_stale(self, study, trial) -> None:
+        """Optuna failed ``trial`` (no heartbeat within the grace period): run its parameters again."""
+        worker = trial.user_attrs.get("worker", "unknown worker")
+        attrs = {
+            "role": trial.user_attrs.get("role", "tuning"),
+            "retry_of": trial.number,
+            "retry_reason": f"its worker ({worker}) stopped sending heartbeats",
+        }
+        study.enqueue_trial(trial.params, user_attrs=attrs)
 
     # ------------------------------------------------------------------ state
     def finished_trials(self, trials: list | None = None) -> list:
@@ -338,16 +374,29 @@ class Tuner:
     def recover_dead_trials(self) -> list[int]:
         """Trials left RUNNING by a process of this machine that is gone (killed, crashed): marked failed
         with the reason, and enqueued again with the same parameters. Returns their numbers."""
+        import optuna
         from optuna.trial import TrialState
 
         recovered = []
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
-            if host != socket.gethostname() or not pid.isdigit() or _alive(int(pid)):
-                continue  # another machine's worker, or still running
+            worker = trial.user_attrs.get("worker")
+            if worker is None:
+                # a worker names itself the moment its trial starts: one that never did died at once
+                started = trial.datetime_start.timestamp() if trial.datetime_start else time.time()
+                if time.time() - started < UNNAMED_TRIAL_SECONDS:
+                    continue
+                reason = "its process died as the trial started"
+            else:
+                host, _, pid = str(worker).rpartition(":")
+                if host != socket.gethostname() or not pid.isdigit() or _alive(int(pid)):
+                    continue  # another machine's worker (its heartbeat tells), or still running
+                reason = f"its process ({host}:{pid}) died"
             storage = self.study._storage
-            storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"its process ({host}:{pid}) died")
-            storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+            try:  # two workers starting together may both find it: the one that fails it retries it
+                storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+                storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
             attrs = {"role": trial.user_attrs.get("role", "tuning"), "retry_of": trial.number}
             self.study.enqueue_trial(trial.params, user_attrs=attrs)
             recovered.append(trial.number)
@@ -366,7 +415,11 @@ class Tuner:
 
     def summary(self) -> list[dict]:
         rows = []
-        for trial in self.study.get_trials(deepcopy=False):
+        trials = self.study.get_trials(deepcopy=False)
+        retried = {
+            t.user_attrs["retry_of"]: t.user_attrs.get("retry_reason") for t in trials if "retry_of" in t.user_attrs
+        }
+        for trial in trials:
             if trial.user_attrs.get("surplus"):
                 continue
             rows.append(
@@ -376,7 +429,9 @@ class Tuner:
                     "value": trial.value,
                     "seconds": trial.user_attrs.get("seconds"),
                     "role": trial.user_attrs.get("role", "tuning"),
-                    "reason": trial.user_attrs.get("fail_reason") or trial.user_attrs.get("pruned_reason"),
+                    "reason": trial.user_attrs.get("fail_reason")
+                    or trial.user_attrs.get("pruned_reason")
+                    or retried.get(trial.number),
                     "params": trial.params,
                 }
             )
@@ -390,16 +445,22 @@ class Tuner:
         deadline: float | None = None,
         on_trial: Callable[[Progress], None] | None = None,
         max_new: int | None = None,
+        on_wait: Callable[[list], None] | None = None,
     ) -> str:
         """Run trials until the study holds ``total_trials`` finished ones (every trial counts, the
         baseline included), ``max_new`` were started here, or the time budget says stop.
 
-        No new trial starts when the time left is below the median duration of the finished trials.
-        Returns why it stopped: "trials", "budget", "max_new" or "interrupted" (Ctrl-C).
+        When the trials still missing are all running in other workers, this one waits for them
+        (``on_wait`` hears which) rather than starting more; a trial whose worker dies meanwhile is
+        failed and retried here. No new trial starts when the time left is below the median duration
+        of the finished trials. Returns why it stopped: "trials", "budget", "max_new" or
+        "interrupted" (Ctrl-C).
         """
         started = 0
+        waiting = False
         while True:
-            finished = self.finished_trials()
+            trials = self.study.get_trials(deepcopy=False)
+            finished = self.finished_trials(trials)
             if len(finished) >= total_trials:
                 return "trials"
             if self.stop.requested:
@@ -411,11 +472,32 @@ class Tuner:
                 durations = [t.user_attrs["seconds"] for t in finished if "seconds" in t.user_attrs]
                 if left <= 0 or (durations and left < statistics.median(durations)):
                     return "budget"
+            running = [t for t in trials if t.state.name == "RUNNING" and not t.user_attrs.get("surplus")]
+            if len(finished) + len(running) >= total_trials:
+                if not waiting and on_wait is not None:
+                    on_wait(running)
+                waiting = True
+                self._wait_for_others()
+                continue
+            waiting = False
             if on_trial is not None:
                 best = self.best_trial()
                 on_trial(Progress(self._next_number(), len(finished), total_trials, best.value if best else None, left))
             self.study.optimize(self._objective(train, deadline, total_trials), n_trials=1, catch=(Exception,))
             started += 1
+
+    def _wait_for_others(self) -> None:
+        """One pause while other workers run the last trials; a trial whose process or machine died
+        meanwhile is failed and enqueued again, which the next round picks up."""
+        import warnings
+
+        import optuna
+
+        time.sleep(self.poll_seconds)
+        self.recover_dead_trials()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(self.study)  # heartbeat storages only; otherwise a no-op
 
     def _next_number(self) -> int:
         """The number the next trial gets: an enqueued (waiting) one runs first."""
@@ -427,6 +509,7 @@ class Tuner:
         import optuna
 
         def objective(trial) -> float:
+            trial.set_user_attr("worker", WORKER)  # first: lets others tell a dead trial from a running one
             if self._duplicate_start(trial):
                 trial.set_user_attr("surplus", True)
                 raise SurplusTrial(f"trial {trial.number} repeats the study's first trial, enqueued by another worker")
@@ -440,7 +523,6 @@ class Tuner:
                 callbacks.append(pruning_callback(trial, self.monitor))
             started = time.time()
             trial.set_user_attr("started_at", started)
-            trial.set_user_attr("worker", WORKER)  # lets a later run tell a dead trial from a running one
             try:
                 outcome = train(trial.number, params, callbacks)
             except optuna.TrialPruned as pruned:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 
 import optuna
@@ -38,7 +39,7 @@ def postgres() -> str:
 def command(kind: str, images, output, study: str, storage: str) -> list[str]:
     options = (
         f"--task image_classification --target accuracy>=0 --trials 10 --backbone {TINY_IMAGE_BACKBONE} "
-        "--no-pretrained --epochs 3 --batch-size 4 --image-size 32 --accelerator cpu --pruner none -q"
+        "--no-pretrained --epochs 3 --batch-size 4 --image-size 32 --accelerator cpu --pruner none --heartbeat 5 -q"
     ).split()
     paths = ["--data", str(images), "--output", str(output), "--storage", storage, "--study", study]
     return [sys.executable, "-m", "automl", kind, *options, *paths]
@@ -109,3 +110,61 @@ def test_workers_finishing_together_never_run_more_than_the_requested_trials(pos
     finished = counted.finished_trials()
     assert len(finished) == total
     assert len({t.user_attrs["worker"] for t in finished}) == 3
+
+
+def _worker_whose_machine_dies(storage: str, study: str, total: int) -> None:
+    """A worker "on another machine" (its name says so: its pid means nothing here) that dies in its
+    third trial without a word, as a machine losing power does."""
+    import signal
+
+    from test_tuning import SPACE
+
+    from automl import metrics as m
+    from automl import tuning
+
+    tuning.WORKER = "another-machine:4242"
+    tuner = tuning.Tuner(SPACE, storage, study, "maximize", m.VAL_ACCURACY, seed=1, pruner="none", heartbeat=1)
+
+    def train(number, params, callbacks):
+        if number == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return tuning.TrialOutcome(score=params["learning_rate"])
+
+    tuner.run(train, total)
+
+
+def test_a_trial_whose_machine_died_is_failed_by_its_heartbeat_and_run_again(postgres):
+    import multiprocessing
+
+    from test_tuning import SPACE
+
+    from automl import metrics as m
+    from automl import tuning
+
+    study, total = f"heartbeat-{uuid.uuid4().hex[:8]}", 5
+    dying = multiprocessing.get_context("spawn").Process(
+        target=_worker_whose_machine_dies, args=(postgres, study, total)
+    )
+    dying.start()
+    dying.join(timeout=120)
+    assert dying.exitcode == -9
+    tuner = tuning.Tuner(SPACE, postgres, study, "maximize", m.VAL_ACCURACY, seed=2, pruner="none", heartbeat=1)
+    assert tuner.recovered == []  # another machine's process: nothing to tell from here but its heartbeat
+    (orphan,) = tuner.study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    assert orphan.number == 2 and orphan.user_attrs["worker"] == "another-machine:4242"
+
+    waited = []
+    why = tuner.run(
+        lambda number, params, callbacks: tuning.TrialOutcome(score=params["learning_rate"]),
+        total,
+        deadline=time.time() + 60,  # without the heartbeat it would wait for the dead trial until then
+        on_wait=lambda running: waited.append([t.number for t in running]),
+    )
+    assert why == "trials" and len(tuner.finished_trials()) == total
+    assert waited == [[2]]  # its own share done, it waited for the silent trial rather than run a sixth
+    trials = {t.number: t for t in tuner.study.get_trials()}
+    assert trials[2].state.name == "FAIL"
+    (retry,) = [t for t in trials.values() if t.user_attrs.get("retry_of") == 2]
+    assert retry.state.name == "COMPLETE" and retry.params == trials[2].params  # same parameters, run again
+    reasons = {row["number"]: row["reason"] for row in tuner.summary()}
+    assert reasons[2] == "its worker (another-machine:4242) stopped sending heartbeats"

@@ -146,3 +146,16 @@ def test_baseline_params_lie_inside_the_space():
         study.enqueue_trial(params)
         trial = study.ask()
         assert space.suggest(trial) == params
+
+
+def test_a_trial_whose_process_died_as_it_started_is_recovered(tmp_path, monkeypatch):
+    """A process killed between creating its trial and naming itself on it leaves a RUNNING trial with
+    no worker: once it is older than any live start could be, it is failed and retried."""
+    tuner = make_tuner(tmp_path)
+    tuner.study.ask()  # RUNNING, never named
+    assert make_tuner(tmp_path).recovered == []  # too young: its process may still be starting
+    monkeypatch.setattr(tuning, "UNNAMED_TRIAL_SECONDS", 0)
+    assert make_tuner(tmp_path).recovered == [0]
+    (dead, retry) = tuner.study.get_trials()
+    assert dead.state.name == "FAIL" and dead.user_attrs["fail_reason"] == "its process died as the trial started"
+    assert retry.state.name == "WAITING" and retry.user_attrs["retry_of"] == 0
