@@ -1,3 +1,4 @@
 from automl.cli import main
 
-main()
+if __name__ == "__main__":  # not when a spawned process (a distributed trial) imports it as __mp_main__
+    main()

@@ -83,7 +83,11 @@ _FIT_OPTIONS = [
     click.option("--num-workers", type=int, help="Data loading processes.  [default: 0]"),
     click.option("--accelerator", help="cpu | gpu | mps | auto  [default: auto]"),
     click.option("--devices", help="Number of devices or 'auto'.  [default: auto]"),
-    click.option("--trainer-strategy", help="Lightning's strategy: ddp, ddp_spawn, fsdp...  [default: auto]"),
+    click.option(
+        "--trainer-strategy",
+        help="Lightning's strategy: ddp, ddp_spawn, fsdp... (run/tune: auto, single_device, ddp or ddp_spawn; "
+        "with several --devices each trial trains in processes spawned from the run).  [default: auto]",
+    ),
     click.option("--num-nodes", type=int, help="Machines in a distributed fit.  [default: 1]"),
     click.option("--precision", help="Lightning's precision, e.g. 16-mixed, bf16-mixed.  [default: 32-bit]"),
     click.option("--output", type=click.Path(path_type=Path), help="Runs folder.  [default: runs]"),

@@ -155,10 +155,15 @@ class RunConfig(FitConfig):
             raise ConfigError(f"trials must be at least 1 (the baseline is trial 0), got {self.trials}.")
         if self.time_budget is not None:
             parse_duration(self.time_budget)
-        if self.trainer_strategy not in ("auto", "single_device"):
+        if self.trainer_strategy not in TRIAL_STRATEGIES:
             raise ConfigError(
-                f"automl run/tune train each trial in one process; --trainer-strategy {self.trainer_strategy} is for "
-                "`automl fit`. To spread a study over machines, start `automl tune` workers on a shared --storage."
+                f"automl run/tune train a trial with --trainer-strategy {', '.join(TRIAL_STRATEGIES)}, not "
+                f"{self.trainer_strategy} (that one is for `automl fit`)."
+            )
+        if self.num_nodes != 1:
+            raise ConfigError(
+                "automl run/tune train each trial on one machine (--num-nodes 1); to use several machines, start "
+                "`automl tune` workers on each with a shared --storage."
             )
         if self.heartbeat < 1:
             raise ConfigError(f"heartbeat must be at least 1 second, got {self.heartbeat}.")
@@ -169,9 +174,36 @@ class RunConfig(FitConfig):
     def budget_seconds(self) -> float | None:
         return None if self.time_budget is None else parse_duration(self.time_budget)
 
+    @property
+    def trial_strategy(self) -> str:
+        """Lightning's strategy for one trial. Several devices take DDP with processes spawned from
+        this one (``ddp_spawn``), so that Optuna, the journal and MLflow stay in this process (rank
+        zero's parent); Lightning's ``ddp`` would start each rank by running the whole command again."""
+        if self.trainer_strategy == "single_device" or device_count(self.accelerator, self.devices) <= 1:
+            return self.trainer_strategy if self.trainer_strategy == "single_device" else "auto"
+        return "ddp_spawn"
+
     def fit_config(self, **changes) -> FitConfig:
         values = {key: getattr(self, key) for key in FitConfig.keys()}
-        return FitConfig(**{**values, **changes})
+        return FitConfig(**{**values, "trainer_strategy": self.trial_strategy, **changes})
+
+
+TRIAL_STRATEGIES = ("auto", "single_device", "ddp", "ddp_spawn")
+
+
+def device_count(accelerator: str, devices: str) -> int:
+    """How many devices Lightning will train on for ``accelerator`` and ``devices`` ("auto", "-1",
+    "2", "0,1", "[0, 1]")."""
+    text = str(devices).strip().strip("[]").strip()
+    if "," in text:
+        return len([part for part in text.split(",") if part.strip()])
+    if text not in ("auto", "-1"):
+        return int(text) if text.isdigit() else 1
+    if accelerator not in ("auto", "gpu", "cuda"):
+        return 1  # CPU, MPS, TPU...: Lightning's "auto" means one device there
+    import torch
+
+    return max(1, torch.cuda.device_count())
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)")

@@ -46,3 +46,17 @@ def build_metric_collection(num_classes: int, prefix: str):
         },
         prefix=prefix,
     )
+
+
+def best_checkpoint_score(checkpoint) -> float | None:
+    """The monitored metric at a ``ModelCheckpoint``'s best epoch. A fit in spawned processes
+    (``ddp_spawn``) brings back the best checkpoint's path but not its score: the file holds it."""
+    if checkpoint.best_model_score is not None:
+        return float(checkpoint.best_model_score)
+    if not checkpoint.best_model_path:
+        return None
+    import torch
+
+    saved = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
+    states = [state for key, state in saved.get("callbacks", {}).items() if key.startswith("ModelCheckpoint")]
+    return next((float(s["best_model_score"]) for s in states if s.get("best_model_score") is not None), None)

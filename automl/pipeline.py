@@ -197,8 +197,14 @@ LIGHTNING = "lightning"
 def tune_worker(config: RunConfig, progress: bool = True, report: Report | None = None) -> dict:
     """``automl tune``: join (or create) the study in ``config.storage`` and run Flash-tier trials until
     it holds ``config.trials`` finished ones, whoever ran them. Verdict and report are ``automl run``'s."""
+    from automl.tracking import own_tracking_uri
     from automl.tuning import WORKER
 
+    with own_tracking_uri():
+        return _tune_worker(config, progress, report, WORKER)
+
+
+def _tune_worker(config: RunConfig, progress: bool, report: Report | None, worker: str) -> dict:
     job = RunJob(config, progress, report, None)
     job.stop.install(job.say)
     try:
@@ -224,9 +230,9 @@ def tune_worker(config: RunConfig, progress: bool = True, report: Report | None 
         "stopped": why,
         "finished": len(trials),
         "requested": config.trials,
-        "by_this_worker": sum(1 for t in trials if t.user_attrs.get("worker") == WORKER),
+        "by_this_worker": sum(1 for t in trials if t.user_attrs.get("worker") == worker),
         "best_value": best.value if best else None,
-        "worker": WORKER,
+        "worker": worker,
     }
 
 
@@ -238,13 +244,16 @@ def run(
 
     With ``handle_interrupts`` (the CLI), Ctrl-C stops after the current epoch, judges and reports
     what finished, and the result's exit code is 130; the same command later resumes."""
-    job = RunJob(config, progress, report, pruner)
-    if handle_interrupts:
-        job.stop.install(job.say)
-    try:
-        return job.execute()
-    finally:
-        job.stop.uninstall()
+    from automl.tracking import own_tracking_uri
+
+    with own_tracking_uri():
+        job = RunJob(config, progress, report, pruner)
+        if handle_interrupts:
+            job.stop.install(job.say)
+        try:
+            return job.execute()
+        finally:
+            job.stop.uninstall()
 
 
 class RunJob:
@@ -616,7 +625,11 @@ class RunJob:
         from escalation.train import template_config
 
         out = self.run_dir / "escalation" / str(number)
-        return template_config(self.config.to_dict(), params, out, self.target.metric)
+        config = template_config(self.config.to_dict(), params, out, self.target.metric)
+        config["strategy"] = self.config.trial_strategy  # Lightning's, as for the Flash tier's trials
+        if self.config.precision:
+            config["precision"] = self.config.precision
+        return config
 
     def finalise(self, tier: str, best: dict, verdict: dict) -> None:
         from automl.flash import fit
@@ -703,6 +716,7 @@ class RunJob:
             logger=logger,
             progress=self.progress,
         )
+        tuning.raise_if_pruned(callbacks)
         return tuning.TrialOutcome(trained.best_score, trained.checkpoint, trained.best_epoch)
 
     def _lightning_trial(self, template):
@@ -710,7 +724,9 @@ class RunJob:
 
         def train(number: int, params: dict, callbacks: list, logger):
             config = self._template_config(params, number)
-            result = template.train.fit(config, extra_callbacks=callbacks, logger=logger, progress=self.progress)
+            with template.importable():  # a distributed trial's processes unpickle its classes by name
+                result = template.train.fit(config, extra_callbacks=callbacks, logger=logger, progress=self.progress)
+            tuning.raise_if_pruned(callbacks)
             return tuning.TrialOutcome(result["best_score"], result["checkpoint"], result["best_epoch"])
 
         return train
@@ -719,9 +735,13 @@ class RunJob:
         """Out of GPU memory: one more try at half the batch size, then the trial fails with both sizes."""
         import torch
 
+        from automl import tuning
+
         try:
             return fit_trial(number, params, callbacks, self.tracker.lightning_logger(child))
-        except torch.cuda.OutOfMemoryError as error:
+        except Exception as error:
+            if not tuning.is_out_of_memory(error):
+                raise
             size = int(params.get("batch_size", self.config.batch_size))
             half = max(1, size // 2)
             if torch.cuda.is_available():
@@ -732,8 +752,12 @@ class RunJob:
                 return fit_trial(
                     number, {**params, "batch_size": half}, callbacks, self.tracker.lightning_logger(child)
                 )
-            except torch.cuda.OutOfMemoryError as again:
-                raise RuntimeError(f"out of GPU memory at batch size {size} and again at {half} ({again})") from error
+            except Exception as again:
+                if not tuning.is_out_of_memory(again):
+                    raise
+                raise RuntimeError(
+                    f"out of GPU memory at batch size {size} and again at {half} ({tuning.describe_error(again)})"
+                ) from error
 
     def _tracked(self, tier: str, fit_trial):
         """A trial as the study sees it: an MLflow child run around ``fit_trial``, and only the best
@@ -767,7 +791,7 @@ class RunJob:
             except BaseException as error:
                 status = "KILLED" if tuning.is_pruned(error) else "FAILED"
                 shutil.rmtree(folder / str(number) / "checkpoints", ignore_errors=True)
-                self.tracker.set_tags(child, {"outcome": f"{type(error).__name__}: {error}"[:500]})
+                self.tracker.set_tags(child, {"outcome": tuning.describe_error(error)[:500]})
                 raise
             finally:
                 self.tracker.end(child, status)

@@ -8,6 +8,7 @@ Open the default store with ``mlflow ui --backend-store-uri sqlite:///runs/mlflo
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from automl.errors import StoreUnavailable
@@ -18,6 +19,20 @@ PARENT_TAG = "mlflow.parentRunId"
 
 def default_tracking_uri(output: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(output) / 'mlflow.db').resolve()}"
+
+
+@contextmanager
+def own_tracking_uri():
+    """Lightning's MLFlowLogger calls ``mlflow.set_tracking_uri``, which also sets the
+    ``MLFLOW_TRACKING_URI`` environment variable: a later run in the same process (a notebook, the
+    Python API) would log into this run's store instead of its own. Put it back as it was."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        yield
+    finally:
+        import mlflow
+
+        mlflow.set_tracking_uri(before)  # None unsets the variable
 
 
 class Tracker:

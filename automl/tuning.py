@@ -160,7 +160,12 @@ class Deadline(pl.Callback):
         self.triggered = False
 
     def on_train_batch_end(self, trainer, *args) -> None:
-        if self.deadline is not None and time.time() >= self.deadline:
+        if self.deadline is None:
+            return
+        due = time.time() >= self.deadline
+        if trainer.world_size > 1:  # every process of a distributed trial stops at the same batch
+            due = trainer.strategy.reduce_boolean_decision(due, all=False)
+        if due:
             self.triggered = True
             trainer.should_stop = True
 
@@ -193,6 +198,9 @@ class StopRequest:
 
         self._previous = signal.signal(signal.SIGINT, handler)
 
+    def __getstate__(self) -> dict:  # sent to the processes of a distributed trial: the flag only
+        return {"requested": self.requested, "_previous": None}
+
     def uninstall(self) -> None:
         import signal
         import threading
@@ -203,13 +211,25 @@ class StopRequest:
 
 
 class StopAtEpochEnd(pl.Callback):
-    """Ends a fit after the epoch that was running when a stop was requested (its validation done)."""
+    """Ends a fit after the epoch that was running when a stop was requested (its validation done).
+
+    Ctrl-C reaches every process of a distributed trial: each spawned one listens for it too, and
+    they stop together when any of them heard it."""
 
     def __init__(self, stop: StopRequest):
         self.stop = stop
+        self._owner = os.getpid()
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if os.getpid() != self._owner:  # a process Lightning spawned for this trial
+            self.stop = StopRequest()
+            self.stop.install(say=lambda message: None)  # the run's own process says it
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if self.stop.requested:
+        requested = self.stop.requested
+        if trainer.world_size > 1:
+            requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
+        if requested:
             trainer.should_stop = True
 
 
@@ -229,6 +249,33 @@ def pruning_callback(trial, monitor: str):
     from optuna_integration import PyTorchLightningPruningCallback
 
     return PyTorchLightningPruningCallback(trial, monitor=monitor)
+
+
+def raise_if_pruned(callbacks) -> None:
+    """After a distributed fit: Optuna's callback decided in a spawned process and left the decision
+    in the study; raise ``TrialPruned`` here as a one-process fit would have (a no-op otherwise)."""
+    for callback in callbacks:
+        if hasattr(callback, "check_pruned"):
+            callback.check_pruned()
+
+
+def describe_error(error: BaseException) -> str:
+    """``Type: message`` of a trial's error; for one raised in a process of a distributed trial, the
+    original error (the last line of its traceback) rather than the wrapper around it."""
+    text = str(error)
+    if type(error).__name__ == "ProcessRaisedException":
+        lines = [line for line in text.splitlines() if line.strip()]
+        return lines[-1] if lines else type(error).__name__
+    return f"{type(error).__name__}: {text}"
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """CUDA out of memory, raised here or in a process of a distributed trial."""
+    import torch
+
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    return type(error).__name__ == "ProcessRaisedException" and "OutOfMemoryError" in str(error)
 
 
 def is_pruned(error: BaseException) -> bool:
@@ -529,7 +576,7 @@ class Tuner:
                 trial.set_user_attr("pruned_reason", str(pruned))
                 raise
             except Exception as exc:
-                trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:1000])
+                trial.set_user_attr("fail_reason", describe_error(exc)[:1000])
                 raise
             finally:
                 # measured on the same clock as the deadline; the budget logic uses it

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -72,6 +73,21 @@ class Template:
     datamodule: ModuleType
     module: ModuleType
     train: ModuleType
+
+    @contextmanager
+    def importable(self):
+        """While a fit runs, the template's files importable by their plain names (as ``python
+        train.py`` has them): the processes of a distributed fit unpickle ``module.TemplateModule``."""
+        saved = {name: sys.modules[name] for name in TEMPLATE_MODULES if name in sys.modules}
+        sys.modules.update({"datamodule": self.datamodule, "module": self.module, "train": self.train})
+        sys.path.insert(0, str(self.folder))
+        try:
+            yield
+        finally:
+            sys.path.remove(str(self.folder))
+            for name in TEMPLATE_MODULES:
+                sys.modules.pop(name, None)
+            sys.modules.update(saved)
 
 
 def load_template(folder: str | Path | None = None) -> Template:

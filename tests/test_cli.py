@@ -169,20 +169,15 @@ def test_a_two_process_cpu_ddp_fit_finishes_and_writes_once(tmp_path):
     assert len(epochs) == 3
 
 
-def test_run_refuses_a_distributed_trainer_strategy(tmp_path):
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--trainer-strategy", "fsdp"], "not fsdp (that one is for `automl fit`)"),
+        (["--num-nodes", "2"], "start `automl tune` workers on each"),
+    ],
+)
+def test_run_refuses_what_a_trial_cannot_do(tmp_path, options, message):
     data = make_image_folder(tmp_path / "imgs", per_class=4)
-    result = CliRunner().invoke(
-        cli,
-        [
-            "run",
-            "--task",
-            "image_classification",
-            "--data",
-            str(data),
-            "--target",
-            "accuracy>=0.5",
-            "--trainer-strategy",
-            "ddp",
-        ],
-    )
-    assert result.exit_code == 2 and "start `automl tune` workers" in result.output
+    run = ["run", "--task", "image_classification", "--data", str(data), "--target", "accuracy>=0.5", *options]
+    result = CliRunner().invoke(cli, run)
+    assert result.exit_code == 2 and message in result.output

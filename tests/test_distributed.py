@@ -168,3 +168,115 @@ def test_a_trial_whose_machine_died_is_failed_by_its_heartbeat_and_run_again(pos
     assert retry.state.name == "COMPLETE" and retry.params == trials[2].params  # same parameters, run again
     reasons = {row["number"]: row["reason"] for row in tuner.summary()}
     assert reasons[2] == "its worker (another-machine:4242) stopped sending heartbeats"
+
+
+def test_a_run_trains_each_trial_on_two_processes_with_optuna_and_mlflow_in_one(images, tmp_path):
+    """`automl run --devices 2 --trainer-strategy ddp` (gloo on CPU): every trial of both tiers trains
+    on two processes spawned from the run, which alone talks to Optuna and MLflow; each epoch's metric
+    is logged once, from rank zero."""
+    import socket
+
+    import mlflow
+
+    from automl import metrics as m
+
+    output = tmp_path / "runs"
+    options = (
+        f"--task image_classification --target accuracy>=0.999 --trials 2 --escalation-trials 1 "
+        f"--backbone {TINY_IMAGE_BACKBONE} --no-pretrained --epochs 2 --batch-size 4 --image-size 32 "
+        "--accelerator cpu --devices 2 --trainer-strategy ddp --pruner none --study ddp -q"
+    ).split()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "automl", "run", *options, "--data", str(images), "--output", str(output)]
+        + ["--tracking-uri", f"sqlite:///{output / 'mlflow.db'}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    stdout, stderr = process.communicate(timeout=400)
+    assert process.returncode == 3, stderr[-3000:]  # missed (as asked), after escalating: both tiers ran
+    assert stderr.count("Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2") == 3  # 2 Flash + 1 Lightning
+
+    trials = [
+        t
+        for name in ("ddp", "ddp-lightning")
+        for t in optuna.load_study(study_name=name, storage=f"sqlite:///{output / 'optuna.db'}").trials
+    ]
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    assert {t.user_attrs["worker"] for t in trials} == {f"{socket.gethostname()}:{process.pid}"}  # Optuna: here only
+
+    client = mlflow.MlflowClient(f"sqlite:///{output / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    children = [r for r in runs if r.data.tags.get("trial")]
+    assert len(children) == 3  # one MLflow run per trial, not per process
+    for run in children:
+        epochs = int(run.data.params["epochs"])
+        history = client.get_metric_history(run.info.run_id, m.VAL_ACCURACY)
+        assert len(history) == epochs, (run.info.run_name, history)  # once per epoch: rank zero only
+    assert (output / "ddp" / "best" / "model.ckpt").exists() and (output / "ddp" / "report.html").exists()
+
+
+def test_a_two_process_trial_is_pruned_on_both_processes(images, tmp_path, tracking_uri):
+    """Optuna's pruning decision, taken on rank zero, stops every process of the trial after the same
+    epoch; the run records the trial as pruned, as for a one-process trial."""
+    from conftest import tiny_run_config
+    from test_tuning import PruneEveryTrialButTheBaseline
+
+    from automl import pipeline
+
+    config = tiny_run_config(
+        images, tmp_path, tracking_uri=tracking_uri, trials=2, epochs=3, devices="2", trainer_strategy="ddp", study="p"
+    )
+    result = pipeline.run(config, progress=False, pruner=PruneEveryTrialButTheBaseline())
+    first, second = optuna.load_study(study_name="p", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
+    assert first.state.name == "COMPLETE" and second.state.name == "PRUNED"
+    assert second.user_attrs["pruned_reason"] == "Trial was pruned at epoch 0."
+    assert result.met and (result.run_dir / "best" / "model.ckpt").exists()
+
+
+def test_ctrl_c_stops_every_process_of_a_distributed_trial_after_the_same_epoch(images, tmp_path):
+    """Ctrl-C in a terminal reaches the whole process group: the run and the two processes of its
+    running trial. They stop together after the current epoch; the run judges, reports, exits 130."""
+    import signal
+
+    import mlflow
+
+    from automl import metrics as m
+    from automl import pipeline
+
+    output = tmp_path / "runs"
+    options = (
+        f"--task image_classification --target accuracy>=0 --trials 3 --backbone {TINY_IMAGE_BACKBONE} "
+        "--no-pretrained --epochs 4 --batch-size 4 --image-size 32 --accelerator cpu --devices 2 "
+        "--trainer-strategy ddp --pruner none --study c"
+    ).split()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "automl", "run", *options, "--data", str(images), "--output", str(output)]
+        + ["--tracking-uri", f"sqlite:///{output / 'mlflow.db'}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job has
+    )
+    seen = []
+    for line in process.stderr:  # the second trial's second epoch has begun: press Ctrl-C
+        seen.append(line)
+        if "Epoch 1/" in line and any("[3/6] tuning: trial 2/3" in earlier for earlier in seen):
+            os.killpg(process.pid, signal.SIGINT)
+            break
+    else:
+        pytest.fail("the run never reached its second trial:\n" + "".join(seen[-30:]))
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == pipeline.EXIT_INTERRUPTED, stderr[-3000:]
+
+    trials = optuna.load_study(study_name="c", storage=f"sqlite:///{output / 'optuna.db'}").trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]  # no third; the second kept its epochs
+    client = mlflow.MlflowClient(f"sqlite:///{output / 'mlflow.db'}")
+    (second,) = [
+        r
+        for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
+        if r.data.tags.get("trial") == "1"
+    ]
+    validated = len(client.get_metric_history(second.info.run_id, m.VAL_ACCURACY))
+    assert 2 <= validated < trials[1].params["epochs"]  # stopped early, after the epoch Ctrl-C came in
+    assert (output / "c" / "report.html").exists()

@@ -198,6 +198,19 @@ def test_cli_run_takes_a_yaml_config_and_rejects_unknown_keys(tmp_path, images):
     assert "Unknown configuration key(s): trails" in result.output and "trials" in result.output
 
 
+def test_a_run_leaves_the_mlflow_environment_as_it_found_it(tmp_path, images, monkeypatch):
+    """Lightning's MLflow logger sets MLFLOW_TRACKING_URI; a second run in the same process (a
+    notebook) must still log into its own store, under its own output folder."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    first = pipeline.run(tiny_run_config(images, tmp_path / "a", trials=1), progress=False)
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    second = pipeline.run(tiny_run_config(images, tmp_path / "b", trials=1), progress=False)
+    assert first.met and second.met
+    for output in ("a", "b"):
+        client = tracking.Tracker(f"sqlite:///{tmp_path / output / 'mlflow.db'}", tmp_path / output).client
+        assert len(client.search_runs([client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id])) == 2
+
+
 def test_out_of_gpu_memory_retries_once_at_half_the_batch(tmp_path, images, tracking_uri, monkeypatch):
     import torch
 

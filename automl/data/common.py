@@ -208,12 +208,14 @@ class ClassificationDataModule(pl.LightningDataModule):
         if not samples:
             raise DataError(f"There is no {split} data in this datamodule.")
         train = split == "training"
+        # each process of a distributed fit gets its share of the samples
+        share = -(-len(samples) // (self.trainer.world_size if self.trainer is not None else 1))
         return DataLoader(
             self.make_dataset(samples, train),
             batch_size=self.batch_size,
             shuffle=train,
             # a last training batch of one sample breaks BatchNorm; dropping it costs < 1 batch an epoch
-            drop_last=train and len(samples) > self.batch_size,
+            drop_last=train and share > self.batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=self.collate,

@@ -166,8 +166,7 @@ def train(
         num_sanity_val_steps=0,
     )
     best = checkpoint.best_model_path or None
-    score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
-    return Trained(model, datamodule, trainer, best, _epoch_of(best), score)
+    return Trained(model, datamodule, trainer, best, _epoch_of(best), m.best_checkpoint_score(checkpoint))
 
 
 def validate(trained: Trained) -> dict[str, float]:

@@ -88,11 +88,12 @@ class TemplateDataModule(pl.LightningDataModule):
             collate = None
         else:
             dataset, collate = list(samples), self.collate_texts
+        share = -(-len(samples) // (self.trainer.world_size if self.trainer is not None else 1))  # per process
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             shuffle=train,
-            drop_last=train and len(samples) > self.batch_size,  # a batch of one breaks BatchNorm
+            drop_last=train and share > self.batch_size,  # a batch of one breaks BatchNorm
             num_workers=self.num_workers,
             collate_fn=collate,
         )

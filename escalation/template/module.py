@@ -79,27 +79,31 @@ class TemplateModule(pl.LightningModule):
         loss = self.criterion(self(inputs), targets)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"The training loss became {loss.item()} at step {self.global_step}.")
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch[1]))
+        # sync_dist: averaged over the processes of a distributed fit (a no-op in one process)
+        self.log(
+            "train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(batch[1]), sync_dist=True
+        )
         return loss
 
     def _evaluate(self, batch, metrics, loss_name: str) -> None:
         inputs, targets = batch
         logits = self.predict_logits(inputs)
-        self.log(loss_name, self.criterion(logits, targets), prog_bar=True, on_epoch=True, batch_size=len(targets))
+        loss = self.criterion(logits, targets)
+        self.log(loss_name, loss, prog_bar=True, on_epoch=True, batch_size=len(targets), sync_dist=True)
         metrics.update(logits.softmax(dim=-1), targets)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, self.val_metrics, VAL_LOSS)
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.val_metrics.compute(), prog_bar=True, on_epoch=True)
+        self.log_dict(self.val_metrics.compute(), prog_bar=True, on_epoch=True, sync_dist=True)
         self.val_metrics.reset()
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, self.test_metrics, "test_loss")
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute(), on_epoch=True)
+        self.log_dict(self.test_metrics.compute(), on_epoch=True, sync_dist=True)
         self.test_metrics.reset()
 
     def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:

@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import (
 )
 from module import TemplateModule
 
-from automl.metrics import VALIDATION_METRICS
+from automl.metrics import VALIDATION_METRICS, best_checkpoint_score
 
 
 def class_weights(datamodule: TemplateDataModule) -> list[float] | None:
@@ -106,7 +106,7 @@ def fit(config: dict, extra_callbacks=(), logger=None, progress: bool = True) ->
     best = checkpoint.best_model_path or None
     return {
         "monitor": checkpoint.monitor,
-        "best_score": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
+        "best_score": best_checkpoint_score(checkpoint),
         "checkpoint": best,
         "best_epoch": int(re.search(r"epoch(\d+)", Path(best).name).group(1)) if best else None,
         "epochs_run": trainer.current_epoch,
