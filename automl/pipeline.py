@@ -721,11 +721,13 @@ class RunJob:
 
     def _lightning_trial(self, template):
         from automl import tuning
+        from automl.flash import fit
 
         def train(number: int, params: dict, callbacks: list, logger):
             config = self._template_config(params, number)
+            extra = [*callbacks, fit.QuietLibraries()]
             with template.importable():  # a distributed trial's processes unpickle its classes by name
-                result = template.train.fit(config, extra_callbacks=callbacks, logger=logger, progress=self.progress)
+                result = template.train.fit(config, extra_callbacks=extra, logger=logger, progress=self.progress)
             tuning.raise_if_pruned(callbacks)
             return tuning.TrialOutcome(result["best_score"], result["checkpoint"], result["best_epoch"])
 

@@ -49,6 +49,14 @@ def quiet_library_warnings() -> None:
     hf_logging.set_verbosity_error()
 
 
+class QuietLibraries(pl.Callback):
+    """The processes Lightning spawns for a distributed fit start with Python's default warning
+    filters: they get ours too."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        quiet_library_warnings()
+
+
 def load_data(config: FitConfig):
     """The datamodule for ``config.data``: a folder or CSV of images; a CSV, JSONL or folder of texts."""
     from automl.data import ImageClassificationData, TextClassificationData
@@ -157,7 +165,7 @@ def train(
         trainer_strategy=config.trainer_strategy,
         num_nodes=config.num_nodes,
         precision=config.precision,
-        callbacks=[checkpoint, *callbacks],
+        callbacks=[checkpoint, QuietLibraries(), *callbacks],
         enable_checkpointing=True,
         enable_progress_bar=progress,
         logger=logger if logger is not None else False,
