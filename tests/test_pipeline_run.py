@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import optuna
@@ -209,6 +210,18 @@ def test_a_run_leaves_the_mlflow_environment_as_it_found_it(tmp_path, images, mo
     for output in ("a", "b"):
         client = tracking.Tracker(f"sqlite:///{tmp_path / output / 'mlflow.db'}", tmp_path / output).client
         assert len(client.search_runs([client.get_experiment_by_name(tracking.EXPERIMENT).experiment_id])) == 2
+
+
+def test_a_loss_that_becomes_nan_fails_the_trial_with_the_step_and_the_study_goes_on(tmp_path, images, tracking_uri):
+    # a learning rate of 1e12 makes the tiny model's loss NaN within a few steps: a real divergence
+    config = run_config(images, tmp_path, tracking_uri, trials=2, study="nan", learning_rate=1e12)
+    result = pipeline.run(config, progress=False)
+    diverged, normal = optuna.load_study(study_name="nan", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
+    assert diverged.state.name == "FAIL" and diverged.params["learning_rate"] == 1e12
+    assert re.fullmatch(
+        r"FloatingPointError: The training loss became nan at step \d+\.", diverged.user_attrs["fail_reason"]
+    )
+    assert normal.state.name == "COMPLETE" and result.met and result.best_params == normal.params
 
 
 def test_out_of_gpu_memory_retries_once_at_half_the_batch(tmp_path, images, tracking_uri, monkeypatch):
