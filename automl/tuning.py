@@ -23,7 +23,9 @@ PRUNERS = ("median", "hyperband", "none")
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 BASELINE = "baseline"
 FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
-UNNAMED_TRIAL_SECONDS = 60  # a RUNNING trial still without its worker's name after this is dead
+# A live worker names its new trial with its first write, milliseconds after creating it: a RUNNING
+# trial still unnamed after this long was left by a process killed in between.
+UNNAMED_TRIAL_SECONDS = 10
 HEARTBEAT_SECONDS = 30  # a shared database's running trials say they are alive this often
 
 

@@ -170,6 +170,17 @@ def test_a_trial_whose_machine_died_is_failed_by_its_heartbeat_and_run_again(pos
     assert reasons[2] == "its worker (another-machine:4242) stopped sending heartbeats"
 
 
+def two_process_run(images, output, options: str, **popen) -> subprocess.Popen:
+    """`automl run` of the tiny model in a subprocess, each trial training on two CPU processes (gloo)."""
+    common = (
+        f"--task image_classification --backbone {TINY_IMAGE_BACKBONE} --no-pretrained --batch-size 4 "
+        "--image-size 32 --accelerator cpu --devices 2 --trainer-strategy ddp --pruner none"
+    )
+    paths = ["--data", str(images), "--output", str(output), "--tracking-uri", f"sqlite:///{output / 'mlflow.db'}"]
+    command = [sys.executable, "-m", "automl", "run", *common.split(), *options.split(), *paths]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
 def test_a_run_trains_each_trial_on_two_processes_with_optuna_and_mlflow_in_one(images, tmp_path):
     """`automl run --devices 2 --trainer-strategy ddp` (gloo on CPU): every trial of both tiers trains
     on two processes spawned from the run, which alone talks to Optuna and MLflow; each epoch's metric
@@ -181,17 +192,8 @@ def test_a_run_trains_each_trial_on_two_processes_with_optuna_and_mlflow_in_one(
     from automl import metrics as m
 
     output = tmp_path / "runs"
-    options = (
-        f"--task image_classification --target accuracy>=0.999 --trials 2 --escalation-trials 1 "
-        f"--backbone {TINY_IMAGE_BACKBONE} --no-pretrained --epochs 2 --batch-size 4 --image-size 32 "
-        "--accelerator cpu --devices 2 --trainer-strategy ddp --pruner none --study ddp -q"
-    ).split()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "automl", "run", *options, "--data", str(images), "--output", str(output)]
-        + ["--tracking-uri", f"sqlite:///{output / 'mlflow.db'}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    process = two_process_run(
+        images, output, "--target accuracy>=0.999 --trials 2 --escalation-trials 1 --epochs 2 --study ddp -q"
     )
     stdout, stderr = process.communicate(timeout=400)
     assert process.returncode == 3, stderr[-3000:]  # missed (as asked), after escalating: both tiers ran
@@ -245,18 +247,9 @@ def test_ctrl_c_stops_every_process_of_a_distributed_trial_after_the_same_epoch(
     from automl import pipeline
 
     output = tmp_path / "runs"
-    options = (
-        f"--task image_classification --target accuracy>=0 --trials 3 --backbone {TINY_IMAGE_BACKBONE} "
-        "--no-pretrained --epochs 4 --batch-size 4 --image-size 32 --accelerator cpu --devices 2 "
-        "--trainer-strategy ddp --pruner none --study c"
-    ).split()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "automl", "run", *options, "--data", str(images), "--output", str(output)]
-        + ["--tracking-uri", f"sqlite:///{output / 'mlflow.db'}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group, as a terminal's foreground job has
+    # its own process group, as a terminal's foreground job has
+    process = two_process_run(
+        images, output, "--target accuracy>=0 --trials 3 --epochs 4 --study c", start_new_session=True
     )
     seen = []
     for line in process.stderr:  # the second trial's second epoch has begun: press Ctrl-C

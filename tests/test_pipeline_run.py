@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -52,6 +53,27 @@ def run_command(images, output, study: str, *extra: str) -> list[str]:
 def trial_states(run_dir, output) -> list[str]:
     study = optuna.load_study(study_name=run_dir.name, storage=f"sqlite:///{output / 'optuna.db'}")
     return [t.state.name for t in study.get_trials()]
+
+
+def trial_states_now(database: Path, study: str) -> list[str]:
+    """The study's trial states read straight from its SQLite file, a trial that has begun training
+    (its parameters chosen, ``started_at`` recorded) as TRAINING: milliseconds, where loading the
+    study through Optuna takes long enough for a tiny trial to start and finish unseen."""
+    import sqlite3
+
+    if not database.exists():
+        return []
+    with contextlib.closing(sqlite3.connect(database, timeout=5)) as connection:
+        try:
+            rows = connection.execute(
+                "select t.state, exists(select 1 from trial_user_attributes a "
+                "where a.trial_id = t.trial_id and a.key = 'started_at') "
+                "from trials t join studies s on s.study_id = t.study_id where s.study_name = ? order by t.number",
+                (study,),
+            ).fetchall()
+        except sqlite3.OperationalError:  # the tables are being created
+            return []
+    return ["TRAINING" if state == "RUNNING" and training else state for state, training in rows]
 
 
 def test_a_run_tunes_judges_tracks_and_writes_its_folder(tmp_path, images, tracking_uri):
@@ -329,19 +351,16 @@ def test_a_run_killed_during_tuning_resumes_without_losing_or_repeating_trials(t
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
-    while True:  # kill it once the third trial runs, i.e. after its second finished trial
-        try:
-            states = [t.state.name for t in optuna.load_study(study_name="killed", storage=storage).trials]
-        except KeyError:  # the study does not exist yet
-            states = []
-        if states[:3] == ["COMPLETE", "COMPLETE", "RUNNING"]:
+    while True:  # kill it once the third trial trains, i.e. after its second finished trial
+        states = trial_states_now(tmp_path / "optuna.db", "killed")
+        if states[:3] == ["COMPLETE", "COMPLETE", "TRAINING"]:
             process.kill()
             process.wait()
             break
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
-            pytest.fail(f"never saw the third trial running: {states}")
-        time.sleep(0.05)
+            pytest.fail(f"never saw the third trial training: {states}")
+        time.sleep(0.005)  # training lasts a few hundred ms: the query and this pause take a few
     assert trial_states(tmp_path / "killed", tmp_path)[2] == "RUNNING"  # left behind by the dead process
 
     again = subprocess.run(args, capture_output=True, text=True, timeout=300)
