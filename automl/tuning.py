@@ -235,6 +235,11 @@ class StopAtEpochEnd(pl.Callback):
             trainer.should_stop = True
 
 
+def _running(trials: list) -> list:
+    """Trials being trained now (a surplus one is about to be closed unused)."""
+    return [t for t in trials if t.state.name == "RUNNING" and not t.user_attrs.get("surplus")]
+
+
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
@@ -413,11 +418,7 @@ class Tuner:
         finishes in between would be in neither list, and a second worker would start one too many.
         """
         trials = self.study.get_trials(deepcopy=False)
-        ahead = [
-            t
-            for t in trials
-            if t.state.name == "RUNNING" and t.number < trial.number and not t.user_attrs.get("surplus")
-        ]
+        ahead = [t for t in _running(trials) if t.number < trial.number]
         return len(self.finished_trials(trials)) + len(ahead) >= total_trials
 
     def recover_dead_trials(self) -> list[int]:
@@ -521,7 +522,7 @@ class Tuner:
                 durations = [t.user_attrs["seconds"] for t in finished if "seconds" in t.user_attrs]
                 if left <= 0 or (durations and left < statistics.median(durations)):
                     return "budget"
-            running = [t for t in trials if t.state.name == "RUNNING" and not t.user_attrs.get("surplus")]
+            running = _running(trials)
             if len(finished) + len(running) >= total_trials:
                 if not waiting and on_wait is not None:
                     on_wait(running)
