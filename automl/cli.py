@@ -166,6 +166,11 @@ def fit(config_file: Path | None, quiet: bool, no_pretrained: bool, no_header: b
     help="Seconds between a running trial's signs of life on a shared database; one silent for 3x this "
     "(its machine died) is failed and run again by another worker.  [default: 30]",
 )
+@click.option(
+    "--max-bad-share",
+    type=click.FloatRange(0.0, 1.0),
+    help="The data doctor stops when more than this share of the examples is unusable.  [default: 0.2]",
+)
 @click.option("--backbones", help="Comma-separated backbones the search may pick.  [default: those available offline]")
 @click.option("--no-escalate", "no_escalate", is_flag=True, help="Stop at the tuned Flash tier, even when missed.")
 @click.option("--escalation-trials", type=int, help="Trials of the Lightning-tier study.  [default: --trials]")
@@ -225,14 +230,22 @@ def eject(run_dir: Path, destination: Path, force: bool) -> None:
 @click.option("--data", required=True, type=click.Path(path_type=Path))
 @click.option("--val-split", type=float, default=0.2, show_default=True)
 @click.option("--seed", type=int, default=42, show_default=True)
+@click.option(
+    "--max-bad-share",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.2,
+    show_default=True,
+    help="Stop with an error when more than this share of the examples is unusable.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
-def inspect(task: str, data: Path, val_split: float, seed: int, as_json: bool) -> None:
+def inspect(task: str, data: Path, val_split: float, seed: int, max_bad_share: float, as_json: bool) -> None:
     """The data doctor: what automl would skip, convert or warn about in --data. Changes nothing."""
     import json
 
     from automl.pipeline import inspect_data
 
-    found = inspect_data(FitConfig(task=task, data=str(data), val_split=val_split, seed=seed))
+    config = FitConfig(task=task, data=str(data), val_split=val_split, seed=seed)
+    found = inspect_data(config, max_bad_share=max_bad_share)
     if as_json:
         click.echo(json.dumps(found.as_dict(), indent=2))
         return
@@ -391,6 +404,11 @@ def serve(run_dir: Path, host: str, port: int, max_body_mb: float) -> None:
     type=click.IntRange(min=1),
     help="Seconds between a running trial's signs of life on a shared database; one silent for 3x this "
     "(its machine died) is failed and run again by another worker.  [default: 30]",
+)
+@click.option(
+    "--max-bad-share",
+    type=click.FloatRange(0.0, 1.0),
+    help="The data doctor stops when more than this share of the examples is unusable.  [default: 0.2]",
 )
 def tune(config_file: Path | None, quiet: bool, no_pretrained: bool, no_header: bool, **options) -> None:
     """A tuning worker: join a shared study and run trials until it holds --trials finished ones.

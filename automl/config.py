@@ -138,6 +138,7 @@ class RunConfig(FitConfig):
     tracking_uri: str | None = None  # MLflow; default MLFLOW_TRACKING_URI or sqlite:///<output>/mlflow.db
     pruner: str = "median"  # median | hyperband | none
     heartbeat: int = 30  # seconds; on a shared database a trial silent for 3x this is failed and retried
+    max_bad_share: float = 0.2  # the data doctor stops the run when more of the examples are unusable
     backbones: tuple[str, ...] | None = None  # backbones the search may pick; default: those available offline
     escalate: bool = True  # a missed target escalates to the Lightning tier
     escalation_trials: int | None = None  # trials of the Lightning-tier study; default: trials
@@ -165,6 +166,8 @@ class RunConfig(FitConfig):
                 "automl run/tune train each trial on one machine (--num-nodes 1); to use several machines, start "
                 "`automl tune` workers on each with a shared --storage."
             )
+        if not 0.0 <= self.max_bad_share <= 1.0:
+            raise ConfigError(f"max_bad_share is a share between 0 and 1, got {self.max_bad_share}.")
         if self.heartbeat < 1:
             raise ConfigError(f"heartbeat must be at least 1 second, got {self.heartbeat}.")
         if self.pruner not in ("median", "hyperband", "none"):

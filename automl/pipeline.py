@@ -868,25 +868,28 @@ def _inspect(config, datamodule, run_dir: Path, say: Report, total: int) -> dict
     """The data doctor on the run's data and split; its findings go to inspection.json."""
     from automl.flash.fit import write_json
 
-    found = inspect_data(config, datamodule)
+    found = inspect_data(config, datamodule, config.max_bad_share)
     say(f"[1/{total}] inspect: {found.summary()}")
     result = found.as_dict()
     write_json(run_dir / INSPECTION_FILE, result)
     return result
 
 
-def inspect_data(config: FitConfig, datamodule=None):
-    """The data doctor for ``config``'s data (``automl inspect`` and the first stage of a run)."""
-    from automl.data.inspect import inspect_images, inspect_texts
+def inspect_data(config: FitConfig, datamodule=None, max_bad_share: float | None = None):
+    """The data doctor for ``config``'s data (``automl inspect`` and the first stage of a run); more
+    than ``max_bad_share`` unusable examples stop it."""
+    from automl.data.inspect import MAX_BAD_SHARE, inspect_images, inspect_texts
 
+    share = MAX_BAD_SHARE if max_bad_share is None else max_bad_share
     if config.task == "image_classification":
-        return inspect_images(config.data, config.val_split, config.seed, datamodule=datamodule)
+        return inspect_images(config.data, config.val_split, config.seed, share, datamodule=datamodule)
     fields = {"input_field": config.input_field, "target_field": config.target_field}
     return inspect_texts(
         config.data,
         config.val_split,
         config.seed,
         config.max_length,
+        share,
         datamodule=datamodule,
         **({k: v for k, v in fields.items() if v is not None}),
     )

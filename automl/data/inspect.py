@@ -226,7 +226,7 @@ def _check_share(result: Inspection, usable: int, max_bad_share: float, path: Pa
         raise DataError(
             f"{bad} of {bad + usable} examples in '{path}' are unusable (more than {max_bad_share:.0%}), e.g. "
             + "; ".join(f"{f.where}: {f.problem}" for f in result.skipped[:3])
-            + ". Fix or remove them (`automl inspect` lists them all), or raise max_bad_share."
+            + ". Fix or remove them (`automl inspect` lists them all), or allow more with --max-bad-share."
         )
 
 

@@ -102,6 +102,20 @@ def test_too_many_bad_files_stop_the_run_with_examples(tmp_path):
         inspect_images(root)
 
 
+def test_the_share_of_bad_files_that_stops_a_run_is_an_option(tmp_path):
+    from automl.cli import cli
+
+    root = make_image_folder(tmp_path / "imgs", per_class=3, classes={"a": 0, "b": 1})
+    for index in range(4):
+        (root / "a" / f"broken{index}.png").write_bytes(b"")
+    command = ["inspect", "--task", "image_classification", "--data", str(root)]
+    stopped = CliRunner().invoke(cli, command)
+    assert stopped.exit_code == 2 and "allow more with --max-bad-share" in stopped.output
+    allowed = CliRunner().invoke(cli, [*command, "--max-bad-share", "0.5"])
+    assert allowed.exit_code == 0, allowed.output
+    assert allowed.output.count("skipped: ") == 4 and "broken3.png: zero-byte file" in allowed.output
+
+
 def test_a_messy_latin1_csv(tmp_path):
     rows = (
         [
