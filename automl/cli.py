@@ -102,10 +102,33 @@ _FIT_OPTIONS = [
 ]
 
 
-def fit_options(command):
-    for option in reversed(_FIT_OPTIONS):
-        command = option(command)
-    return command
+# what `automl run` and `automl tune` (a worker of the same study) share besides the fit options
+_STUDY_OPTIONS = [
+    click.option(
+        "--heartbeat",
+        type=click.IntRange(min=1),
+        help="Seconds between a running trial's signs of life on a shared database; one silent for 3x this "
+        "(its machine died) is failed and run again by another worker.  [default: 30]",
+    ),
+    click.option(
+        "--max-bad-share",
+        type=click.FloatRange(0.0, 1.0),
+        help="The data doctor stops when more than this share of the examples is unusable.  [default: 0.2]",
+    ),
+]
+
+
+def _options(options: list):
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+fit_options = _options(_FIT_OPTIONS)
+study_options = _options(_STUDY_OPTIONS)
 
 
 def _stage_reporter(quiet: bool):
@@ -160,17 +183,7 @@ def fit(config_file: Path | None, quiet: bool, no_pretrained: bool, no_header: b
     "--tracking-uri", help="MLflow tracking URI.  [default: $MLFLOW_TRACKING_URI or sqlite:///OUTPUT/mlflow.db]"
 )
 @click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]), help="[default: median]")
-@click.option(
-    "--heartbeat",
-    type=click.IntRange(min=1),
-    help="Seconds between a running trial's signs of life on a shared database; one silent for 3x this "
-    "(its machine died) is failed and run again by another worker.  [default: 30]",
-)
-@click.option(
-    "--max-bad-share",
-    type=click.FloatRange(0.0, 1.0),
-    help="The data doctor stops when more than this share of the examples is unusable.  [default: 0.2]",
-)
+@study_options
 @click.option("--backbones", help="Comma-separated backbones the search may pick.  [default: those available offline]")
 @click.option("--no-escalate", "no_escalate", is_flag=True, help="Stop at the tuned Flash tier, even when missed.")
 @click.option("--escalation-trials", type=int, help="Trials of the Lightning-tier study.  [default: --trials]")
@@ -399,17 +412,7 @@ def serve(run_dir: Path, host: str, port: int, max_body_mb: float) -> None:
 @click.option("--study", help="Study name; every worker and the final `automl run` use the same.")
 @click.option("--tracking-uri", help="MLflow tracking URI.")
 @click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]))
-@click.option(
-    "--heartbeat",
-    type=click.IntRange(min=1),
-    help="Seconds between a running trial's signs of life on a shared database; one silent for 3x this "
-    "(its machine died) is failed and run again by another worker.  [default: 30]",
-)
-@click.option(
-    "--max-bad-share",
-    type=click.FloatRange(0.0, 1.0),
-    help="The data doctor stops when more than this share of the examples is unusable.  [default: 0.2]",
-)
+@study_options
 def tune(config_file: Path | None, quiet: bool, no_pretrained: bool, no_header: bool, **options) -> None:
     """A tuning worker: join a shared study and run trials until it holds --trials finished ones.
 

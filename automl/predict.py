@@ -149,22 +149,11 @@ class Predictor:
         """Predict images (paths, bytes or PIL images); an unreadable one gets a row with its error."""
         sources = list(sources)
         ids = list(ids) if ids is not None else [str(s) for s in sources]
-        rows: list[dict | None] = [None] * len(sources)
-        for start in range(0, len(sources), batch_size):
-            good, tensors = [], []
-            for index in range(start, min(start + batch_size, len(sources))):
-                try:
-                    tensors.append(self.image_tensor(sources[index]))
-                    good.append(index)
-                except DataError as error:
-                    rows[index] = _error_row(ids[index], str(error))
-            if tensors:
-                batch_rows = self.rows([ids[i] for i in good], self.probabilities(torch.stack(tensors)), top_k)
-                for index, row in zip(good, batch_rows, strict=True):
-                    rows[index] = row
-            if on_batch:
-                on_batch(min(batch_size, len(sources) - start))
-        return rows
+
+        def score(tensors: list) -> torch.Tensor:
+            return self.probabilities(torch.stack(tensors))
+
+        return self._predict(sources, ids, self.image_tensor, score, top_k, batch_size, on_batch)
 
     def predict_texts(
         self,
@@ -177,22 +166,39 @@ class Predictor:
         """Predict texts; an empty or non-text entry gets a row with its error."""
         texts = list(texts)
         ids = list(ids) if ids is not None else [str(i) for i in range(len(texts))]
-        rows: list[dict | None] = [None] * len(texts)
-        for start in range(0, len(texts), batch_size):
-            good = []
-            for index in range(start, min(start + batch_size, len(texts))):
-                text = texts[index]
-                if not isinstance(text, str) or not text.strip():
-                    rows[index] = _error_row(ids[index], "empty or not a text")
-                else:
+
+        def score(good: list[str]) -> torch.Tensor:
+            return self.probabilities(self.encode(good))
+
+        return self._predict(texts, ids, _text, score, top_k, batch_size, on_batch)
+
+    def _predict(
+        self, inputs: list, ids: list, prepare, batch_probabilities, top_k, batch_size, on_batch
+    ) -> list[dict]:
+        """Batches of ``inputs``: ``prepare`` readies one or raises ``DataError`` (that input gets a row
+        with its error, the rest of its batch goes on); ``batch_probabilities`` scores the ready ones."""
+        rows: list[dict | None] = [None] * len(inputs)
+        for start in range(0, len(inputs), batch_size):
+            good, ready = [], []
+            for index in range(start, min(start + batch_size, len(inputs))):
+                try:
+                    ready.append(prepare(inputs[index]))
                     good.append(index)
+                except DataError as error:
+                    rows[index] = _error_row(ids[index], str(error))
             if good:
-                probabilities = self.probabilities(self.encode([texts[i] for i in good]))
-                for index, row in zip(good, self.rows([ids[i] for i in good], probabilities, top_k), strict=True):
+                batch_rows = self.rows([ids[i] for i in good], batch_probabilities(ready), top_k)
+                for index, row in zip(good, batch_rows, strict=True):
                     rows[index] = row
             if on_batch:
-                on_batch(min(batch_size, len(texts) - start))
+                on_batch(min(batch_size, len(inputs) - start))
         return rows
+
+
+def _text(text) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise DataError("empty or not a text")
+    return text
 
 
 def _error_row(id_: str, error: str) -> dict:
