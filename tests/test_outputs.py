@@ -128,6 +128,12 @@ def test_predictions_reproduce_the_validation_predictions(image_run, text_run):
         assert np.allclose([r["probability"] for r in rows], frame["confidence"], atol=1e-5)
 
 
+def test_an_empty_or_non_text_input_gets_an_error_row_and_its_batch_goes_on(text_run):
+    rows = Predictor.load(text_run).predict_texts(["  ", 5, "goal striker match"], ids=["a", "b", "c"], batch_size=3)
+    assert [(r["id"], r["error"]) for r in rows[:2]] == [("a", "empty or not a text"), ("b", "empty or not a text")]
+    assert rows[2]["error"] is None and rows[2]["label"] in json.loads((text_run / "best" / "labels.json").read_text())
+
+
 # --------------------------------------------------------------------------- export
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_exports_match_pytorch(image_run, text_run, fmt):
