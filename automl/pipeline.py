@@ -716,7 +716,6 @@ class RunJob:
             logger=logger,
             progress=self.progress,
         )
-        tuning.raise_if_pruned(callbacks)
         return tuning.TrialOutcome(trained.best_score, trained.checkpoint, trained.best_epoch)
 
     def _lightning_trial(self, template):
@@ -728,7 +727,6 @@ class RunJob:
             extra = [*callbacks, fit.QuietLibraries()]
             with template.importable():  # a distributed trial's processes unpickle its classes by name
                 result = template.train.fit(config, extra_callbacks=extra, logger=logger, progress=self.progress)
-            tuning.raise_if_pruned(callbacks)
             return tuning.TrialOutcome(result["best_score"], result["checkpoint"], result["best_epoch"])
 
         return train
@@ -784,6 +782,7 @@ class RunJob:
                         f"removed. Free space under {self.run_dir} or give --output another disk, then run "
                         "the same command again"
                     ) from error
+                tuning.raise_if_pruned(callbacks)  # decided in a process of a distributed trial
                 if outcome.checkpoint is None:
                     raise RuntimeError("stopped before its first validation (time budget)")
                 status = "FINISHED"
