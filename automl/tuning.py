@@ -235,6 +235,17 @@ class StopAtEpochEnd(pl.Callback):
             trainer.should_stop = True
 
 
+def counted_trials(trials: list) -> list:
+    """Finished trials that count towards a study's total: a trial whose process died is replaced by
+    its retry and does not count itself, nor does a surplus trial closed unused."""
+    retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+    return [
+        t
+        for t in trials
+        if t.state.name in FINISHED_STATES and t.number not in retried and not t.user_attrs.get("surplus")
+    ]
+
+
 def _running(trials: list) -> list:
     """Trials being trained now (a surplus one is about to be closed unused)."""
     return [t for t in trials if t.state.name == "RUNNING" and not t.user_attrs.get("surplus")]
@@ -388,16 +399,9 @@ class Tuner:
 
     # ------------------------------------------------------------------ state
     def finished_trials(self, trials: list | None = None) -> list:
-        """Finished trials that count towards the total: a trial whose process died is replaced by its
-        retry and does not count itself. ``trials`` is a snapshot already read, else the study's now."""
-        if trials is None:
-            trials = self.study.get_trials(deepcopy=False)
-        retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
-        return [
-            t
-            for t in trials
-            if t.state.name in FINISHED_STATES and t.number not in retried and not t.user_attrs.get("surplus")
-        ]
+        """The study's finished trials that count towards the total (``counted_trials``); ``trials``
+        is a snapshot already read, else the study's now."""
+        return counted_trials(self.study.get_trials(deepcopy=False) if trials is None else trials)
 
     def _duplicate_start(self, trial) -> bool:
         """Two workers starting a new study together may both enqueue its first trial: the lower

@@ -13,6 +13,8 @@ import optuna
 import pytest
 from conftest import TINY_IMAGE_BACKBONE
 
+from automl.tuning import counted_trials
+
 POSTGRES = os.environ.get("AUTOML_TEST_POSTGRES_URL", "postgresql://automl:automl@127.0.0.1:5432/automl")
 
 
@@ -46,7 +48,6 @@ def command(kind: str, images, output, study: str, storage: str) -> list[str]:
 
 
 def test_two_workers_share_one_study_and_run_exactly_the_requested_trials(postgres, images, tmp_path):
-    from automl.tuning import Tuner
 
     study = f"shared-{uuid.uuid4().hex[:8]}"
     first, second = (
@@ -62,9 +63,7 @@ def test_two_workers_share_one_study_and_run_exactly_the_requested_trials(postgr
     assert [p.returncode for p in (first, second)] == [0, 0], [err[-2000:] for _, err in outputs]
 
     shared = optuna.load_study(study_name=study, storage=postgres)
-    counted = Tuner.__new__(Tuner)
-    counted.study = shared
-    finished = counted.finished_trials()
+    finished = counted_trials(shared.get_trials())
     assert len(finished) == 10  # the requested total between them
     workers = [t.user_attrs["worker"] for t in finished]
     assert len(set(workers)) == 2 and min(workers.count(w) for w in set(workers)) >= 1  # each did some
@@ -75,7 +74,7 @@ def test_two_workers_share_one_study_and_run_exactly_the_requested_trials(postgr
         command("run", images, tmp_path / "final", study, postgres), capture_output=True, text=True, timeout=300
     )
     assert judged.returncode == 0, judged.stderr[-2000:]
-    assert len(counted.finished_trials()) == len(finished) and "MET" in judged.stdout  # no trial added
+    assert len(counted_trials(shared.get_trials())) == len(finished) and "MET" in judged.stdout  # no trial added
 
 
 def _race_worker(storage: str, study: str, total: int, seed: int) -> None:
@@ -94,8 +93,6 @@ def test_workers_finishing_together_never_run_more_than_the_requested_trials(pos
     still be exact, each worker doing some (the race a snapshot read of the study closes)."""
     import multiprocessing
 
-    from automl.tuning import Tuner
-
     study, total = f"race-{uuid.uuid4().hex[:8]}", 40
     context = multiprocessing.get_context("spawn")
     workers = [context.Process(target=_race_worker, args=(postgres, study, total, seed)) for seed in range(3)]
@@ -105,9 +102,7 @@ def test_workers_finishing_together_never_run_more_than_the_requested_trials(pos
         worker.join(timeout=240)
     assert [w.exitcode for w in workers] == [0, 0, 0]
 
-    counted = Tuner.__new__(Tuner)
-    counted.study = optuna.load_study(study_name=study, storage=postgres)
-    finished = counted.finished_trials()
+    finished = counted_trials(optuna.load_study(study_name=study, storage=postgres).get_trials())
     assert len(finished) == total
     assert len({t.user_attrs["worker"] for t in finished}) == 3
 
@@ -170,6 +165,25 @@ def test_a_trial_whose_machine_died_is_failed_by_its_heartbeat_and_run_again(pos
     assert reasons[2] == "its worker (another-machine:4242) stopped sending heartbeats"
 
 
+def trial_runs(output) -> dict:
+    """The MLflow child runs (one per trial) under ``output``, by (tier, trial number): each its
+    parameters and its val_accuracy points."""
+    import mlflow
+
+    from automl import metrics as m
+
+    client = mlflow.MlflowClient(f"sqlite:///{output / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return {
+        (r.data.tags["tier"], r.data.tags["trial"]): {
+            "params": r.data.params,
+            "history": client.get_metric_history(r.info.run_id, m.VAL_ACCURACY),
+        }
+        for r in runs
+        if r.data.tags.get("trial")
+    }
+
+
 def two_process_run(images, output, options: str, **popen) -> subprocess.Popen:
     """`automl run` of the tiny model in a subprocess, each trial training on two CPU processes (gloo)."""
     common = (
@@ -187,10 +201,6 @@ def test_a_run_trains_each_trial_on_two_processes_with_optuna_and_mlflow_in_one(
     is logged once, from rank zero."""
     import socket
 
-    import mlflow
-
-    from automl import metrics as m
-
     output = tmp_path / "runs"
     process = two_process_run(
         images, output, "--target accuracy>=0.999 --trials 2 --escalation-trials 1 --epochs 2 --study ddp -q"
@@ -207,14 +217,10 @@ def test_a_run_trains_each_trial_on_two_processes_with_optuna_and_mlflow_in_one(
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3
     assert {t.user_attrs["worker"] for t in trials} == {f"{socket.gethostname()}:{process.pid}"}  # Optuna: here only
 
-    client = mlflow.MlflowClient(f"sqlite:///{output / 'mlflow.db'}")
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    children = [r for r in runs if r.data.tags.get("trial")]
+    children = trial_runs(output)
     assert len(children) == 3  # one MLflow run per trial, not per process
-    for run in children:
-        epochs = int(run.data.params["epochs"])
-        history = client.get_metric_history(run.info.run_id, m.VAL_ACCURACY)
-        assert len(history) == epochs, (run.info.run_name, history)  # once per epoch: rank zero only
+    for run in children.values():
+        assert len(run["history"]) == int(run["params"]["epochs"]), run  # once per epoch: rank zero only
     assert (output / "ddp" / "best" / "model.ckpt").exists() and (output / "ddp" / "report.html").exists()
 
 
@@ -241,9 +247,6 @@ def test_ctrl_c_stops_every_process_of_a_distributed_trial_after_the_same_epoch(
     running trial. They stop together after the current epoch; the run judges, reports, exits 130."""
     import signal
 
-    import mlflow
-
-    from automl import metrics as m
     from automl import pipeline
 
     output = tmp_path / "runs"
@@ -264,12 +267,6 @@ def test_ctrl_c_stops_every_process_of_a_distributed_trial_after_the_same_epoch(
 
     trials = optuna.load_study(study_name="c", storage=f"sqlite:///{output / 'optuna.db'}").trials
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]  # no third; the second kept its epochs
-    client = mlflow.MlflowClient(f"sqlite:///{output / 'mlflow.db'}")
-    (second,) = [
-        r
-        for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
-        if r.data.tags.get("trial") == "1"
-    ]
-    validated = len(client.get_metric_history(second.info.run_id, m.VAL_ACCURACY))
+    validated = len(trial_runs(output)[("flash", "1")]["history"])
     assert 2 <= validated < trials[1].params["epochs"]  # stopped early, after the epoch Ctrl-C came in
     assert (output / "c" / "report.html").exists()

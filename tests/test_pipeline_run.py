@@ -150,15 +150,14 @@ def test_unreachable_stores_are_named_and_nothing_is_written(tmp_path, images, t
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []  # no run folder
 
 
+def cli_run(images, output) -> list[str]:
+    """`automl run` on the image folder, for CliRunner: the options every CLI test gives."""
+    return ["run", "--task", "image_classification", "--data", str(images), "--output", str(output)]
+
+
 def test_cli_run_prints_the_summary_and_exits_by_verdict(tmp_path, images, tracking_uri):
     args = [
-        "run",
-        "--task",
-        "image_classification",
-        "--data",
-        str(images),
-        "--output",
-        str(tmp_path),
+        *cli_run(images, tmp_path),
         "--backbone",
         TINY_IMAGE_BACKBONE,
         "--no-pretrained",
@@ -193,19 +192,7 @@ def test_cli_run_prints_the_summary_and_exits_by_verdict(tmp_path, images, track
     ],
 )
 def test_cli_run_rejects_bad_options(tmp_path, images, option, value, message):
-    args = [
-        "run",
-        "--task",
-        "image_classification",
-        "--data",
-        str(images),
-        "--output",
-        str(tmp_path),
-        "--target",
-        "accuracy>=0.9",
-        option,
-        value,
-    ]
+    args = [*cli_run(images, tmp_path), "--target", "accuracy>=0.9", option, value]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2 and message in result.output
     assert not any(tmp_path.iterdir())
