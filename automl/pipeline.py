@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from automl import metrics as m
+from automl.budget import Budget
 from automl.config import FitConfig, RunConfig, dump_yaml
 from automl.errors import DataError
+from automl.flash.features import FeatureCache
 
 BEST_DIR = "best"
 METRICS_FILE = "metrics.json"
@@ -266,14 +268,21 @@ class RunJob:
         from automl.target import parse_target
 
         fit.quiet_library_logs()
+        existing_path(config.data)
+        # the data first: a bad file fails before any store or folder is made, and the search is fitted to it
+        self.datamodule = fit.load_data(config)
+        config = _fit_to_data(config, self.datamodule)
         self.config = config
         self.progress = progress
         self.say = report or (lambda line: None)
         self.pruner = pruner if pruner is not None else config.pruner
         self.started = time.monotonic()
         self.deadline = None if config.budget_seconds is None else time.time() + config.budget_seconds
+        self.budget = None if self.deadline is None else Budget(time.time(), config.budget_seconds, config.escalate)
+        # the Flash tier leaves the Lightning tier its share of the budget
+        self.tune_deadline = None if self.budget is None else self.budget.tune_deadline
+        self.correction = 1.0  # real / estimated time of the last fine-tuning trial
         self.target = parse_target(config.target)
-        existing_path(config.data)
         self.total = len(STAGES)
         self.lines: list[StageLine] = []
 
@@ -296,6 +305,7 @@ class RunJob:
 
         self.run_dir = self.output / self.name
         self.run_dir.mkdir(exist_ok=True)
+        self.features = FeatureCache(self.run_dir / "features")
         dump_yaml(
             {k: list(v) if isinstance(v, tuple) else v for k, v in config.to_dict().items()}, self.run_dir / CONFIG_FILE
         )
@@ -326,8 +336,10 @@ class RunJob:
             seed=self.config.seed,
             pruner=self.pruner,
             heartbeat=self.config.heartbeat,
+            examples=len(self.datamodule.val_samples),
         )
         tuner.stop = self.stop  # one Ctrl-C stops whichever study is running
+        tuner.sized_trials = self.budget is not None
         return tuner
 
     # ------------------------------------------------------------------ the stages
@@ -388,9 +400,6 @@ class RunJob:
         return result
 
     def inspect(self) -> None:
-        from automl.flash import fit
-
-        self.datamodule = fit.load_data(self.config)
         key = _key(data_fingerprint(self.config.data), self.config.val_split, self.config.seed)
         result = self.stage(
             1,
@@ -432,10 +441,17 @@ class RunJob:
 
         config = self.config
         self.flash_train = self._tracked(FLASH, self._flash_trial)
+        space = self.flash_tuner.space
         params = tuning.baseline_params(
-            self.flash_tuner.space, config.learning_rate, config.weight_decay, config.dropout, config.label_smoothing
+            space, config.learning_rate, config.weight_decay, config.dropout, config.label_smoothing
         )
+        if self.budget is not None and config.strategy == _DEFAULT_STRATEGY:
+            # with a budget the baseline is the default backbone's head on cached features: seconds,
+            # and its one pass over the data measures what that backbone costs here
+            params = {**params, "strategy": "freeze", **({"augment": False} if "augment" in params else {})}
         self.flash_tuner.enqueue_baseline(params)
+        # then the same cheap head on every other backbone: the best one's linear probe within minutes
+        self.flash_tuner.enqueue_probes(_probe_params(config, space, params))
         return params
 
     def baseline(self) -> None:
@@ -445,7 +461,7 @@ class RunJob:
             self.flash_tuner.run(
                 self.flash_train,
                 total_trials=1,
-                deadline=self.deadline,
+                deadline=self.tune_deadline or self.deadline,
                 on_trial=self._on_trial(2, "baseline"),
                 on_wait=self._on_wait(2, "baseline"),
             )
@@ -460,26 +476,34 @@ class RunJob:
             StageLine("baseline", 1, base.get("value"), base.get("seconds") or 0.0, base.get("state", ""))
         )
 
-    def _run_study(self, tuner, train, trials: int, number: int, role: str, stage_name: str) -> dict:
-        """Run ``tuner`` up to ``trials``; the study's best trial as a plain result."""
+    def _run_study(
+        self, tuner, train, trials: int, number: int, role: str, stage_name: str, deadline: float | None
+    ) -> dict:
+        """Run ``tuner`` up to ``trials`` or ``deadline``; the study's best trial as a plain result."""
         t0 = time.monotonic()
         before = len(tuner.finished_trials())
         why = tuner.run(
             train,
             total_trials=trials,
-            deadline=self.deadline,
+            deadline=deadline,
             on_trial=self._on_trial(number, role),
             on_wait=self._on_wait(number, role),
         )
         best = tuner.best_trial()
         summary = tuner.summary()
         new = len(tuner.finished_trials()) - before
-        if new == 0:
+        if new == 0 and why == "budget":
+            spent = time.time() - self.budget.started if self.budget else 0.0
+            reason = tuner.out_of_time or f"no time left ({_minutes(spent)} of {_minutes(self.budget.seconds)} spent)"
+            self.say(f"[{number}/{self.total}] {role}: no new trial: {reason}")
+        elif new == 0 and why == "trials":
             self.say(f"[{number}/{self.total}] {role}: {before} of {trials} trials finished in earlier runs")
         counts = Counter(row["state"].lower() for row in summary)
         note = {"trials": "all trials done", "budget": "time budget reached", "interrupted": "interrupted"}.get(
             why, why
         )
+        if tuner.out_of_time:
+            note = f"{note} ({tuner.out_of_time})"
         note = f"{note}; {new} new; " + ", ".join(f"{n} {state}" for state, n in counts.items())
         self.lines.append(
             StageLine(stage_name, len(summary), best.value if best else None, time.monotonic() - t0, note)
@@ -498,7 +522,15 @@ class RunJob:
         }
 
     def tune(self) -> dict:
-        flash = self._run_study(self.flash_tuner, self.flash_train, self.config.trials, 3, "tuning", "tune")
+        flash = self._run_study(
+            self.flash_tuner,
+            self.flash_train,
+            self.config.trials,
+            3,
+            "tuning",
+            "tune",
+            self.tune_deadline or self.deadline,
+        )
         _write_study(self.run_dir / STUDY_FILE, flash["summary"])
         seconds = sum(row["seconds"] or 0.0 for row in flash["summary"] if row["role"] != tuning_baseline())
         flash.pop("summary")
@@ -579,7 +611,7 @@ class RunJob:
         def work() -> dict:
             tuner.enqueue_baseline(tuning.warm_start_params(space, flash["params"]), role="warm start")
             trials = self.config.escalation_trials or self.config.trials
-            lightning = self._run_study(tuner, train, trials, 5, "escalation", "escalate")
+            lightning = self._run_study(tuner, train, trials, 5, "escalation", "escalate", self.deadline)
             _write_study(self.run_dir / f"study.{LIGHTNING}.csv", lightning.pop("summary"))
             score = lightning["score"]
             better = score is not None and (score > flash["score"] if self.target.maximize else score < flash["score"])
@@ -707,16 +739,56 @@ class RunJob:
         from automl.flash import fit
 
         config = self.config.fit_config(**params)
+        served = fit.data_for(config, self.datamodule)
+        out = self.run_dir / "trials" / str(number)
+        if self.flash_tuner.space.head_only(params):
+            features = self.features.get(config, served)
+            trained = fit.train_head(config, served, out, features, self.target.metric, callbacks, logger)
+            return tuning.TrialOutcome(trained.best_score, trained.checkpoint, trained.best_epoch)
+        size = self._size(config)
+        limit = 1.0
+        if size is not None:
+            config = dataclasses.replace(config, epochs=size.epochs)
+            limit = size.train_fraction
+            # the estimate may be off: the trial stops at a quarter past its share in any case
+            callbacks = [*callbacks, tuning.Deadline(time.time() + 1.25 * self.budget.trial_allowance())]
+            self.say(
+                f"[3/{self.total}] tuning: trial {number} fine-tunes {config.epochs} epoch(s)"
+                + (f" on {limit:.0%} of the training batches" if size.cut else "")
+                + f", about {_minutes(size.seconds)} of the {_minutes(self.budget.trial_allowance())} it may take"
+            )
+        started = time.time()
         trained = fit.train(
-            config,
-            fit.data_for(config, self.datamodule),
-            self.run_dir / "trials" / str(number),
-            monitor=self.target.metric,
-            callbacks=callbacks,
-            logger=logger,
-            progress=self.progress,
+            config, served, out, self.target.metric, callbacks, logger, self.progress, limit_train_batches=limit
         )
+        if size is not None and size.seconds:
+            self.correction = max(0.2, min(5.0, self.correction * (time.time() - started) / size.seconds))
         return tuning.TrialOutcome(trained.best_score, trained.checkpoint, trained.best_epoch)
+
+    def _size(self, config):
+        """With a budget: the epochs (and share of the training set) of a fine-tuning trial that fit
+        its share of the time left; raises ``NoTimeForTrial`` when not even a tenth of an epoch does."""
+        from automl import budget, tuning
+
+        if self.budget is None:
+            return None
+        allowance = self.budget.trial_allowance()
+        forward = self.features.forward_seconds(config)
+        if forward is None:  # no backbone has run over the data yet: measure this one on a few examples
+            forward = self.features.measure(config, self.datamodule)
+        size = budget.size_trial(
+            config.epochs,
+            allowance,
+            forward,
+            len(self.datamodule.train_samples),
+            len(self.datamodule.val_samples),
+            self.correction,
+        )
+        if size is None:
+            raise tuning.NoTimeForTrial(
+                f"fine-tuning {config.backbone} needs more than the {_minutes(allowance)} a trial may take now"
+            )
+        return size
 
     def _lightning_trial(self, template):
         from automl import tuning
@@ -832,7 +904,57 @@ def _search_space(config: RunConfig, tier: str):
         config.batch_size,
         config.strategy,
     )
-    return SearchSpace(*fields, augment=config.augment) if tier == FLASH else TemplateSearchSpace(*fields)
+    sizes = tuple(sorted(set(_native_sizes(config, backbones).values())))
+    if tier == FLASH:
+        return SearchSpace(*fields, augment=config.augment, image_sizes=sizes)
+    return TemplateSearchSpace(*fields, image_sizes=sizes)
+
+
+_DEFAULT_STRATEGY = FitConfig.__dataclass_fields__["strategy"].default
+_DEFAULT_IMAGE_SIZE = FitConfig.__dataclass_fields__["image_size"].default
+_DEFAULT_MAX_LENGTH = FitConfig.__dataclass_fields__["max_length"].default
+
+
+def _fit_to_data(config: RunConfig, datamodule) -> RunConfig:
+    """Text left at the default ``--max-length``: the longest 1% of the training texts set it (in
+    tokens, rounded up to 8), so short sentences are not padded and attended to 128 tokens deep."""
+    if config.modality != "text" or config.max_length != _DEFAULT_MAX_LENGTH or not datamodule.train_samples:
+        return config
+    from automl.flash import backbones as bb
+    from automl.flash.fit import default_backbone
+
+    tokenizer = bb.load_tokenizer(default_backbone(config), config.weights)
+    lengths = sorted(len(ids) for ids in tokenizer([text for text, _ in datamodule.train_samples])["input_ids"])
+    longest = lengths[min(len(lengths) - 1, int(0.99 * len(lengths)))]
+    fitted = min(config.max_length, max(16, -(-longest // 8) * 8))
+    return dataclasses.replace(config, max_length=fitted)
+
+
+def _native_sizes(config: RunConfig, backbones: tuple[str, ...]) -> dict[str, int]:
+    """Each backbone's native input size, offered to the search when ``--image-size`` was left at
+    its default (an explicit size is the user's choice for every backbone)."""
+    if config.modality != "image" or config.image_size != _DEFAULT_IMAGE_SIZE:
+        return {}
+    from automl.flash import backbones as bb
+
+    return {name: size for name in backbones if (size := bb.native_image_size(name))}
+
+
+def _probe_params(config: RunConfig, space, baseline: dict) -> list[dict]:
+    """The baseline's head, on cached features, for every backbone of the search (at its native
+    size) that the baseline itself does not already cover."""
+    sizes = _native_sizes(config, space.backbones)
+    probes = []
+    for name in space.backbones:
+        if name == baseline["backbone"] and baseline["strategy"] == "freeze":
+            continue
+        params = {**baseline, "strategy": "freeze", "backbone": name}
+        if "augment" in params:
+            params["augment"] = False
+        if "image_size" in params:
+            params["image_size"] = sizes.get(name, baseline["image_size"])
+        probes.append(params)
+    return probes
 
 
 def _offline(bb, name: str, modality: str) -> bool:

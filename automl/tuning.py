@@ -16,12 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import lightning.pytorch as pl
+import optuna
 
 from automl.errors import StoreUnavailable
 
 PRUNERS = ("median", "hyperband", "none")
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 BASELINE = "baseline"
+PROBE = "probe"  # a head on cached features of one more backbone, run right after the baseline
 FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
 # A live worker names its new trial with its first write, milliseconds after creating it: a RUNNING
 # trial still unnamed after this long was left by a process killed in between.
@@ -58,15 +60,28 @@ class SearchSpace:
     strategy: str = "freeze_unfreeze:1"
 
     augment: bool = True
+    #: more image sizes to offer (each backbone's native one), besides ``image_size`` and a smaller one
+    image_sizes: tuple[int, ...] = ()
 
     def suggest(self, trial) -> dict:
         params = self.shared(trial)
         params["strategy"] = trial.suggest_categorical(
             "strategy", self._choices(self.strategy, ("freeze", "freeze_unfreeze:1", "no_freeze"))
         )
-        if self.modality == "image":  # flips and crops help photos and hurt e.g. digits: the study decides
-            params["augment"] = trial.suggest_categorical("augment", [True, False])
+        if self.modality == "image":
+            if params["strategy"] == "freeze":
+                # a frozen backbone trains its head on cached features of the un-augmented images
+                params["augment"] = False
+            else:  # flips and crops help photos and hurt e.g. digits: the study decides
+                params["augment"] = trial.suggest_categorical("augment", [True, False])
         return params
+
+    @staticmethod
+    def head_only(params: dict) -> bool:
+        """A trial that trains only its head on cached backbone features: seconds, not minutes."""
+        from automl.flash.features import head_only
+
+        return head_only(params.get("strategy", ""), params.get("augment", False))
 
     def shared(self, trial) -> dict:
         """The knobs both tiers have, with the same ranges, so a Flash-tier trial can seed the
@@ -83,7 +98,8 @@ class SearchSpace:
         if self.modality == "image":
             # below 64 px an ImageNet backbone's last feature map is 1x1 and learns little
             smaller = max(min(64, self.image_size), int(round(self.image_size * 0.75 / 8)) * 8)
-            params["image_size"] = trial.suggest_categorical("image_size", self._choices(self.image_size, (smaller,)))
+            sizes = self._choices(self.image_size, (smaller, *self.image_sizes))
+            params["image_size"] = trial.suggest_categorical("image_size", sizes)
         else:
             shorter = max(16, self.max_length // 2)
             params["max_length"] = trial.suggest_categorical("max_length", self._choices(self.max_length, (shorter,)))
@@ -170,6 +186,11 @@ class Deadline(pl.Callback):
         if due:
             self.triggered = True
             trainer.should_stop = True
+
+
+class NoTimeForTrial(Exception):
+    """Raised by a training function when the trial cannot fit the time budget left: the trial is
+    closed unused (not counted) and the study stops for the budget."""
 
 
 class SurplusTrial(Exception):
@@ -303,16 +324,52 @@ def is_pruned(error: BaseException) -> bool:
 
 
 # --------------------------------------------------------------------------- the study
-def make_pruner(pruner):
+def make_pruner(pruner, examples: int | None = None, maximize: bool = True):
+    """Optuna's pruner for ``pruner``; with ``examples`` (the validation set's size) it prunes only a
+    trial that is behind by more than the validation set can resolve (:class:`ResolvedPruner`)."""
     import optuna
 
     if not isinstance(pruner, str):
         return pruner  # a ready optuna pruner (tests pass one whose decision is fixed)
     if pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
-    if pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1)
-    return optuna.pruners.NopPruner()
+        inner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+    elif pruner == "hyperband":
+        inner = optuna.pruners.HyperbandPruner(min_resource=1)
+    else:
+        return optuna.pruners.NopPruner()
+    return inner if not examples else ResolvedPruner(inner, examples, maximize)
+
+
+def resolution(score: float, examples: int) -> float:
+    """The smallest difference in a score between 0 and 1 (accuracy, F1...) that ``examples``
+    validation examples resolve: one example (1/N), or the score's standard error when larger."""
+    p = min(max(score, 0.0), 1.0)
+    return max(1.0 / examples, math.sqrt(p * (1.0 - p) / examples))
+
+
+class ResolvedPruner(optuna.pruners.BasePruner):
+    """Prunes when ``inner`` would and the trial is behind the median of the other trials at the
+    same epoch by more than :func:`resolution`: a gap of one or two validation examples is noise, and
+    a trial is not stopped for it. Scores outside [0, 1] (a loss) take ``inner``'s decision as it is."""
+
+    def __init__(self, inner, examples: int, maximize: bool = True):
+        self.inner, self.examples, self.maximize = inner, examples, maximize
+
+    def prune(self, study, trial) -> bool:
+        if not self.inner.prune(study, trial):
+            return False
+        step = trial.last_step
+        value = trial.intermediate_values[step]
+        others = [
+            t.intermediate_values[step]
+            for t in study.get_trials(deepcopy=False)
+            if t.number != trial.number and step in t.intermediate_values
+        ]
+        if not others or not all(0.0 <= v <= 1.0 for v in (*others, value)):
+            return True
+        median = statistics.median(others)
+        behind = median - value if self.maximize else value - median
+        return behind > resolution(median, self.examples)
 
 
 @dataclass
@@ -341,6 +398,7 @@ class Tuner:
         seed: int = 42,
         pruner="median",
         heartbeat: int | None = HEARTBEAT_SECONDS,
+        examples: int | None = None,
     ):
         import optuna
 
@@ -354,7 +412,7 @@ class Tuner:
                 study_name=study_name,
                 direction=direction,
                 sampler=optuna.samplers.TPESampler(seed=seed),
-                pruner=make_pruner(pruner),
+                pruner=make_pruner(pruner, examples, direction == "maximize"),
                 load_if_exists=True,
             )
         except Exception as exc:  # sqlalchemy/driver errors for a bad or unreachable URL
@@ -364,6 +422,8 @@ class Tuner:
             ) from exc
         self.uses_pruning = not isinstance(self.study.pruner, optuna.pruners.NopPruner)
         self.stop = StopRequest()  # the run installs it as the SIGINT handler
+        self.out_of_time: str | None = None  # why a trial could not fit the time budget left
+        self.sized_trials = False  # the training function fits each trial to the time left
         self.recovered = self.recover_dead_trials()
 
     def _storage(self, url: str, heartbeat: int | None):
@@ -467,6 +527,14 @@ class Tuner:
             # skip_if_exists: a worker starting at the same moment may have just enqueued it
             self.study.enqueue_trial(params, user_attrs={"role": role}, skip_if_exists=True)
 
+    def enqueue_probes(self, probes: list[dict], role: str = PROBE) -> None:
+        """Cheap trials that run right after the baseline, once per study (``role`` marks them)."""
+        trials = self.study.get_trials(deepcopy=False)
+        if any(t.user_attrs.get("role") == role for t in trials) or len(trials) > 1:
+            return
+        for params in probes:
+            self.study.enqueue_trial(params, user_attrs={"role": role}, skip_if_exists=True)
+
     def summary(self) -> list[dict]:
         rows = []
         trials = self.study.get_trials(deepcopy=False)
@@ -524,7 +592,10 @@ class Tuner:
             left = None if deadline is None else deadline - time.time()
             if left is not None:
                 durations = [t.user_attrs["seconds"] for t in finished if "seconds" in t.user_attrs]
-                if left <= 0 or (durations and left < statistics.median(durations)):
+                # a training function that sizes its trials to the time left (raising NoTimeForTrial
+                # when none fits) knows better than the median of trials of other kinds and sizes
+                typical = None if self.sized_trials or not durations else statistics.median(durations)
+                if left <= 0 or (typical is not None and left < typical):
                     return "budget"
             running = _running(trials)
             if len(finished) + len(running) >= total_trials:
@@ -539,6 +610,8 @@ class Tuner:
                 on_trial(Progress(self._next_number(), len(finished), total_trials, best.value if best else None, left))
             self.study.optimize(self._objective(train, deadline, total_trials), n_trials=1, catch=(Exception,))
             started += 1
+            if self.out_of_time:
+                return "budget"
 
     def _wait_for_others(self) -> None:
         """One pause while other workers run the last trials; a trial whose process or machine died
@@ -573,12 +646,17 @@ class Tuner:
             params = self.space.suggest(trial)
             deadline_cb = Deadline(deadline)
             callbacks = [deadline_cb, StopAtEpochEnd(self.stop)]
-            if self.uses_pruning:
+            if self.uses_pruning and not self.space.head_only(params):
+                # a head-only trial costs seconds; its many short epochs are no yardstick for full ones
                 callbacks.append(pruning_callback(trial, self.monitor))
             started = time.time()
             trial.set_user_attr("started_at", started)
             try:
                 outcome = train(trial.number, params, callbacks)
+            except NoTimeForTrial as late:
+                trial.set_user_attr("surplus", True)  # closed unused: it never trained
+                self.out_of_time = str(late)
+                raise
             except optuna.TrialPruned as pruned:
                 trial.set_user_attr("pruned_reason", str(pruned))
                 raise

@@ -138,8 +138,10 @@ def train(
     callbacks=(),
     logger=None,
     progress: bool = True,
+    limit_train_batches: float = 1.0,
 ) -> Trained:
-    """Fit ``config`` on ``datamodule``; the best epoch (by ``monitor``) is checkpointed in ``out_dir``."""
+    """Fit ``config`` on ``datamodule``; the best epoch (by ``monitor``) is checkpointed in ``out_dir``.
+    ``limit_train_batches`` below 1 trains each epoch on that share of the (shuffled) batches."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     quiet_library_warnings()
@@ -172,9 +174,109 @@ def train(
         default_root_dir=out_dir,
         log_every_n_steps=10,
         num_sanity_val_steps=0,
+        limit_train_batches=limit_train_batches,
     )
     best = checkpoint.best_model_path or None
     return Trained(model, datamodule, trainer, best, _epoch_of(best), m.best_checkpoint_score(checkpoint))
+
+
+class _BestHead(pl.Callback):
+    """Keeps the head's weights of the best epoch in memory (a head-only trial writes no checkpoint
+    per epoch: it has many, each milliseconds long)."""
+
+    def __init__(self, monitor: str):
+        self.monitor, self.maximize = monitor, m.VALIDATION_METRICS[monitor]
+        self.score, self.epoch, self.state = None, None, None
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None or trainer.sanity_checking:
+            return
+        value = float(value)
+        if self.score is None or (value > self.score if self.maximize else value < self.score):
+            self.score, self.epoch = value, trainer.current_epoch
+            self.state = {k: v.detach().clone() for k, v in pl_module.head.state_dict().items()}
+
+
+def train_head(
+    config: FitConfig,
+    datamodule,
+    out_dir: Path,
+    features,
+    monitor: str = m.VAL_ACCURACY,
+    callbacks=(),
+    logger=None,
+) -> Trained:
+    """A ``freeze`` trial without augmentation: the head trains on ``features`` (the frozen backbone's
+    cached outputs, :mod:`automl.flash.features`), then goes back on its backbone; the checkpoint in
+    ``out_dir`` is the whole classifier's, as :func:`train` writes it."""
+    import torch
+
+    from automl.flash.features import HeadClassifier
+
+    quiet_library_warnings()
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    head = HeadClassifier(
+        datamodule.labels,
+        features.num_features,
+        config.dropout,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        label_smoothing=config.label_smoothing,
+        lr_scheduler="cosine",
+    )
+    best = _BestHead(monitor)
+    threads = torch.get_num_threads()
+    # a linear layer on a batch of features is too small to split: threads only add waiting (8x
+    # slower measured on 2 busy cores)
+    torch.set_num_threads(1)
+    try:
+        trainer = _fit_head(head, features, datamodule, config, best, callbacks, logger, out_dir)
+    finally:
+        torch.set_num_threads(threads)
+    if best.state is None:
+        return Trained(head, datamodule, trainer, None, None, None)
+    model = build_model(config, datamodule.labels)
+    model.head.load_state_dict(best.state)
+    path = Path(out_dir) / "checkpoints" / f"best-epoch{best.epoch}.ckpt"
+    save_checkpoint(model, path, best.epoch)
+    return Trained(model, datamodule, trainer, str(path), best.epoch, best.score)
+
+
+def _fit_head(head, features, datamodule, config: FitConfig, best, callbacks, logger, out_dir: Path):
+    from automl.flash.features import HEAD_EPOCHS_PER_EPOCH, FeatureData
+
+    return finetune(
+        head,
+        FeatureData(features, datamodule.labels, config.batch_size),
+        strategy="no_freeze",
+        max_epochs=config.epochs * HEAD_EPOCHS_PER_EPOCH,
+        accelerator=config.accelerator,
+        devices=1,  # a head on cached features is too small to spread over processes
+        callbacks=[best, QuietLibraries(), *callbacks],
+        enable_progress_bar=False,
+        logger=logger if logger is not None else False,
+        default_root_dir=out_dir,
+        log_every_n_steps=10,
+        num_sanity_val_steps=0,
+    )
+
+
+def save_checkpoint(model: pl.LightningModule, path: Path, epoch: int) -> None:
+    """A checkpoint ``load_from_checkpoint`` reads, for a model no ``Trainer`` fitted as a whole."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = {
+        "state_dict": model.state_dict(),
+        "hyper_parameters": dict(model.hparams),
+        "pytorch-lightning_version": pl.__version__,
+        "epoch": epoch,
+        "global_step": 0,
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(checkpoint, tmp)
+    tmp.replace(path)
 
 
 def validate(trained: Trained) -> dict[str, float]:

@@ -1,0 +1,91 @@
+"""How ``automl run`` spends ``--time-budget``: measured costs in, a size for each trial out.
+
+The plan, in the order a run meets it:
+
+1. The baseline and the first trials train heads on cached features of each available backbone
+   (:mod:`automl.flash.features`): seconds each once the backbone has run over the data, and that one
+   pass measures what a forward pass of that backbone costs on this machine.
+2. Tuning (the Flash tier) may use :data:`TUNE_SHARE` of the budget when the run may escalate, all
+   of it otherwise; the Lightning tier gets the rest.
+3. A trial that fine-tunes the backbone gets at most half of the tuning time left, so at least two
+   of them fit; its epochs are cut to what fits, and when not even one full pass fits, it trains on a
+   share of the training batches (``limit_train_batches``). The cost of a pass is estimated from the
+   measured forward time (a training step costs about :data:`TRAIN_COST` forward passes) and corrected
+   by what the finished fine-tuning trials really took.
+
+Without a budget nothing here applies: every trial trains the epochs it was given.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+#: the share of the budget the Flash tier may use when a missed target escalates to the Lightning tier
+TUNE_SHARE = 0.6
+#: a training step (forward, backward, update) in forward passes of the same batch
+TRAIN_COST = 3.0
+#: a share of the training set below this is not worth a trial
+MIN_TRAIN_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class TrialSize:
+    """What a fine-tuning trial may run: ``epochs`` passes over ``train_fraction`` of the training set."""
+
+    epochs: int
+    train_fraction: float = 1.0
+    seconds: float | None = None  # the estimate
+
+    @property
+    def cut(self) -> bool:
+        return self.train_fraction < 1.0
+
+
+@dataclass
+class Budget:
+    """The run's clock: when tuning must end, and how long the next trial may take."""
+
+    started: float  # time.time() when the run started
+    seconds: float
+    escalate: bool = True
+
+    @property
+    def deadline(self) -> float:
+        return self.started + self.seconds
+
+    @property
+    def tune_deadline(self) -> float:
+        return self.started + self.seconds * (TUNE_SHARE if self.escalate else 1.0)
+
+    def trial_allowance(self, now: float | None = None) -> float:
+        """Seconds the next fine-tuning trial may take: half the tuning time left."""
+        now = time.time() if now is None else now
+        return max(0.0, self.tune_deadline - now) / 2
+
+
+def size_trial(
+    epochs: int,
+    allowance: float,
+    forward_seconds: float,
+    train_examples: int,
+    val_examples: int,
+    correction: float = 1.0,
+) -> TrialSize | None:
+    """The largest trial of at most ``epochs`` epochs whose estimated time fits ``allowance``.
+
+    ``forward_seconds`` is one example's forward pass; ``correction`` the ratio of real to estimated
+    time seen in finished trials. None when not even :data:`MIN_TRAIN_FRACTION` of one epoch fits.
+    """
+    validate = val_examples * forward_seconds * correction
+    train = train_examples * forward_seconds * TRAIN_COST * correction
+    epoch = validate + train
+    if epochs * epoch <= allowance:
+        return TrialSize(epochs, 1.0, epochs * epoch)
+    fitting = int(allowance // epoch)
+    if fitting >= 1:
+        return TrialSize(fitting, 1.0, fitting * epoch)
+    fraction = (allowance - validate) / train if train > 0 else 0.0
+    if fraction < MIN_TRAIN_FRACTION:
+        return None
+    return TrialSize(1, round(fraction, 3), validate + fraction * train)

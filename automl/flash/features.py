@@ -1,0 +1,221 @@
+"""Frozen-backbone features, computed once and reused by every trial that trains only a head.
+
+A trial whose backbone never changes (the ``freeze`` strategy, no random augmentation) sees the same
+backbone output for an example in every epoch. Its head can train on those outputs instead of on the
+images or texts: the backbone runs once per (backbone, weights, input size) for the whole study, and
+such a trial costs seconds instead of minutes. The head it trains is put back on the backbone, so
+the trial's checkpoint is an ordinary ``ImageClassifier`` / ``TextClassifier`` one: the verdict,
+predict, export and serve see no difference.
+
+>>> cache = FeatureCache(run_dir / "features")
+>>> features = cache.get(config, datamodule)      # seconds the first time, milliseconds after
+>>> trained = train_head(config, features, labels, out_dir)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from automl.config import IMAGE_CLASSIFICATION, FitConfig
+from automl.flash.tasks import ClassificationTask, make_head
+
+#: A head-only trial runs this many passes over the cached features for each epoch a full trial
+#: would run: a pass costs milliseconds, and a linear head needs a few hundred steps to converge.
+HEAD_EPOCHS_PER_EPOCH = 5
+FEATURE_BATCH_SIZE = 64
+
+
+def head_only(strategy: str, augment: bool | None) -> bool:
+    """Whether a trial with this strategy trains only its head on unchanging inputs."""
+    return str(strategy) == "freeze" and not augment
+
+
+@dataclass
+class Features:
+    """Backbone outputs of the training and validation examples, in the datamodule's order."""
+
+    train: torch.Tensor
+    train_targets: torch.Tensor
+    val: torch.Tensor
+    val_targets: torch.Tensor
+    seconds: float  # what computing them cost (0 when read back from the cache)
+    seconds_per_example: float  # one forward pass of one example, as measured when they were computed
+
+    @property
+    def num_features(self) -> int:
+        return int(self.train.shape[1])
+
+
+class FeatureCache:
+    """Features by (backbone, weights, input size), in memory and, when ``folder`` is given, on disk
+    (a resumed run, or an ``automl tune`` worker on the same machine, does not compute them again)."""
+
+    def __init__(self, folder: Path | None = None):
+        self.folder = Path(folder) if folder is not None else None
+        self._memory: dict[str, Features] = {}
+        #: seconds of one example's forward pass, by (backbone, input size)
+        self.costs: dict[tuple[str, int], float] = {}
+
+    def key(self, config: FitConfig, datamodule) -> str:
+        from automl.flash.fit import default_backbone
+
+        size = config.image_size if config.task == IMAGE_CLASSIFICATION else config.max_length
+        parts = [
+            config.task,
+            default_backbone(config),
+            str(config.weights),
+            config.pretrained,
+            size,
+            [str(item) for item, _ in datamodule.train_samples],
+            [str(item) for item, _ in datamodule.val_samples],
+        ]
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+    def forward_seconds(self, config: FitConfig) -> float | None:
+        """One example's forward pass through ``config``'s backbone at ``config``'s input size, as
+        measured when features were computed (scaled by the pixel count from another image size of
+        the same backbone); None when that backbone has not run here yet."""
+        from automl.flash.fit import default_backbone
+
+        name = default_backbone(config)
+        size = config.image_size if config.task == IMAGE_CLASSIFICATION else config.max_length
+        same = [(s, cost) for (n, s), cost in self.costs.items() if n == name]
+        for measured, cost in same:
+            if measured == size:
+                return cost
+        if same and config.task == IMAGE_CLASSIFICATION:
+            measured, cost = same[0]
+            return cost * (size / measured) ** 2
+        return same[0][1] if same else None
+
+    def measure(self, config: FitConfig, datamodule, examples: int = 16) -> float:
+        """Time ``config``'s backbone on a few training examples (the first batch warms it up)."""
+        from automl.flash.fit import default_backbone
+
+        few = datamodule.with_options(train_samples=datamodule.train_samples[:examples], val_samples=[])
+        extract(config, few)  # warm-up: weights loaded, kernels chosen
+        cost = extract(config, few).seconds_per_example
+        size = config.image_size if config.task == IMAGE_CLASSIFICATION else config.max_length
+        self.costs[(default_backbone(config), size)] = cost
+        return cost
+
+    def get(self, config: FitConfig, datamodule) -> Features:
+        key = self.key(config, datamodule)
+        if key in self._memory:
+            return self._memory[key]
+        path = None if self.folder is None else self.folder / f"{key}.pt"
+        if path is not None and path.exists():
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+            features = Features(**{**stored, "seconds": 0.0})
+        else:
+            features = extract(config, datamodule)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                torch.save(features.__dict__, tmp)
+                tmp.replace(path)
+        self._memory[key] = features
+        from automl.flash.fit import default_backbone
+
+        size = config.image_size if config.task == IMAGE_CLASSIFICATION else config.max_length
+        self.costs[(default_backbone(config), size)] = features.seconds_per_example
+        return features
+
+
+def extract(config: FitConfig, datamodule) -> Features:
+    """Run ``config``'s pretrained backbone once over the training and validation examples."""
+    started = time.monotonic()
+    encode = _image_encoder(config, datamodule) if config.task == IMAGE_CLASSIFICATION else _text_encoder(config)
+    with torch.inference_mode():
+        train = encode(datamodule.train_samples)
+        val = encode(datamodule.val_samples)
+    seconds = time.monotonic() - started
+    count = len(datamodule.train_samples) + len(datamodule.val_samples)
+
+    def targets(samples):
+        return torch.tensor([target for _, target in samples], dtype=torch.long)
+
+    return Features(
+        train, targets(datamodule.train_samples), val, targets(datamodule.val_samples), seconds, seconds / max(count, 1)
+    )
+
+
+def _image_encoder(config: FitConfig, datamodule):
+    from automl.flash import backbones as bb
+    from automl.flash.fit import default_backbone
+
+    built = bb.create_image_backbone(default_backbone(config), pretrained=config.pretrained, weights=config.weights)
+    model = built.model.eval()
+    served = datamodule.with_options(image_size=config.image_size, augment=False, mean=built.mean, std=built.std)
+
+    def encode(samples) -> torch.Tensor:
+        if not samples:
+            return torch.empty(0, built.num_features)
+        loader = DataLoader(served.make_dataset(samples, train=False), batch_size=FEATURE_BATCH_SIZE)
+        return torch.cat([model(images).float() for images, _ in loader])
+
+    return encode
+
+
+def _text_encoder(config: FitConfig):
+    from automl.flash import backbones as bb
+    from automl.flash.fit import default_backbone
+
+    name = default_backbone(config)
+    model = bb.create_text_backbone(name, pretrained=config.pretrained, weights=config.weights).model.eval()
+    tokenizer = bb.load_tokenizer(name, config.weights)
+
+    def encode(samples) -> torch.Tensor:
+        # texts of similar length together: far less padding; the order is restored at the end
+        order = sorted(range(len(samples)), key=lambda i: len(samples[i][0]))
+        pooled = []
+        for start in range(0, len(order), FEATURE_BATCH_SIZE):
+            texts = [samples[i][0] for i in order[start : start + FEATURE_BATCH_SIZE]]
+            encoded = tokenizer(texts, padding=True, truncation=True, max_length=config.max_length, return_tensors="pt")
+            hidden = model(**encoded).last_hidden_state
+            mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled.append((hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9))  # TextClassifier's pooling
+        result = torch.empty(len(samples), pooled[0].shape[1]) if pooled else torch.empty(0)
+        if pooled:
+            result[torch.tensor(order)] = torch.cat(pooled).float()
+        return result
+
+    return encode
+
+
+# --------------------------------------------------------------------------- training a head
+class HeadClassifier(ClassificationTask):
+    """The Flash tier's head alone, trained on cached backbone outputs with the shared task's steps."""
+
+    def __init__(self, labels, num_features: int, dropout: float = 0.0, **task):
+        super().__init__(labels, **task)
+        self.backbone = nn.Identity()  # the fine-tuning callback expects one; it has no parameters
+        self.head = make_head(num_features, self.num_classes, dropout)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+
+class FeatureData(pl.LightningDataModule):
+    """Cached features served as batches."""
+
+    def __init__(self, features: Features, labels: list[str], batch_size: int):
+        super().__init__()
+        self.features, self.labels, self.batch_size = features, list(labels), int(batch_size)
+
+    def train_dataloader(self) -> DataLoader:
+        data = TensorDataset(self.features.train, self.features.train_targets)
+        return DataLoader(data, batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        data = TensorDataset(self.features.val, self.features.val_targets)
+        return DataLoader(data, batch_size=max(self.batch_size, 256))
