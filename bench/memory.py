@@ -17,7 +17,7 @@ from bench import training
 import torch
 from automl.data import ImageClassificationData
 data = ImageClassificationData.from_folders(
-    digits_folder(), image_size=64, batch_size=16, backbone="efficientnet_lite0"
+    digits_folder(), image_size=64, batch_size=16, backbone="tf_efficientnet_lite0"
 )
 steps = {steps}
 def status_mb(key):
@@ -32,7 +32,7 @@ else:
     from torch import nn
     from automl.flash.backbones import create_image_backbone
     from automl.flash.tasks import make_head
-    backbone = create_image_backbone("efficientnet_lite0").model.train()
+    backbone = create_image_backbone("tf_efficientnet_lite0").model.train()
     head = make_head(backbone.num_features, len(data.labels))
     loss = nn.CrossEntropyLoss()
     training.hand_rate(lambda b: loss(head(backbone(b[0])), b[1]), [*backbone.parameters(), *head.parameters()],

@@ -30,7 +30,7 @@ def data_pipeline(quick: bool) -> Result:
 
     folder, batch = digits_folder(size=64), 32
     data = ImageClassificationData.from_folders(
-        folder, image_size=96, batch_size=batch, val_split=0.01, backbone="efficientnet_lite0"
+        folder, image_size=96, batch_size=batch, val_split=0.01, backbone="tf_efficientnet_lite0"
     )
     reference = ImageFolder(str(folder), transform=data.train_transform())
     batches, repeats = (10, 1) if quick else (30, 3)

@@ -88,12 +88,12 @@ def digits_quality(quick: bool) -> Result:
         seed=SEED,
         image_size=96,
         batch_size=64,
-        backbone="efficientnet_lite0",
+        backbone="tf_efficientnet_lite0",
         augment=False,
     )
     train_targets = [t for _, t in data.train_samples]
     val_targets = [t for _, t in data.val_samples]
-    backbone = create_image_backbone("efficientnet_lite0").model.eval()
+    backbone = create_image_backbone("tf_efficientnet_lite0").model.eval()
 
     def features(loader):
         with torch.inference_mode():
@@ -113,7 +113,7 @@ def digits_quality(quick: bool) -> Result:
         f"quality at {budget}: digits",
         run,
         floors,
-        {"val_size": len(val_targets), "backbone": "efficientnet_lite0", "image_size": 96},
+        {"val_size": len(val_targets), "backbone": "tf_efficientnet_lite0", "image_size": 96},
     )
 
 

@@ -70,7 +70,7 @@ def image_overhead(quick: bool) -> Result:
 
     size, batch, steps, skip = 64, 16, (12 if quick else 30), 3
     data = ImageClassificationData.from_folders(
-        digits_folder(), image_size=size, batch_size=batch, backbone="efficientnet_lite0"
+        digits_folder(), image_size=size, batch_size=batch, backbone="tf_efficientnet_lite0"
     )
     loader = data.train_dataloader()  # the same data and transforms for the hand-written loop
 
@@ -80,7 +80,7 @@ def image_overhead(quick: bool) -> Result:
 
     def hand() -> float:
         torch.manual_seed(0)
-        backbone = create_image_backbone("efficientnet_lite0").model.train()
+        backbone = create_image_backbone("tf_efficientnet_lite0").model.train()
         head = make_head(backbone.num_features, len(data.labels))
         loss_fn = nn.CrossEntropyLoss()
 
@@ -96,7 +96,7 @@ def image_overhead(quick: bool) -> Result:
         hand,
         quick,
         {
-            "backbone": "efficientnet_lite0",
+            "backbone": "tf_efficientnet_lite0",
             "image_size": size,
             "batch_size": batch,
             "steps": steps,

@@ -27,7 +27,7 @@ def main() -> None:
     data = ImageClassificationData.from_folders(folder, val_split=0.2, image_size=96, batch_size=32)
 
     # 2. Model: a pretrained backbone (shipped with automl, no download) and a new head for our labels.
-    model = ImageClassifier(backbone="efficientnet_lite0", labels=data.labels, learning_rate=2e-3)
+    model = ImageClassifier(backbone="tf_efficientnet_lite0", labels=data.labels, learning_rate=2e-3)
 
     # 3. Fine-tune: the head alone for one epoch, then the whole network at a tenth of the learning rate.
     trainer = finetune(model, data, strategy=("freeze_unfreeze", 1), max_epochs=args.epochs, accelerator="auto")

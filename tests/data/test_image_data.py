@@ -47,9 +47,11 @@ def test_loaders_give_normalised_batches_of_the_configured_size(image_folder):
 
 
 def test_normalisation_follows_the_backbone():
-    data = ImageClassificationData(["a", "b"], backbone="efficientnet_lite0")
+    data = ImageClassificationData(["a", "b"], backbone="tf_efficientnet_lite0")  # TensorFlow weights: [-1, 1]
     assert data.mean == (0.5, 0.5, 0.5) and data.std == (0.5, 0.5, 0.5)
     assert data.preprocessing()["mean"] == [0.5, 0.5, 0.5]
+    timm_lite0 = ImageClassificationData(["a", "b"], backbone="efficientnet_lite0")  # timm's weights: ImageNet's
+    assert timm_lite0.mean == (0.485, 0.456, 0.406) and timm_lite0.std == (0.229, 0.224, 0.225)
 
 
 def test_from_csv_reads_paths_relative_to_the_csv(tmp_path):

@@ -134,3 +134,30 @@ print("pytorch_lightning" in sys.modules)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_an_efficientnet_lite0_checkpoint_from_before_reloads_with_its_tensors_and_normalisation(tmp_path):
+    import lightning
+
+    from automl.flash.fit import load_classifier
+
+    trained = ImageClassifier(labels=["a", "b"], backbone="efficientnet_lite0", pretrained=False)
+    with torch.no_grad():
+        trained.backbone.conv_stem.weight.add_(1.0)  # tensors no initialisation gives
+    # as automl wrote checkpoints before they held their normalisation ("efficientnet_lite0" then got the
+    # TensorFlow weights, scaled to [-1, 1])
+    checkpoint = {
+        "state_dict": trained.state_dict(),
+        "hyper_parameters": dict(trained.hparams),
+        "pytorch-lightning_version": lightning.__version__,
+    }
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    reloaded = load_classifier(tmp_path / "old.ckpt")
+    assert type(reloaded.backbone).__name__ == "EfficientNet"
+    assert all(torch.equal(t, trained.state_dict()[k]) for k, t in reloaded.state_dict().items())
+    assert reloaded.normalization == ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+    # checkpoints written now keep the model's own normalisation (timm's Lite0: ImageNet mean/std)
+    trained.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, tmp_path / "new.ckpt")
+    assert load_classifier(tmp_path / "new.ckpt").normalization == trained.normalization != reloaded.normalization
