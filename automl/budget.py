@@ -58,10 +58,11 @@ class Budget:
     def tune_deadline(self) -> float:
         return self.started + self.seconds * (TUNE_SHARE if self.escalate else 1.0)
 
-    def trial_allowance(self, now: float | None = None) -> float:
-        """Seconds the next fine-tuning trial may take: half the tuning time left."""
+    def trial_allowance(self, deadline: float | None = None, now: float | None = None) -> float:
+        """Seconds the next fine-tuning trial may take: half the time left until ``deadline`` (the
+        Flash tier's by default; the escalation's is the budget's end)."""
         now = time.time() if now is None else now
-        return max(0.0, self.tune_deadline - now) / 2
+        return max(0.0, (self.tune_deadline if deadline is None else deadline) - now) / 2
 
 
 def size_trial(

@@ -742,37 +742,74 @@ class RunJob:
         served = fit.data_for(config, self.datamodule)
         out = self.run_dir / "trials" / str(number)
         if self.flash_tuner.space.head_only(params):
+            self._check_time_for_features(config, served)
             features = self.features.get(config, served)
+            if self.deadline is not None:
+                # the head trains in seconds once the features exist: it may run into the escalation's
+                # share rather than stop half-trained, but not past the budget
+                callbacks = [c for c in callbacks if not isinstance(c, tuning.Deadline)] + [
+                    tuning.Deadline(self.deadline)
+                ]
             trained = fit.train_head(config, served, out, features, self.target.metric, callbacks, logger)
             return tuning.TrialOutcome(trained.best_score, trained.checkpoint, trained.best_epoch)
-        size = self._size(config)
+        config, head = self._warm_head(config, served, out)
+        size, callbacks = self._sized(config, callbacks, self.tune_deadline, number)
         limit = 1.0
         if size is not None:
             config = dataclasses.replace(config, epochs=size.epochs)
             limit = size.train_fraction
-            # the estimate may be off: the trial stops at a quarter past its share in any case
-            callbacks = [*callbacks, tuning.Deadline(time.time() + 1.25 * self.budget.trial_allowance())]
-            self.say(
-                f"[3/{self.total}] tuning: trial {number} fine-tunes {config.epochs} epoch(s)"
-                + (f" on {limit:.0%} of the training batches" if size.cut else "")
-                + f", about {_minutes(size.seconds)} of the {_minutes(self.budget.trial_allowance())} it may take"
-            )
         started = time.time()
-        trained = fit.train(
-            config, served, out, self.target.metric, callbacks, logger, self.progress, limit_train_batches=limit
-        )
+        metric = self.target.metric
+        trained = fit.train(config, served, out, metric, callbacks, logger, self.progress, limit, head=head)
         if size is not None and size.seconds:
             self.correction = max(0.2, min(5.0, self.correction * (time.time() - started) / size.seconds))
         return tuning.TrialOutcome(trained.best_score, trained.checkpoint, trained.best_epoch)
 
-    def _size(self, config):
+    def _warm_head(self, config, served, out: Path):
+        """``freeze_unfreeze:K``: the K frozen epochs train only the head, on the same inputs each
+        time; when the backbone's features are cached (or a budget is not in the way), the head trains
+        on them in seconds and the trial fine-tunes the rest of its epochs from that head, the backbone
+        unfrozen from the first of them. Returns the configuration left to run, and the head."""
+        from automl.flash import fit
+        from automl.flash.finetuning import parse_strategy
+
+        strategy = parse_strategy(config.strategy)
+        if strategy.name != "freeze_unfreeze" or not 0 < strategy.unfreeze_epoch < config.epochs:
+            return config, None
+        if self.budget is not None and not self.features.has(config, served):
+            return config, None  # computing the features would take the trial's own time
+        features = self.features.get(config, served)
+        frozen = dataclasses.replace(config, epochs=strategy.unfreeze_epoch)
+        head = fit.train_head(frozen, served, out / "head", features, self.target.metric, checkpoint=False)
+        if head.best_score is None:  # stopped before its first validation
+            return config, None
+        rest = dataclasses.replace(config, strategy="freeze_unfreeze:0", epochs=config.epochs - strategy.unfreeze_epoch)
+        return rest, {k: v.detach().clone() for k, v in head.model.head.state_dict().items()}
+
+    def _check_time_for_features(self, config, served) -> None:
+        """With a budget, a backbone that has not run over the data yet must fit the tuning time left."""
+        from automl import tuning
+
+        if self.budget is None or self.features.has(config, served) or self.flash_tuner.best_trial() is None:
+            return  # the first model trains whatever the budget says: without it there is nothing to judge
+        examples = len(served.train_samples) + len(served.val_samples)
+        needed = self.features.measure(config, served) * examples
+        left = self.tune_deadline - time.time()
+        if needed > left:
+            raise tuning.NoTimeForTrial(
+                f"{config.backbone} would need about {_minutes(needed)} to run over the data, {_minutes(left)} left"
+            )
+
+    def _sized(self, config, callbacks: list, deadline: float | None, number: int):
         """With a budget: the epochs (and share of the training set) of a fine-tuning trial that fit
-        its share of the time left; raises ``NoTimeForTrial`` when not even a tenth of an epoch does."""
+        half the time left until ``deadline``, and the callbacks with a deadline of the trial's own
+        (the estimate may be off: a quarter past its share stops it in any case). Raises
+        ``NoTimeForTrial`` when not even a tenth of an epoch fits. ``(None, callbacks)`` without a budget."""
         from automl import budget, tuning
 
         if self.budget is None:
-            return None
-        allowance = self.budget.trial_allowance()
+            return None, callbacks
+        allowance = self.budget.trial_allowance(deadline)
         forward = self.features.forward_seconds(config)
         if forward is None:  # no backbone has run over the data yet: measure this one on a few examples
             forward = self.features.measure(config, self.datamodule)
@@ -788,7 +825,12 @@ class RunJob:
             raise tuning.NoTimeForTrial(
                 f"fine-tuning {config.backbone} needs more than the {_minutes(allowance)} a trial may take now"
             )
-        return size
+        self.say(
+            f"trial {number}: fine-tunes {size.epochs} epoch(s)"
+            + (f" on {size.train_fraction:.0%} of the training batches" if size.cut else "")
+            + f", about {_minutes(size.seconds)} of the {_minutes(allowance)} it may take"
+        )
+        return size, [*callbacks, tuning.Deadline(time.time() + 1.25 * allowance)]
 
     def _lightning_trial(self, template):
         from automl import tuning
@@ -796,6 +838,10 @@ class RunJob:
 
         def train(number: int, params: dict, callbacks: list, logger):
             config = self._template_config(params, number)
+            shared = {k: v for k, v in params.items() if k in FitConfig.keys()}
+            size, callbacks = self._sized(self.config.fit_config(**shared), callbacks, self.deadline, number)
+            if size is not None:
+                config["epochs"], config["limit_train_batches"] = size.epochs, size.train_fraction
             extra = [*callbacks, fit.QuietLibraries()]
             with template.importable():  # a distributed trial's processes unpickle its classes by name
                 result = template.train.fit(config, extra_callbacks=extra, logger=logger, progress=self.progress)

@@ -656,7 +656,7 @@ class Tuner:
             except NoTimeForTrial as late:
                 trial.set_user_attr("surplus", True)  # closed unused: it never trained
                 self.out_of_time = str(late)
-                raise
+                raise optuna.TrialPruned(str(late)) from late  # quietly: nothing failed
             except optuna.TrialPruned as pruned:
                 trial.set_user_attr("pruned_reason", str(pruned))
                 raise

@@ -35,6 +35,7 @@ RECIPE = {
     "ema_decay": 0.99,
     "class_weighted": True,  # inverse-frequency loss weights, used only when classes are imbalanced
     "patience": 3,  # early stopping, in epochs without improvement
+    "limit_train_batches": 1.0,  # share of the training batches an epoch sees (a time budget may lower it)
     # images
     "image_size": 224,
     "augment": "trivialaugment",  # none | trivialaugment | randaugment

@@ -20,6 +20,7 @@ from automl import pipeline, tracking
 from automl.cli import cli
 from automl.config import RunConfig
 from automl.errors import StoreUnavailable
+from automl.flash.features import HEAD_EPOCHS_PER_EPOCH
 
 
 def run_config(images, output, tracking_uri, **changes) -> RunConfig:
@@ -112,7 +113,9 @@ def test_a_run_tunes_judges_tracks_and_writes_its_folder(tmp_path, images, track
     for child in children:
         assert m.VAL_ACCURACY in child.data.metrics and "learning_rate" in child.data.params
         history = tracker.client.get_metric_history(child.info.run_id, m.VAL_ACCURACY)
-        assert len(history) == int(child.data.params["epochs"])  # one point per epoch, from MLFlowLogger
+        # one point per epoch, from MLFlowLogger; a head on cached features runs more, shorter epochs
+        passes = HEAD_EPOCHS_PER_EPOCH if child.data.params["strategy"] == "freeze" else 1
+        assert len(history) == int(child.data.params["epochs"]) * passes
     artifacts = {a.path for a in tracker.client.list_artifacts(parent.info.run_id)}
     assert {"journal.json", "config.yaml", "study.csv", "best"} <= artifacts
 
@@ -360,3 +363,43 @@ def test_a_run_killed_during_tuning_resumes_without_losing_or_repeating_trials(t
     (retry,) = [t for t in study.trials if t.user_attrs.get("retry_of") == 2]
     assert retry.params == dead.params and retry.state.name == "COMPLETE"
     assert [t.user_attrs.get("role") for t in study.trials].count("baseline") == 1  # not repeated
+
+
+def test_with_a_budget_the_baseline_and_a_probe_per_backbone_train_heads_on_cached_features(
+    tmp_path, images, tracking_uri
+):
+    lines = []
+    config = run_config(
+        images,
+        tmp_path,
+        tracking_uri,
+        trials=3,
+        time_budget="10m",
+        backbones=(TINY_IMAGE_BACKBONE, "test_efficientnet"),
+    )
+    result = pipeline.run(config, progress=False, report=lines.append)
+
+    study = pd.read_csv(result.run_dir / "study.csv")
+    first = study.sort_values("number").head(2)
+    assert list(first["role"]) == ["baseline", "probe"]
+    assert list(first["param_strategy"]) == ["freeze", "freeze"]
+    assert list(first["param_backbone"]) == [TINY_IMAGE_BACKBONE, "test_efficientnet"]
+    assert set(first["state"]) == {"COMPLETE"}
+    # one pass of each backbone over the data, shared by every head-only trial
+    assert len(list((result.run_dir / "features").glob("*.pt"))) == 2
+    fine_tunes = study[study["param_strategy"] != "freeze"]
+    for number in fine_tunes["number"]:  # each fine-tuning trial is sized to its share of the budget
+        assert any(line.startswith(f"trial {number}: fine-tunes ") for line in lines)
+
+
+def test_text_max_length_follows_the_data_unless_given(text_csv, tmp_path):
+    from automl.flash import fit
+
+    config = RunConfig(
+        task="text_classification", data=str(text_csv), output=str(tmp_path), target="accuracy>=0.5", trials=1
+    )
+    data = fit.load_data(config)
+    # 4 to 12 words of one token each, plus [CLS] and [SEP]: at most 14 tokens, rounded up to 16
+    assert pipeline._fit_to_data(config, data).max_length == 16
+    given = RunConfig(**{**config.to_dict(), "max_length": 64})
+    assert pipeline._fit_to_data(given, data).max_length == 64

@@ -97,16 +97,26 @@ class FeatureCache:
             return cost * (size / measured) ** 2
         return same[0][1] if same else None
 
-    def measure(self, config: FitConfig, datamodule, examples: int = 16) -> float:
-        """Time ``config``'s backbone on a few training examples (the first batch warms it up)."""
+    def measure(self, config: FitConfig, datamodule) -> float:
+        """Time ``config``'s backbone on a batch of training examples (a first, untimed pass warms it up)."""
         from automl.flash.fit import default_backbone
 
-        few = datamodule.with_options(train_samples=datamodule.train_samples[:examples], val_samples=[])
-        extract(config, few)  # warm-up: weights loaded, kernels chosen
-        cost = extract(config, few).seconds_per_example
+        encode = _encoder(config, datamodule)
+        examples = 16 if config.task == IMAGE_CLASSIFICATION else FEATURE_BATCH_SIZE
+        few = datamodule.train_samples[:examples]
+        with torch.inference_mode():
+            encode(few[: max(1, examples // 4)])
+            started = time.monotonic()
+            encode(few)
+        cost = (time.monotonic() - started) / max(len(few), 1)
         size = config.image_size if config.task == IMAGE_CLASSIFICATION else config.max_length
         self.costs[(default_backbone(config), size)] = cost
         return cost
+
+    def has(self, config: FitConfig, datamodule) -> bool:
+        """Whether ``get`` would find these features already computed."""
+        key = self.key(config, datamodule)
+        return key in self._memory or (self.folder is not None and (self.folder / f"{key}.pt").exists())
 
     def get(self, config: FitConfig, datamodule) -> Features:
         key = self.key(config, datamodule)
@@ -134,7 +144,7 @@ class FeatureCache:
 def extract(config: FitConfig, datamodule) -> Features:
     """Run ``config``'s pretrained backbone once over the training and validation examples."""
     started = time.monotonic()
-    encode = _image_encoder(config, datamodule) if config.task == IMAGE_CLASSIFICATION else _text_encoder(config)
+    encode = _encoder(config, datamodule)
     with torch.inference_mode():
         train = encode(datamodule.train_samples)
         val = encode(datamodule.val_samples)
@@ -147,6 +157,12 @@ def extract(config: FitConfig, datamodule) -> Features:
     return Features(
         train, targets(datamodule.train_samples), val, targets(datamodule.val_samples), seconds, seconds / max(count, 1)
     )
+
+
+def _encoder(config: FitConfig, datamodule):
+    """A function from samples to their backbone outputs (one row each)."""
+    torch.manual_seed(config.seed)  # --no-pretrained: the same random backbone the trial's model gets
+    return _image_encoder(config, datamodule) if config.task == IMAGE_CLASSIFICATION else _text_encoder(config)
 
 
 def _image_encoder(config: FitConfig, datamodule):

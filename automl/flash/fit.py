@@ -139,15 +139,19 @@ def train(
     logger=None,
     progress: bool = True,
     limit_train_batches: float = 1.0,
+    head: dict | None = None,
 ) -> Trained:
     """Fit ``config`` on ``datamodule``; the best epoch (by ``monitor``) is checkpointed in ``out_dir``.
-    ``limit_train_batches`` below 1 trains each epoch on that share of the (shuffled) batches."""
+    ``limit_train_batches`` below 1 trains each epoch on that share of the (shuffled) batches;
+    ``head`` is a trained head's state to start from (:func:`train_head`)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     quiet_library_warnings()
     strategy = parse_strategy(config.strategy)
     pl.seed_everything(config.seed, workers=True, verbose=False)
     model = build_model(config, datamodule.labels)
+    if head is not None:
+        model.head.load_state_dict(head)
     mode = "max" if m.VALIDATION_METRICS[monitor] else "min"
     checkpoint = ModelCheckpoint(
         dirpath=Path(out_dir) / "checkpoints",
@@ -206,10 +210,12 @@ def train_head(
     monitor: str = m.VAL_ACCURACY,
     callbacks=(),
     logger=None,
+    checkpoint: bool = True,
 ) -> Trained:
     """A ``freeze`` trial without augmentation: the head trains on ``features`` (the frozen backbone's
     cached outputs, :mod:`automl.flash.features`), then goes back on its backbone; the checkpoint in
-    ``out_dir`` is the whole classifier's, as :func:`train` writes it."""
+    ``out_dir`` is the whole classifier's, as :func:`train` writes it (unless ``checkpoint`` is False:
+    the head then only starts a fine-tuning)."""
     import torch
 
     from automl.flash.features import HeadClassifier
@@ -236,8 +242,11 @@ def train_head(
         torch.set_num_threads(threads)
     if best.state is None:
         return Trained(head, datamodule, trainer, None, None, None)
+    torch.manual_seed(config.seed)  # --no-pretrained: the random backbone the features came from
     model = build_model(config, datamodule.labels)
     model.head.load_state_dict(best.state)
+    if not checkpoint:
+        return Trained(model, datamodule, trainer, None, best.epoch, best.score)
     path = Path(out_dir) / "checkpoints" / f"best-epoch{best.epoch}.ckpt"
     save_checkpoint(model, path, best.epoch)
     return Trained(model, datamodule, trainer, str(path), best.epoch, best.score)

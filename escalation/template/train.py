@@ -87,6 +87,7 @@ def fit(config: dict, extra_callbacks=(), logger=None, progress: bool = True) ->
         precision = "16-mixed" if torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda") else "32-true"
     trainer = pl.Trainer(
         max_epochs=config.get("epochs", 10),
+        limit_train_batches=config.get("limit_train_batches", 1.0),
         accelerator=accelerator,
         devices=config.get("devices", "auto"),
         strategy=config.get("strategy", "auto"),

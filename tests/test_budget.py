@@ -1,0 +1,76 @@
+"""How a run spends --time-budget: trial sizes from measured costs, and pruning that respects what
+the validation set can resolve."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from automl import budget, tuning
+
+
+def test_a_trial_that_fits_keeps_its_epochs():
+    size = budget.size_trial(epochs=4, allowance=1000, forward_seconds=0.01, train_examples=100, val_examples=50)
+    assert (size.epochs, size.train_fraction) == (4, 1.0)
+    assert size.seconds == pytest.approx(4 * (50 * 0.01 + 100 * 0.01 * budget.TRAIN_COST))
+
+
+def test_a_trial_too_long_for_its_share_loses_epochs_then_batches():
+    # one epoch: 0.5 s validating + 3 s training
+    fewer = budget.size_trial(4, allowance=8, forward_seconds=0.01, train_examples=100, val_examples=50)
+    assert (fewer.epochs, fewer.train_fraction) == (2, 1.0)
+    part = budget.size_trial(4, allowance=2, forward_seconds=0.01, train_examples=100, val_examples=50)
+    assert part.epochs == 1 and part.train_fraction == pytest.approx(0.5)
+    assert part.seconds == pytest.approx(2.0)
+    assert budget.size_trial(4, allowance=0.6, forward_seconds=0.01, train_examples=100, val_examples=50) is None
+
+
+def test_the_correction_from_finished_trials_scales_the_estimate():
+    slow = budget.size_trial(4, allowance=8, forward_seconds=0.01, train_examples=100, val_examples=50, correction=2)
+    assert slow.epochs == 1
+
+
+def test_the_flash_tier_leaves_the_escalation_its_share():
+    plan = budget.Budget(started=1000.0, seconds=600, escalate=True)
+    assert plan.tune_deadline == pytest.approx(1000 + 600 * budget.TUNE_SHARE)
+    assert plan.trial_allowance(now=1000.0) == pytest.approx(600 * budget.TUNE_SHARE / 2)
+    assert plan.trial_allowance(plan.deadline, now=1300.0) == pytest.approx(150)
+    assert budget.Budget(1000.0, 600, escalate=False).tune_deadline == plan.deadline
+
+
+def test_resolution_is_at_least_one_validation_example():
+    assert tuning.resolution(1.0, 50) == pytest.approx(1 / 50)
+    assert tuning.resolution(0.5, 100) == pytest.approx(0.05)  # the standard error, larger than 1/100
+
+
+class AlwaysPrune(optuna.pruners.BasePruner):
+    def prune(self, study, trial) -> bool:
+        return True
+
+
+def _study_with(values: list[float], examples: int):
+    study = optuna.create_study(direction="maximize", pruner=tuning.ResolvedPruner(AlwaysPrune(), examples))
+    for value in values:
+        trial = study.ask()
+        trial.report(value, step=1)
+        study.tell(trial, value)
+    return study
+
+
+@pytest.mark.parametrize(("value", "pruned"), [(0.89, False), (0.80, True)])
+def test_a_trial_behind_by_less_than_the_resolution_is_not_pruned(value, pruned):
+    # 100 validation examples at 0.9: the standard error is 0.03
+    study = _study_with([0.9, 0.9, 0.9], examples=100)
+    trial = study.ask()
+    trial.report(value, step=1)
+    assert trial.should_prune() is pruned
+
+
+def test_a_loss_takes_the_inner_decision():
+    study = optuna.create_study(direction="minimize", pruner=tuning.ResolvedPruner(AlwaysPrune(), 100, False))
+    first = study.ask()
+    first.report(2.5, step=1)
+    study.tell(first, 2.5)
+    trial = study.ask()
+    trial.report(2.6, step=1)
+    assert trial.should_prune()
