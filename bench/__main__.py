@@ -21,6 +21,8 @@ BENCHMARKS = {
     "cli_latency": pipeline_speed.cli_latency,
     "digits_quality": quality.digits_quality,
     "ag_news_quality": quality.ag_news_quality,
+    "clothing_quality": quality.clothing_quality,
+    "sentiment_quality": quality.sentiment_quality,
 }
 
 

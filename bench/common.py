@@ -82,3 +82,37 @@ def ag_news(limit: int | None = None, seed: int = 0):
     if limit is not None and limit < len(frame):
         frame = frame.groupby("label").sample(limit // frame["label"].nunique(), random_state=seed)
     return frame.reset_index(drop=True)
+
+
+def clothing_folder(train_per_class: int | None = None, val_per_class: int | None = None) -> Path | None:
+    """``../shared/datasets/clothing10`` (``train/`` and ``val/`` class folders), or None when absent.
+
+    With ``*_per_class`` a temporary copy (symbolic links) holding the first files of each class: a
+    smoke test of the benchmark, not a figure to report."""
+    root = SHARED / "clothing10"
+    if not (root / "train").is_dir():
+        return None
+    if train_per_class is None and val_per_class is None:
+        return root
+    subset = Path(tempfile.mkdtemp(prefix="automl-bench-clothing-"))
+    for split, limit in (("train", train_per_class), ("val", val_per_class)):
+        for folder in sorted(p for p in (root / split).iterdir() if p.is_dir()):
+            (subset / split / folder.name).mkdir(parents=True)
+            for file in sorted(folder.iterdir())[:limit]:
+                (subset / split / folder.name / file.name).symlink_to(file)
+    return subset
+
+
+def sentiment_csv(limit: int | None = None, seed: int = 0) -> Path | None:
+    """``../shared/datasets/uci_sentiment_sentences.csv`` (``text,label``), or None when absent; with
+    ``limit`` a temporary stratified sample of that many rows (a smoke test)."""
+    import pandas as pd
+
+    path = SHARED / "uci_sentiment_sentences.csv"
+    if not path.exists() or limit is None:
+        return path if path.exists() else None
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    frame = frame.groupby("label").sample(limit // frame["label"].nunique(), random_state=seed)
+    sample = Path(tempfile.mkdtemp(prefix="automl-bench-sentiment-")) / "sentiment.csv"
+    frame.to_csv(sample, index=False)
+    return sample
