@@ -7,6 +7,7 @@ Heavy libraries (torch, lightning, timm, transformers) are imported inside comma
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -14,6 +15,9 @@ import click
 from automl import __version__
 from automl.config import TASKS, FitConfig, RunConfig, check_task, load_yaml
 from automl.errors import AutoMLError
+
+#: when this command started: a --time-budget counts from here, Python's imports included
+STARTED = time.time()
 
 EXIT_USAGE = 2
 
@@ -212,7 +216,9 @@ def run(
 
     from automl.pipeline import run as run_pipeline
 
-    result = run_pipeline(config, progress=not quiet, report=_stage_reporter(quiet), handle_interrupts=True)
+    result = run_pipeline(
+        config, progress=not quiet, report=_stage_reporter(quiet), handle_interrupts=True, started=STARTED
+    )
     _print_run(result)
     sys.exit(result.exit_code)
 

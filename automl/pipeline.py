@@ -239,17 +239,23 @@ def _tune_worker(config: RunConfig, progress: bool, report: Report | None, worke
 
 
 def run(
-    config: RunConfig, progress: bool = True, report: Report | None = None, pruner=None, handle_interrupts: bool = False
+    config: RunConfig,
+    progress: bool = True,
+    report: Report | None = None,
+    pruner=None,
+    handle_interrupts: bool = False,
+    started: float | None = None,
 ) -> RunResult:
     """The main job: baseline, tuning, verdict against ``config.target`` and, when the target is
     missed, escalation to the Lightning tier; tracked in MLflow, resumable through ``journal.json``.
 
     With ``handle_interrupts`` (the CLI), Ctrl-C stops after the current epoch, judges and reports
-    what finished, and the result's exit code is 130; the same command later resumes."""
+    what finished, and the result's exit code is 130; the same command later resumes. The time budget
+    counts from ``started`` (``time.time()``; the CLI's start), else from now."""
     from automl.tracking import own_tracking_uri
 
     with own_tracking_uri():
-        job = RunJob(config, progress, report, pruner)
+        job = RunJob(config, progress, report, pruner, started)
         if handle_interrupts:
             job.stop.install(job.say)
         try:
@@ -261,7 +267,7 @@ def run(
 class RunJob:
     """One ``automl run``: its stores, folder, journal and stages (one method each)."""
 
-    def __init__(self, config: RunConfig, progress: bool, report: Report | None, pruner):
+    def __init__(self, config: RunConfig, progress: bool, report: Report | None, pruner, started: float | None = None):
         from automl import tracking
         from automl.data.common import existing_path
         from automl.flash import fit
@@ -277,8 +283,9 @@ class RunJob:
         self.say = report or (lambda line: None)
         self.pruner = pruner if pruner is not None else config.pruner
         self.started = time.monotonic()
-        self.deadline = None if config.budget_seconds is None else time.time() + config.budget_seconds
-        self.budget = None if self.deadline is None else Budget(time.time(), config.budget_seconds, config.escalate)
+        started = time.time() if started is None else started
+        self.deadline = None if config.budget_seconds is None else started + config.budget_seconds
+        self.budget = None if self.deadline is None else Budget(started, config.budget_seconds, config.escalate)
         # the Flash tier leaves the Lightning tier its share of the budget
         self.tune_deadline = None if self.budget is None else self.budget.tune_deadline
         self.correction = 1.0  # real / estimated time of the last fine-tuning trial
@@ -295,6 +302,7 @@ class RunJob:
 
         self.stop = StopRequest()
         self.flash_tuner = self._tuner(self.name, _search_space(config, FLASH))
+        self.flash_tuner.cheaper = lambda: _cheaper(self.flash_tuner)
         if self.flash_tuner.recovered:
             self.say(
                 f"trials {self.flash_tuner.recovered} were left running by a process that died: "
@@ -611,7 +619,7 @@ class RunJob:
         def work() -> dict:
             tuner.enqueue_baseline(tuning.warm_start_params(space, flash["params"]), role="warm start")
             trials = self.config.escalation_trials or self.config.trials
-            lightning = self._run_study(tuner, train, trials, 5, "escalation", "escalate", self.deadline)
+            lightning = self._run_study(tuner, train, trials, 5, "escalation", "escalate", self._escalation_deadline())
             _write_study(self.run_dir / f"study.{LIGHTNING}.csv", lightning.pop("summary"))
             score = lightning["score"]
             better = score is not None and (score > flash["score"] if self.target.maximize else score < flash["score"])
@@ -652,6 +660,14 @@ class RunJob:
             return FLASH, final, flash
         self._show_verdict(5, result["verdict"], time.monotonic() - t0)
         return LIGHTNING, result["verdict"], result["tier"]
+
+    def _escalation_deadline(self) -> float | None:
+        """The budget's end, less the time the better tier's model takes to be judged after the study
+        (a pass over the validation set, twice with test-time augmentation, and a margin)."""
+        if self.deadline is None:
+            return None
+        forward = self.features.forward_seconds(self.config.fit_config()) or 0.0
+        return self.deadline - 3 * forward * len(self.datamodule.val_samples)
 
     def _template_config(self, params: dict, number: int) -> dict:
         from escalation.train import template_config
@@ -987,12 +1003,12 @@ def _native_sizes(config: RunConfig, backbones: tuple[str, ...]) -> dict[str, in
 
 
 def _probe_params(config: RunConfig, space, baseline: dict) -> list[dict]:
-    """The baseline's head, on cached features, for every backbone of the search (at its native
-    size) that the baseline itself does not already cover."""
+    """The baseline's head, on cached features, for every other backbone of the search (at its
+    native size), as many as the trials allow after the baseline."""
     sizes = _native_sizes(config, space.backbones)
     probes = []
-    for name in space.backbones:
-        if name == baseline["backbone"] and baseline["strategy"] == "freeze":
+    for name in space.backbones[: config.trials]:
+        if name == baseline["backbone"]:
             continue
         params = {**baseline, "strategy": "freeze", "backbone": name}
         if "augment" in params:
@@ -1001,6 +1017,19 @@ def _probe_params(config: RunConfig, space, baseline: dict) -> list[dict]:
             params["image_size"] = sizes.get(name, baseline["image_size"])
         probes.append(params)
     return probes
+
+
+def _cheaper(tuner) -> dict | None:
+    """When a fine-tuning trial no longer fits the budget: heads on the cached features of the best
+    trial's backbone and input size, their other knobs left to the search."""
+    best = tuner.best_trial()
+    if best is None:
+        return None
+    fixed = {"strategy": "freeze"}
+    for key in ("backbone", "image_size", "max_length"):
+        if key in best.params:
+            fixed[key] = best.params[key]
+    return fixed
 
 
 def _offline(bb, name: str, modality: str) -> bool:

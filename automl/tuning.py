@@ -424,6 +424,10 @@ class Tuner:
         self.stop = StopRequest()  # the run installs it as the SIGINT handler
         self.out_of_time: str | None = None  # why a trial could not fit the time budget left
         self.sized_trials = False  # the training function fits each trial to the time left
+        #: when a trial does not fit the time left: the fixed part of cheaper trials to run instead
+        #: (e.g. a head on cached features), or None to stop
+        self.cheaper: Callable[[], dict | None] | None = None
+        self.cheap_only = False  # since a trial did not fit, every new trial is of the cheaper kind
         self.recovered = self.recover_dead_trials()
 
     def _storage(self, url: str, heartbeat: int | None):
@@ -580,6 +584,7 @@ class Tuner:
         """
         started = 0
         waiting = False
+        fell_back = False
         while True:
             trials = self.study.get_trials(deepcopy=False)
             finished = self.finished_trials(trials)
@@ -605,13 +610,20 @@ class Tuner:
                 self._wait_for_others()
                 continue
             waiting = False
+            if self.cheap_only and not any(t.state.name == "WAITING" for t in trials):
+                self.study.enqueue_trial(self.cheaper(), user_attrs={"role": "tuning"})
             if on_trial is not None:
                 best = self.best_trial()
                 on_trial(Progress(self._next_number(), len(finished), total_trials, best.value if best else None, left))
             self.study.optimize(self._objective(train, deadline, total_trials), n_trials=1, catch=(Exception,))
             started += 1
             if self.out_of_time:
-                return "budget"
+                cheaper = None if fell_back or self.cheaper is None else self.cheaper()
+                if cheaper is None:
+                    return "budget"
+                # what no longer fits is not tried again: the rest of the trials are the cheap kind
+                self.study.enqueue_trial(cheaper, user_attrs={"role": "tuning"})
+                self.cheap_only, fell_back, self.out_of_time = True, True, None
 
     def _wait_for_others(self) -> None:
         """One pause while other workers run the last trials; a trial whose process or machine died

@@ -159,3 +159,38 @@ def test_a_trial_whose_process_died_as_it_started_is_recovered(tmp_path, monkeyp
     (dead, retry) = tuner.study.get_trials()
     assert dead.state.name == "FAIL" and dead.user_attrs["fail_reason"] == "its process died as the trial started"
     assert retry.state.name == "WAITING" and retry.user_attrs["retry_of"] == 0
+
+
+def test_a_trial_that_does_not_fit_the_time_left_turns_the_rest_of_the_study_to_cheap_trials(tmp_path):
+    space = tuning.SearchSpace("image", (TINY_IMAGE_BACKBONE, "test_efficientnet"), 2, image_size=32, batch_size=8)
+    tuner = tuning.Tuner(space, f"sqlite:///{tmp_path / 'optuna.db'}", "s", "maximize", m.VAL_ACCURACY, seed=0)
+    tuner.enqueue_baseline({**BASELINE, "strategy": "freeze", "augment": False})
+    tuner.cheaper = lambda: {"strategy": "freeze", "backbone": tuner.best_trial().params["backbone"]}
+    calls = []
+
+    def train(number, params, callbacks):
+        calls.append(params)
+        if not space.head_only(params):
+            raise tuning.NoTimeForTrial("fine-tuning needs more than the 10s a trial may take now")
+        return tuning.TrialOutcome(score=0.5 + number / 100, checkpoint=f"ckpt-{number}", best_epoch=0)
+
+    assert tuner.run(train, total_trials=6) == "trials"
+    counted = tuner.finished_trials()
+    assert len(counted) == 6  # the trial that did not fit is not one of them
+    assert all(space.head_only(t.params) for t in counted)
+    assert {t.params["backbone"] for t in counted} == {TINY_IMAGE_BACKBONE}
+    refused = [t for t in tuner.study.get_trials() if t.user_attrs.get("surplus")]
+    assert len(refused) <= 1 and len(calls) == 6 + len(refused)
+
+    # a cheap trial that does not fit either ends the study for the budget
+    again = tuning.Tuner(space, f"sqlite:///{tmp_path / 'again.db'}", "s", "maximize", m.VAL_ACCURACY, seed=0)
+    again.enqueue_baseline({**BASELINE, "strategy": "freeze", "augment": False})
+    again.cheaper = lambda: {"strategy": "no_freeze"}
+
+    def baseline_only(number, params, callbacks):
+        if number > 0:
+            raise tuning.NoTimeForTrial("no time")
+        return tuning.TrialOutcome(score=0.5, checkpoint="c", best_epoch=0)
+
+    assert again.run(baseline_only, total_trials=6) == "budget"
+    assert len(again.finished_trials()) == 1
