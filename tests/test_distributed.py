@@ -18,24 +18,67 @@ from automl.tuning import counted_trials
 POSTGRES = os.environ.get("AUTOML_TEST_POSTGRES_URL", "postgresql://automl:automl@127.0.0.1:5432/automl")
 
 
-def postgres_reachable() -> str | None:
+def on_server(database: str) -> str:
+    """The URL of ``database`` on the test server, as the role of ``POSTGRES``."""
+    import sqlalchemy
+
+    return sqlalchemy.make_url(POSTGRES).set(database=database).render_as_string(hide_password=False)
+
+
+def postgres_unusable() -> str | None:
+    """Why the tests cannot make databases on the server, or None."""
     try:
         import sqlalchemy
 
-        with sqlalchemy.create_engine(POSTGRES, connect_args={"connect_timeout": 3}).connect() as connection:
-            connection.execute(sqlalchemy.text("select 1"))
-        return None
+        engine = sqlalchemy.create_engine(on_server("postgres"), connect_args={"connect_timeout": 3})
+        with engine.connect() as connection:
+            may_create = connection.execute(
+                sqlalchemy.text("select rolcreatedb from pg_roles where rolname = current_user")
+            ).scalar()
+        engine.dispose()
+        return None if may_create else "its role may not create databases"
     except Exception as exc:  # no driver, no server, no role
         return f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
 
 
 @pytest.fixture(scope="module")
-def postgres() -> str:
-    problem = postgres_reachable()
+def postgres_server() -> str:
+    """The test server's maintenance database, where the tests create their own."""
+    problem = postgres_unusable()
     if problem and not os.environ.get("CI"):  # CI must have it: there the test fails instead
-        pytest.skip(f"PostgreSQL at {POSTGRES} is not reachable ({problem}); run scripts/start-postgres.sh as root")
+        pytest.skip(f"PostgreSQL at {POSTGRES} is not usable ({problem}); run scripts/start-postgres.sh as root")
     assert problem is None, f"PostgreSQL at {POSTGRES}: {problem}"
-    return POSTGRES
+    return on_server("postgres")
+
+
+@pytest.fixture
+def new_database(postgres_server):
+    """Makes never-used databases, as a first run on a new server meets: ``new_database()`` is the
+    URL of a fresh, empty one. All are dropped at the end, whoever is still connected."""
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    engine = sqlalchemy.create_engine(postgres_server, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    made = []
+
+    def make() -> str:
+        name = f"automl_test_{uuid.uuid4().hex[:12]}"
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text(f'create database "{name}"'))
+        made.append(name)
+        return on_server(name)
+
+    yield make
+    with engine.connect() as connection:
+        for name in made:
+            connection.execute(sqlalchemy.text(f'drop database if exists "{name}" with (force)'))
+    engine.dispose()
+
+
+@pytest.fixture
+def postgres(new_database) -> str:
+    """A fresh, empty database of its own for each test."""
+    return new_database()
 
 
 def command(kind: str, images, output, study: str, storage: str) -> list[str]:
