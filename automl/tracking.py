@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from automl.errors import StoreUnavailable
+from automl.storage import schema_lock
 
 EXPERIMENT = "automl"
 PARENT_TAG = "mlflow.parentRunId"
@@ -46,13 +47,15 @@ class Tracker:
 
         self.tracking_uri = tracking_uri
         try:
-            self.client = MlflowClient(tracking_uri)
-            found = self.client.get_experiment_by_name(experiment)
-            if found is None:
-                location = None if tracking_uri.startswith("http") else Path(artifact_root).resolve().as_uri()
-                self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
-            else:
-                self.experiment_id = found.experiment_id
+            # A new PostgreSQL database: one worker at a time creates its tables and the experiment.
+            with schema_lock(tracking_uri):
+                self.client = MlflowClient(tracking_uri)
+                found = self.client.get_experiment_by_name(experiment)
+                if found is None:
+                    location = None if tracking_uri.startswith("http") else Path(artifact_root).resolve().as_uri()
+                    self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+                else:
+                    self.experiment_id = found.experiment_id
         except Exception as exc:  # mlflow raises many types for a bad or unreachable store
             raise StoreUnavailable(
                 f"Cannot use the MLflow tracking store '{tracking_uri}': {_first_line(exc)}. "

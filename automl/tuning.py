@@ -19,6 +19,7 @@ import lightning.pytorch as pl
 import optuna
 
 from automl.errors import StoreUnavailable
+from automl.storage import schema_lock
 
 PRUNERS = ("median", "hyperband", "none")
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
@@ -435,13 +436,16 @@ class Tuner:
         ``heartbeat`` seconds, and one silent for three times that (its machine died, or its network)
         is failed by any other worker and run again. A SQLite file is one machine's: there a dead
         trial is found by its process id (``recover_dead_trials``)."""
-        if heartbeat is None or url.startswith("sqlite"):
+        if url.startswith("sqlite"):
             return url
         import warnings
 
         import optuna
 
-        with warnings.catch_warnings():
+        if heartbeat is None:
+            with schema_lock(url):
+                return optuna.storages.RDBStorage(url)
+        with warnings.catch_warnings(), schema_lock(url):  # one worker at a time creates a new database's tables
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
                 url,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# A PostgreSQL server on loopback for the distributed-tuning test: Debian's package, a role and a
-# database named automl (password automl). Idempotent. Prints nothing on success.
+# A PostgreSQL server on loopback for the distributed-tuning tests: Debian's package, a role and a
+# database named automl (password automl). The role may create databases: each test makes a fresh one
+# (and drops it), as a first run on a new server does. Idempotent. Prints nothing on success.
 set -euo pipefail
 if ! command -v pg_ctlcluster >/dev/null 2>&1; then
   if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
@@ -21,12 +22,14 @@ if [ "$(id -u)" != 0 ]; then
   echo "not root: cannot start PostgreSQL; the distributed-tuning test will be skipped" >&2
   exit 0
 fi
-pg_ctlcluster "$version" main start 2>/dev/null || true
+pg_ctlcluster "$version" main start >/dev/null 2>&1 || true  # "already running" is fine
 for _ in $(seq 1 50); do
   su postgres -c "psql -qtAc 'select 1'" >/dev/null 2>&1 && break
   sleep 0.2
 done
 su postgres -c "psql -qtAc \"select 1 from pg_roles where rolname='automl'\"" | grep -q 1 \
   || su postgres -c "psql -qc \"create role automl login password 'automl'\""
+su postgres -c "psql -qtAc \"select 1 from pg_roles where rolname='automl' and rolcreatedb\"" | grep -q 1 \
+  || su postgres -c "psql -qc 'alter role automl createdb'"
 su postgres -c "psql -qtAc \"select 1 from pg_database where datname='automl'\"" | grep -q 1 \
   || su postgres -c "createdb -O automl automl"

@@ -12,39 +12,83 @@ import uuid
 import optuna
 import pytest
 from conftest import TINY_IMAGE_BACKBONE
+from together import open_together
 
 from automl.tuning import counted_trials
 
 POSTGRES = os.environ.get("AUTOML_TEST_POSTGRES_URL", "postgresql://automl:automl@127.0.0.1:5432/automl")
 
 
-def postgres_reachable() -> str | None:
+def on_server(database: str) -> str:
+    """The URL of ``database`` on the test server, as the role of ``POSTGRES``."""
+    import sqlalchemy
+
+    return sqlalchemy.make_url(POSTGRES).set(database=database).render_as_string(hide_password=False)
+
+
+def postgres_unusable() -> str | None:
+    """Why the tests cannot make databases on the server, or None."""
     try:
         import sqlalchemy
 
-        with sqlalchemy.create_engine(POSTGRES, connect_args={"connect_timeout": 3}).connect() as connection:
-            connection.execute(sqlalchemy.text("select 1"))
-        return None
+        engine = sqlalchemy.create_engine(on_server("postgres"), connect_args={"connect_timeout": 3})
+        with engine.connect() as connection:
+            may_create = connection.execute(
+                sqlalchemy.text("select rolcreatedb from pg_roles where rolname = current_user")
+            ).scalar()
+        engine.dispose()
+        return None if may_create else "its role may not create databases"
     except Exception as exc:  # no driver, no server, no role
         return f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
 
 
 @pytest.fixture(scope="module")
-def postgres() -> str:
-    problem = postgres_reachable()
+def postgres_server() -> str:
+    """The test server's maintenance database, where the tests create their own."""
+    problem = postgres_unusable()
     if problem and not os.environ.get("CI"):  # CI must have it: there the test fails instead
-        pytest.skip(f"PostgreSQL at {POSTGRES} is not reachable ({problem}); run scripts/start-postgres.sh as root")
+        pytest.skip(f"PostgreSQL at {POSTGRES} is not usable ({problem}); run scripts/start-postgres.sh as root")
     assert problem is None, f"PostgreSQL at {POSTGRES}: {problem}"
-    return POSTGRES
+    return on_server("postgres")
 
 
-def command(kind: str, images, output, study: str, storage: str) -> list[str]:
+@pytest.fixture
+def new_database(postgres_server):
+    """Makes never-used databases, as a first run on a new server meets: ``new_database()`` is the
+    URL of a fresh, empty one. All are dropped at the end, whoever is still connected."""
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    engine = sqlalchemy.create_engine(postgres_server, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    made = []
+
+    def make() -> str:
+        name = f"automl_test_{uuid.uuid4().hex[:12]}"
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text(f'create database "{name}"'))
+        made.append(name)
+        return on_server(name)
+
+    yield make
+    with engine.connect() as connection:
+        for name in made:
+            connection.execute(sqlalchemy.text(f'drop database if exists "{name}" with (force)'))
+    engine.dispose()
+
+
+@pytest.fixture
+def postgres(new_database) -> str:
+    """A fresh, empty database of its own for each test."""
+    return new_database()
+
+
+def command(kind: str, images, output, study: str, storage: str, trials: int = 10, *more: str) -> list[str]:
     options = (
-        f"--task image_classification --target accuracy>=0 --trials 10 --backbone {TINY_IMAGE_BACKBONE} "
+        f"--task image_classification --target accuracy>=0 --trials {trials} --backbone {TINY_IMAGE_BACKBONE} "
         "--no-pretrained --epochs 3 --batch-size 4 --image-size 32 --accelerator cpu --pruner none --heartbeat 5 -q"
     ).split()
     paths = ["--data", str(images), "--output", str(output), "--storage", storage, "--study", study]
-    return [sys.executable, "-m", "automl", kind, *options, *paths]
+    return [sys.executable, "-m", "automl", kind, *options, *paths, *more]
 
 
 def test_two_workers_share_one_study_and_run_exactly_the_requested_trials(postgres, images, tmp_path):
@@ -75,6 +119,114 @@ def test_two_workers_share_one_study_and_run_exactly_the_requested_trials(postgr
     )
     assert judged.returncode == 0, judged.stderr[-2000:]
     assert len(counted_trials(shared.get_trials())) == len(finished) and "MET" in judged.stdout  # no trial added
+
+
+# `python -m automl ...` with its imports done before it waits for the word to go: workers started by
+# it reach their stores in the same instant, as on machines started together (imports alone spread
+# processes on one machine by seconds).
+GATED = (
+    "import runpy, sys\n"
+    "import automl.cli, automl.pipeline, automl.tracking, automl.tuning, mlflow.tracking, optuna.storages\n"
+    "print('ready', flush=True)\n"
+    "sys.stdin.readline()\n"
+    "runpy.run_module('automl', run_name='__main__', alter_sys=True)\n"
+)
+
+
+def started_together(commands: list[list[str]], timeout: float = 400) -> list[tuple[int, str, str]]:
+    """Runs `python -m automl` ``commands`` let go at one moment once all are ready: each one's exit
+    status, stdout and stderr."""
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", GATED, *argv[3:]],  # argv: python -m automl ...
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for argv in commands
+    ]
+    ready = [process.stdout.readline() for process in processes]
+    if ready != ["ready\n"] * len(processes):
+        for process in processes:
+            process.kill()
+        pytest.fail("a worker did not start:\n" + "\n".join(p.communicate()[1][-2000:] for p in processes))
+    for process in processes:
+        process.stdin.write("go\n")
+        process.stdin.flush()
+    outputs = [process.communicate(timeout=timeout) for process in processes]
+    return [(process.returncode, out, err) for process, (out, err) in zip(processes, outputs, strict=True)]
+
+
+def test_four_workers_started_together_on_a_never_used_database_all_work(new_database, images, tmp_path):
+    """A first start on a new server (issue 12): four `automl tune` workers at once, the study and the
+    MLflow runs each in a never-used database. Each worker would create the tables; one does, the
+    others wait for it (optuna/optuna#1092), and all finish the study between them."""
+    import mlflow
+
+    storage, tracking_uri = new_database(), new_database()  # Optuna and MLflow both keep an alembic_version
+    study, total = f"first-{uuid.uuid4().hex[:8]}", 6
+    more = ("--tracking-uri", tracking_uri)
+    workers = started_together(
+        [command("tune", images, tmp_path / f"w{n}", study, storage, total, *more) for n in range(4)]
+    )
+    assert [code for code, _, _ in workers] == [0] * 4, "\n".join(err.strip()[-300:] for _, _, err in workers)
+
+    finished = counted_trials(optuna.load_study(study_name=study, storage=storage).get_trials())
+    assert len(finished) == total
+    assert [t.user_attrs.get("role") for t in finished].count("baseline") == 1
+
+    client = mlflow.MlflowClient(tracking_uri)
+    (experiment,) = client.search_experiments(filter_string="name = 'automl'")
+    parents = [r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" not in r.data.tags]
+    assert sorted(r.info.status for r in parents) == ["FINISHED"] * 4  # one per worker
+
+
+def test_optuna_storages_opened_at_the_same_moment_on_never_used_databases_all_open(new_database, tmp_path):
+    """Four processes open a Tuner on an empty database in the same millisecond (a barrier after their
+    imports, which spread real workers' starts by seconds): the race of issue 12, on five databases."""
+    databases = [new_database() for _ in range(5)]
+    words = open_together("optuna", databases, tmp_path)
+    assert words == ["opened"] * 4 * 5, "\n".join(word for word in words if word != "opened")
+    assert all(optuna.get_all_study_names(database) == ["together"] for database in databases)
+
+
+def test_mlflow_stores_opened_at_the_same_moment_on_never_used_databases_all_open(new_database, tmp_path):
+    """The same for MLflow's SQL store (``--tracking-uri postgresql://...``): its tables, migrations,
+    Default experiment and automl's experiment are each made once, by one of them."""
+    import mlflow
+
+    databases = [new_database() for _ in range(2)]
+    words = open_together("mlflow", databases, tmp_path)
+    assert words == ["opened"] * 4 * 2, "\n".join(word for word in words if word != "opened")
+    for database in databases:
+        experiments = [e.name for e in mlflow.MlflowClient(database).search_experiments()]
+        assert sorted(experiments) == ["Default", "automl"]  # each made once: MLflow's own, and automl's
+
+
+def test_the_schema_lock_lets_one_process_in_at_a_time(postgres):
+    """While one session holds it no other gets it; it is free again when the block ends, also by an
+    exception; for a SQLite file or an HTTP server it opens nothing."""
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    from automl.storage import SCHEMA_LOCK_KEY, schema_lock
+
+    def free() -> bool:
+        """Whether another session can take the lock now (it lets go at once: its session ends)."""
+        engine = sqlalchemy.create_engine(postgres, poolclass=NullPool)
+        with engine.connect() as connection:
+            taken = connection.execute(sqlalchemy.text("select pg_try_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            return taken.scalar()
+
+    with schema_lock(postgres):
+        assert not free()
+    assert free()
+    with pytest.raises(RuntimeError), schema_lock(postgres):  # a store that fails to open lets go too
+        raise RuntimeError
+    assert free()
+    with schema_lock("sqlite:////nowhere/optuna.db"), schema_lock("http://127.0.0.1:1"):
+        pass  # nothing to lock, and nothing is opened
 
 
 def _race_worker(storage: str, study: str, total: int, seed: int) -> None:
