@@ -472,13 +472,17 @@ class Tuner:
         return counted_trials(self.study.get_trials(deepcopy=False) if trials is None else trials)
 
     def _duplicate_start(self, trial) -> bool:
-        """Two workers starting a new study together may both enqueue its first trial: the lower
-        number runs, the other is closed unused."""
+        """Two workers starting a new study together may both enqueue its first trials (the baseline,
+        each probe): the lower number runs, the other is closed unused."""
         role = trial.user_attrs.get("role")
         if role is None or role == "tuning" or "retry_of" in trial.user_attrs:
             return False
+        probe = trial.user_attrs.get("probe")
         return any(
-            t.number < trial.number and t.user_attrs.get("role") == role and "retry_of" not in t.user_attrs
+            t.number < trial.number
+            and t.user_attrs.get("role") == role
+            and t.user_attrs.get("probe") == probe
+            and "retry_of" not in t.user_attrs
             for t in self.study.get_trials(deepcopy=False)
         )
 
@@ -540,8 +544,9 @@ class Tuner:
         trials = self.study.get_trials(deepcopy=False)
         if any(t.user_attrs.get("role") == role for t in trials) or len(trials) > 1:
             return
-        for params in probes:
-            self.study.enqueue_trial(params, user_attrs={"role": role}, skip_if_exists=True)
+        for index, params in enumerate(probes):
+            attrs = {"role": role, "probe": index}  # which probe, for telling a duplicate from a sibling
+            self.study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=True)
 
     def summary(self) -> list[dict]:
         rows = []

@@ -194,3 +194,17 @@ def test_a_trial_that_does_not_fit_the_time_left_turns_the_rest_of_the_study_to_
 
     assert again.run(baseline_only, total_trials=6) == "budget"
     assert len(again.finished_trials()) == 1
+
+
+def test_each_probe_runs_after_the_baseline_once_per_study(tmp_path):
+    tuner = make_tuner(tmp_path)
+    tuner.enqueue_baseline(BASELINE)
+    probes = [{**BASELINE, "strategy": "freeze", "learning_rate": lr} for lr in (1e-3, 3e-3)]
+    tuner.enqueue_probes(probes)
+    tuner.enqueue_probes(probes)  # a resumed run, or a second worker: nothing more
+    train = fake_train()
+    assert tuner.run(train, total_trials=3) == "trials"
+    trials = tuner.study.get_trials()
+    assert [t.user_attrs["role"] for t in trials] == [tuning.BASELINE, tuning.PROBE, tuning.PROBE]
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3  # a sibling probe is no duplicate
+    assert [p["learning_rate"] for _, p in train.calls] == [2e-3, 1e-3, 3e-3]
