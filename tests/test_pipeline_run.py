@@ -13,14 +13,13 @@ import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import TINY_IMAGE_BACKBONE, tiny_run_config
+from conftest import TINY_IMAGE_BACKBONE, logged_epochs, tiny_run_config
 
 from automl import metrics as m
 from automl import pipeline, tracking
 from automl.cli import cli
 from automl.config import RunConfig
 from automl.errors import StoreUnavailable
-from automl.flash.features import HEAD_EPOCHS_PER_EPOCH
 
 
 def run_config(images, output, tracking_uri, **changes) -> RunConfig:
@@ -113,13 +112,7 @@ def test_a_run_tunes_judges_tracks_and_writes_its_folder(tmp_path, images, track
     for child in children:
         assert m.VAL_ACCURACY in child.data.metrics and "learning_rate" in child.data.params
         history = tracker.client.get_metric_history(child.info.run_id, m.VAL_ACCURACY)
-        # one point per epoch, from MLFlowLogger; a head on cached features runs more, shorter epochs,
-        # and the K frozen epochs of freeze_unfreeze:K train the head that way before the logged ones
-        strategy, epochs = child.data.params["strategy"], int(child.data.params["epochs"])
-        if strategy == "freeze":
-            assert len(history) == epochs * HEAD_EPOCHS_PER_EPOCH
-        else:
-            assert len(history) == epochs - int(strategy.partition(":")[2] or 0)
+        assert len(history) == logged_epochs(child.data.params)  # per epoch, from MLFlowLogger
     artifacts = {a.path for a in tracker.client.list_artifacts(parent.info.run_id)}
     assert {"journal.json", "config.yaml", "study.csv", "best"} <= artifacts
 
