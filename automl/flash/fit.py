@@ -283,6 +283,7 @@ def save_checkpoint(model: pl.LightningModule, path: Path, epoch: int) -> None:
         "epoch": epoch,
         "global_step": 0,
     }
+    model.on_save_checkpoint(checkpoint)  # as a Trainer would: plain hyper-parameters, the normalisation
     tmp = path.with_suffix(".tmp")
     torch.save(checkpoint, tmp)
     tmp.replace(path)

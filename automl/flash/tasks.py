@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from automl import metrics as m
+from automl.checkpoints import plain
 from automl.errors import ConfigError, DataError
 from automl.flash import backbones as bb
 
@@ -71,6 +72,10 @@ class ClassificationTask(pl.LightningModule):
         return len(self.labels)
 
     # ------------------------------------------------------------------ fitting hooks
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # plain values only, so that the checkpoint loads with weights_only=True (automl.checkpoints)
+        checkpoint["hyper_parameters"] = plain(checkpoint.get("hyper_parameters", {}))
+
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is None:
@@ -178,6 +183,7 @@ class ImageClassifier(ClassificationTask):
         self.weights_source = built.source
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["normalization"] = [list(self.normalization[0]), list(self.normalization[1])]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
+from automl.checkpoints import plain
 from automl.flash.backbones import create_image_backbone, create_text_backbone
 from automl.metrics import VAL_LOSS, build_metric_collection
 
@@ -51,6 +52,10 @@ class TemplateModule(pl.LightningModule):
         if kind == "mixup":
             return v2.MixUp(num_classes=len(self.labels))
         return v2.CutMix(num_classes=len(self.labels))
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # plain values only, so that `automl predict` loads the checkpoint with weights_only=True
+        checkpoint["hyper_parameters"] = plain(checkpoint.get("hyper_parameters", {}))
 
     # ------------------------------------------------------------------ forward
     def forward(self, inputs) -> torch.Tensor:

@@ -1,0 +1,106 @@
+"""What someone else hands a finished run: a run folder they made.
+
+Every checkpoint automl writes holds tensors and plain values only: it loads with weights_only=True.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import TINY_IMAGE_BACKBONE, tiny_run_config
+
+from automl import pipeline
+
+UNREACHABLE = "val_loss<=0.0"  # a loss is never exactly 0: the run escalates
+
+
+@pytest.fixture(scope="module")
+def flash_run(tmp_path_factory, images, tracking_uri) -> Path:
+    """A Flash-tier run; with a time budget its model is a head trained on cached features."""
+    output = tmp_path_factory.mktemp("flash-run")
+    config = tiny_run_config(images, output, trials=1, time_budget="10m", escalate=False, tracking_uri=tracking_uri)
+    return pipeline.run(config, progress=False).run_dir
+
+
+@pytest.fixture(scope="module")
+def escalated_run(tmp_path_factory, images, tracking_uri) -> Path:
+    """A run that fine-tunes (Lightning's own checkpoints) and escalates to the Lightning tier."""
+    output = tmp_path_factory.mktemp("escalated-run")
+    config = tiny_run_config(
+        images, output, target=UNREACHABLE, trials=1, escalation_trials=1, epochs=1, tracking_uri=tracking_uri
+    )
+    return pipeline.run(config, progress=False).run_dir
+
+
+def lightning_best(run_dir: Path, folder: Path) -> Path:
+    """``folder/best/`` as `automl run` writes it when the Lightning tier wins, from ``run_dir``'s
+    Lightning-tier trial (which tier a tiny run keeps is up to its scores)."""
+    from escalation.train import preprocessing, template_config
+
+    trial = json.loads((run_dir / "journal.json").read_text())["stages"]["escalate"]["result"]["tier"]
+    run = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config = template_config(run, trial["params"], run_dir / "escalation", "val_loss")
+    best = folder / "best"
+    best.mkdir(parents=True)
+    shutil.copy2(trial["checkpoint"], best / "model.ckpt")
+    shutil.copy2(run_dir / "best" / "labels.json", best / "labels.json")
+    (best / "preprocessing.json").write_text(json.dumps(preprocessing(config)))
+    (best / "template_config.yaml").write_text(yaml.safe_dump(config))
+    (best / "tier.json").write_text(json.dumps({"tier": "lightning", "template": None}))
+    return folder
+
+
+def is_plain(value) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and is_plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(map(is_plain, value))
+    return value is None or type(value) in (str, int, float, bool)
+
+
+# --------------------------------------------------------------------------- what automl writes
+def test_every_checkpoint_a_run_writes_loads_with_weights_only(flash_run, escalated_run, tmp_path):
+    lightning = lightning_best(escalated_run, tmp_path / "lightning")
+    files = {
+        p: root
+        for root in (flash_run, escalated_run, lightning)
+        for p in root.rglob("*")
+        if p.suffix in (".ckpt", ".pt")
+    }
+    # heads on cached features and the features, Lightning's fine-tuning and template checkpoints, best/
+    assert {p.relative_to(root).parts[0] for p, root in files.items()} == {"best", "features", "trials", "escalation"}
+    for path in files:
+        saved = torch.load(path, map_location="cpu", weights_only=True)  # PyTorch's rules, nothing allowed on top
+        assert is_plain(saved.get("hyper_parameters", {})), path
+
+
+def test_hyper_parameters_from_numpy_or_paths_are_stored_as_plain_values(tmp_path):
+    from automl.flash.fit import save_checkpoint
+    from automl.flash.tasks import ImageClassifier
+
+    # what pandas or a caller's code hands over: NumPy numbers, a tuple
+    model = ImageClassifier(
+        ("cat", "dog"), TINY_IMAGE_BACKBONE, pretrained=False, learning_rate=np.float64(0.01), dropout=np.float32(0.25)
+    )
+    save_checkpoint(model, tmp_path / "head.ckpt", epoch=0)  # a head trained on cached features
+    by_trainer = {"hyper_parameters": dict(model.hparams)}
+    model.on_save_checkpoint(by_trainer)  # what a Trainer does to its checkpoint
+    torch.save(by_trainer, tmp_path / "trainer.ckpt")
+    for path in (tmp_path / "head.ckpt", tmp_path / "trainer.ckpt"):
+        hparams = torch.load(path, weights_only=True)["hyper_parameters"]
+        assert hparams["learning_rate"] == 0.01 and hparams["dropout"] == 0.25 and hparams["labels"] == ["cat", "dog"]
+        assert is_plain(hparams)
+
+
+def test_plain_values_are_what_weights_only_loads_and_anything_else_is_named_when_saving():
+    from automl.checkpoints import plain
+
+    assert plain({"weights": Path("/w"), "sizes": (1, np.int64(2))}) == {"weights": "/w", "sizes": [1, 2]}
+    with pytest.raises(TypeError, match=r"hyper_parameters\.extra is a object; .* weights_only=True"):
+        plain({"extra": object()})
