@@ -345,6 +345,14 @@ def runs(output: Path) -> None:
     Console().print(table)
 
 
+_trust_checkpoint = click.option(
+    "--trust-checkpoint",
+    is_flag=True,
+    help="Load the run folder's checkpoint with full pickle loading and its own template, which can run any "
+    "code they carry. Only for a run folder whose maker you trust; automl's own never need it.",
+)
+
+
 @cli.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
@@ -358,8 +366,15 @@ def runs(output: Path) -> None:
 @click.option("--top-k", type=int, default=3, show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--input-field", help="The text column of a CSV/JSONL.")
+@_trust_checkpoint
 def predict(
-    run_dir: Path, data: Path, output: Path | None, top_k: int, batch_size: int, input_field: str | None
+    run_dir: Path,
+    data: Path,
+    output: Path | None,
+    top_k: int,
+    batch_size: int,
+    input_field: str | None,
+    trust_checkpoint: bool,
 ) -> None:
     """Predict with a finished run's final model. Unreadable inputs get an error row, not a crash."""
     from rich.console import Console
@@ -367,7 +382,7 @@ def predict(
 
     from automl.predict import Predictor, read_inputs, write_predictions
 
-    predictor = Predictor.load(run_dir)
+    predictor = Predictor.load(run_dir, trust_checkpoint)
     inputs, ids = read_inputs(predictor, data, input_field)
     method = predictor.predict_images if predictor.kind == "image" else predictor.predict_texts
     with Progress(console=Console(stderr=True), transient=True) as progress:
@@ -386,11 +401,12 @@ def predict(
 @cli.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript"]), default="onnx", show_default=True)
-def export(run_dir: Path, fmt: str) -> None:
+@_trust_checkpoint
+def export(run_dir: Path, fmt: str, trust_checkpoint: bool) -> None:
     """Export the final model (checked against PyTorch on the first validation batch, within 1e-4)."""
     from automl.export import export as do_export
 
-    exported = do_export(run_dir, fmt)
+    exported = do_export(run_dir, fmt, trust_checkpoint)
     click.echo(
         f"wrote {exported.path} (+ export.json with its preprocessing); max difference from PyTorch on "
         f"{exported.checked} validation examples: {exported.max_abs_diff:.2e}"
@@ -402,11 +418,12 @@ def export(run_dir: Path, fmt: str) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--max-body-mb", type=float, default=10.0, show_default=True, help="Larger requests get 413.")
-def serve(run_dir: Path, host: str, port: int, max_body_mb: float) -> None:
+@_trust_checkpoint
+def serve(run_dir: Path, host: str, port: int, max_body_mb: float, trust_checkpoint: bool) -> None:
     """Serve the final model over HTTP: POST /predict, GET /health, GET /labels, docs at /docs."""
     from automl.serve import serve as run_server
 
-    run_server(run_dir, host, port, int(max_body_mb * 1024 * 1024))
+    run_server(run_dir, host, port, int(max_body_mb * 1024 * 1024), trust_checkpoint=trust_checkpoint)
 
 
 @cli.command()

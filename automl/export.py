@@ -69,11 +69,11 @@ def check_inputs(predictor: Predictor, run_dir: Path) -> tuple:
     return encoded["input_ids"], encoded["attention_mask"]
 
 
-def export(run_dir: str | Path, fmt: str) -> Exported:
+def export(run_dir: str | Path, fmt: str, trust_checkpoint: bool = False) -> Exported:
     if fmt not in FORMATS:
         raise ConfigError(f"Unknown export format '{fmt}'. Choose one of: {', '.join(FORMATS)}.")
     run_dir = Path(run_dir)
-    predictor = Predictor.load(run_dir)
+    predictor = Predictor.load(run_dir, trust_checkpoint=trust_checkpoint)
     network = (ImageNetwork if predictor.kind == "image" else TextNetwork)(predictor).eval()
     inputs = check_inputs(predictor, run_dir)
     names = ["images"] if predictor.kind == "image" else ["input_ids", "attention_mask"]

@@ -55,8 +55,8 @@ def best_checkpoint_score(checkpoint) -> float | None:
         return float(checkpoint.best_model_score)
     if not checkpoint.best_model_path:
         return None
-    import torch
+    from automl.checkpoints import load
 
-    saved = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
+    saved = load(checkpoint.best_model_path)
     states = [state for key, state in saved.get("callbacks", {}).items() if key.startswith("ModelCheckpoint")]
     return next((float(s["best_model_score"]) for s in states if s.get("best_model_score") is not None), None)

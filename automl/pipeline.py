@@ -699,7 +699,10 @@ class RunJob:
                     {**preprocessing(config), "task": self.config.task, "backbone": config["backbone"]},
                 )
                 dump_yaml(config, best_dir / "template_config.yaml")
-            fit.write_json(best_dir / "tier.json", {"tier": tier, "template": self.journal["template"]})
+            # the built-in template as None: the path differs on the machine that loads the run folder,
+            # and a path there is code that `automl predict` runs only with --trust-checkpoint
+            template = self.journal["template"] if self.config.template else None
+            fit.write_json(best_dir / "tier.json", {"tier": tier, "template": template})
             shutil.copy2(self.run_dir / f"predictions_val.{tier}.csv", self.run_dir / PREDICTIONS_FILE)
             metrics = {
                 **verdict["scores"],

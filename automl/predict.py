@@ -34,8 +34,13 @@ class Predictor:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, run_dir: str | Path) -> Predictor:
+    def load(cls, run_dir: str | Path, trust_checkpoint: bool = False) -> Predictor:
+        """The run's final model. Nothing in the run folder runs as code unless ``trust_checkpoint``:
+        the checkpoint loads with ``weights_only=True`` and only the built-in template is imported;
+        otherwise ``UntrustedCode`` names the file and the fix (``--trust-checkpoint``)."""
         import yaml
+
+        from automl import checkpoints
 
         best = Path(run_dir) / BEST
         checkpoint = best / "model.ckpt"
@@ -51,10 +56,17 @@ class Predictor:
         if tier["tier"] == "lightning":
             from escalation.train import load_template
 
+            folder = tier.get("template")
+            if not (trust_checkpoint or _built_in_template(folder)):
+                raise checkpoints.UntrustedCode(
+                    f"{best / 'tier.json'} names the template '{folder}': Python code that loading this model "
+                    f"would run. Only automl's built-in template runs unless you pass {checkpoints.TRUST_OPTION} "
+                    "(do so only for a run folder whose maker you trust)."
+                )
             config = yaml.safe_load((best / "template_config.yaml").read_text())
-            template = load_template(tier.get("template"))
-            model = template.module.TemplateModule.load_from_checkpoint(
-                checkpoint, config={**config, "pretrained": False}, map_location="cpu"
+            template = load_template(folder)
+            model = checkpoints.load_module(
+                template.module.TemplateModule, checkpoint, trust_checkpoint, config={**config, "pretrained": False}
             )
             logits_fn = model.predict_logits
             if preprocessing["kind"] == "text":
@@ -64,7 +76,7 @@ class Predictor:
         else:
             from automl.flash.fit import load_classifier
 
-            model = load_classifier(checkpoint)
+            model = load_classifier(checkpoint, trust_checkpoint)
             logits_fn = model
             if preprocessing["kind"] == "text":
                 from transformers import AutoTokenizer
@@ -193,6 +205,13 @@ class Predictor:
             if on_batch:
                 on_batch(min(batch_size, len(inputs) - start))
         return rows
+
+
+def _built_in_template(folder: str | None) -> bool:
+    """Runs since this check record the built-in template as None; older ones as its path here."""
+    from escalation.train import TEMPLATE_DIR
+
+    return folder is None or Path(folder).resolve() == TEMPLATE_DIR.resolve()
 
 
 def _text(text) -> str:

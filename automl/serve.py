@@ -57,14 +57,14 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body.encode()})
 
 
-def create_app(run_dir: str | Path, max_bytes: int = DEFAULT_MAX_BYTES, top_k: int = 3):
+def create_app(run_dir: str | Path, max_bytes: int = DEFAULT_MAX_BYTES, top_k: int = 3, trust_checkpoint: bool = False):
     try:
         from fastapi import FastAPI, HTTPException, Request
         from fastapi.concurrency import run_in_threadpool
     except ImportError as exc:
         raise ConfigError("automl serve needs the serve extras: pip install 'automl[serve]'.") from exc
 
-    predictor = Predictor.load(run_dir)
+    predictor = Predictor.load(run_dir, trust_checkpoint=trust_checkpoint)
     app = FastAPI(
         title="automl prediction service",
         description=f"The final model of `{Path(run_dir).name}` ({predictor.kind} classification, "
@@ -134,8 +134,14 @@ def create_app(run_dir: str | Path, max_bytes: int = DEFAULT_MAX_BYTES, top_k: i
     return BodyLimit(app, max_bytes), app
 
 
-def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+def serve(
+    run_dir: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    trust_checkpoint: bool = False,
+) -> None:
     import uvicorn
 
-    limited, _ = create_app(run_dir, max_bytes)
+    limited, _ = create_app(run_dir, max_bytes, trust_checkpoint=trust_checkpoint)
     uvicorn.run(limited, host=host, port=port, log_level="info")

@@ -136,10 +136,10 @@ def predict_validation(template: Template, checkpoint: str | Path, config: dict)
     import numpy as np
     import torch
 
+    from automl import checkpoints
+
     datamodule = template.datamodule.TemplateDataModule(config)
-    model = template.module.TemplateModule.load_from_checkpoint(
-        checkpoint, config={**config, "pretrained": False}, map_location="cpu"
-    )
+    model = checkpoints.load_module(template.module.TemplateModule, checkpoint, config={**config, "pretrained": False})
     trainer = pl.Trainer(
         accelerator=config.get("accelerator", "auto"),
         devices=1,

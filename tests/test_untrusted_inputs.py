@@ -1,21 +1,28 @@
 """What someone else hands a finished run: a run folder they made.
 
-Every checkpoint automl writes holds tensors and plain values only: it loads with weights_only=True.
+Nothing in a run folder runs as code unless its user says they trust it (``--trust-checkpoint``).
 """
 
 from __future__ import annotations
 
+import builtins
 import json
 import shutil
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from click.testing import CliRunner
 from conftest import TINY_IMAGE_BACKBONE, tiny_run_config
 
 from automl import pipeline
+from automl.cli import cli
 
 UNREACHABLE = "val_loss<=0.0"  # a loss is never exactly 0: the run escalates
 
@@ -54,6 +61,30 @@ def lightning_best(run_dir: Path, folder: Path) -> Path:
     (best / "template_config.yaml").write_text(yaml.safe_dump(config))
     (best / "tier.json").write_text(json.dumps({"tier": "lightning", "template": None}))
     return folder
+
+
+class RunsCode:
+    """Pickled as a call to ``exec`` that writes ``marker``: what full pickle loading would run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (builtins.exec, (f"open({str(self.marker)!r}, 'w').write('ran')",))
+
+
+@pytest.fixture(params=["flash", "lightning"])
+def foreign(request, tmp_path, flash_run, escalated_run) -> tuple[Path, Path]:
+    """(a run folder whose checkpoint carries code, the file that code writes when it runs)."""
+    folder, marker = tmp_path / "foreign", tmp_path / "marker"
+    if request.param == "flash":
+        shutil.copytree(flash_run / "best", folder / "best")
+    else:
+        lightning_best(escalated_run, folder)
+    checkpoint = torch.load(folder / "best" / "model.ckpt", map_location="cpu", weights_only=True)
+    checkpoint["note"] = RunsCode(marker)
+    torch.save(checkpoint, folder / "best" / "model.ckpt")
+    return folder, marker
 
 
 def is_plain(value) -> bool:
@@ -104,3 +135,61 @@ def test_plain_values_are_what_weights_only_loads_and_anything_else_is_named_whe
     assert plain({"weights": Path("/w"), "sizes": (1, np.int64(2))}) == {"weights": "/w", "sizes": [1, 2]}
     with pytest.raises(TypeError, match=r"hyper_parameters\.extra is a object; .* weights_only=True"):
         plain({"extra": object()})
+
+
+# --------------------------------------------------------------------------- a foreign run folder
+def test_a_checkpoint_that_carries_code_is_refused_and_the_code_never_runs(foreign, images):
+    folder, marker = foreign
+    image = str(next(images.rglob("*.png")))
+    for command in (["predict", str(folder), "--data", image], ["export", str(folder), "--format", "torchscript"]):
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 2, result.output
+        assert f"'{folder / 'best' / 'model.ckpt'}' is not a plain checkpoint" in result.output
+        assert "GLOBAL exec" in result.output and "--trust-checkpoint" in result.output
+        assert not marker.exists()
+    # trusted: full pickle loading, as before, which runs what the file carries
+    trusted = CliRunner().invoke(cli, ["predict", str(folder), "--data", image, "--trust-checkpoint"])
+    assert trusted.exit_code == 0, trusted.output
+    assert marker.exists()
+
+
+def test_the_service_does_not_start_on_a_checkpoint_that_carries_code(foreign):
+    folder, marker = foreign
+    process = subprocess.Popen(
+        [sys.executable, "-m", "automl", "serve", str(folder), "--port", str(free_port())],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while process.poll() is None and not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)  # a bounded wait for it to refuse (or, wrongly, to load and serve)
+    if process.poll() is None:
+        process.kill()
+    output = process.communicate()[0]
+    assert process.returncode == 2, output[-3000:]
+    assert "is not a plain checkpoint" in output and "--trust-checkpoint" in output
+    assert not marker.exists()
+
+
+def test_a_run_folder_that_names_its_own_template_is_refused_and_it_never_runs(escalated_run, tmp_path, images):
+    marker, template = tmp_path / "marker", tmp_path / "their-template"
+    template.mkdir()
+    for name in ("datamodule.py", "module.py", "train.py"):
+        (template / name).write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    folder = lightning_best(escalated_run, tmp_path / "foreign")
+    (folder / "best" / "tier.json").write_text(json.dumps({"tier": "lightning", "template": str(template)}))
+    predict = ["predict", str(folder), "--data", str(next(images.rglob("*.png")))]
+    result = CliRunner().invoke(cli, predict)
+    assert result.exit_code == 2, result.output
+    assert f"names the template '{template}'" in result.output and "--trust-checkpoint" in result.output
+    assert not marker.exists()
+    CliRunner().invoke(cli, [*predict, "--trust-checkpoint"])  # trusted: their template is imported, as before
+    assert marker.exists()
+
+
+# --------------------------------------------------------------------------- helpers
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

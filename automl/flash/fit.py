@@ -303,15 +303,15 @@ def validate(trained: Trained) -> dict[str, float]:
     return scores
 
 
-def load_classifier(checkpoint: str | Path):
-    """A trained ImageClassifier or TextClassifier from its checkpoint (no pretrained weights needed)."""
-    import torch
-
+def load_classifier(checkpoint: str | Path, trust: bool = False):
+    """A trained ImageClassifier or TextClassifier from its checkpoint (no pretrained weights needed),
+    loaded with ``weights_only=True`` unless ``trust`` (see ``automl.checkpoints``)."""
+    from automl import checkpoints
     from automl.flash.tasks import ImageClassifier, TextClassifier
 
-    hparams = torch.load(checkpoint, map_location="cpu", weights_only=False).get("hyper_parameters", {})
+    hparams = checkpoints.load(checkpoint, trust).get("hyper_parameters", {})
     cls = TextClassifier if "max_length" in hparams else ImageClassifier
-    return cls.load_from_checkpoint(checkpoint, pretrained=False, map_location="cpu")
+    return checkpoints.load_module(cls, checkpoint, trust, pretrained=False)
 
 
 def predict_validation(model, datamodule, accelerator: str = "auto") -> tuple[np.ndarray, np.ndarray, list[str]]:
