@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from automl import __version__
-from automl.config import TASKS, FitConfig, RunConfig, check_task, load_yaml
+from automl.config import DEFAULT_MAX_PIXELS, TASKS, FitConfig, RunConfig, check_task, load_yaml
 from automl.errors import AutoMLError
 
 #: when this command started: a --time-budget counts from here, Python's imports included
@@ -351,6 +351,17 @@ _trust_checkpoint = click.option(
     help="Load the run folder's checkpoint with full pickle loading and its own template, which can run any "
     "code they carry. Only for a run folder whose maker you trust; automl's own never need it.",
 )
+_max_megapixels = click.option(
+    "--max-megapixels",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_MAX_PIXELS / 1e6,
+    show_default=True,
+    help="Images with more pixels are refused before they are decoded (decompression bombs).",
+)
+
+
+def _pixels(megapixels: float) -> int:
+    return int(megapixels * 1_000_000)
 
 
 @cli.command()
@@ -366,6 +377,7 @@ _trust_checkpoint = click.option(
 @click.option("--top-k", type=int, default=3, show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--input-field", help="The text column of a CSV/JSONL.")
+@_max_megapixels
 @_trust_checkpoint
 def predict(
     run_dir: Path,
@@ -374,15 +386,18 @@ def predict(
     top_k: int,
     batch_size: int,
     input_field: str | None,
+    max_megapixels: float,
     trust_checkpoint: bool,
 ) -> None:
-    """Predict with a finished run's final model. Unreadable inputs get an error row, not a crash."""
+    """Predict with a finished run's final model. Unreadable inputs (and images over the pixel cap)
+    get an error row, not a crash."""
     from rich.console import Console
     from rich.progress import Progress
 
-    from automl.predict import Predictor, read_inputs, write_predictions
+    from automl.predict import Predictor, our_pixel_cap_only, read_inputs, write_predictions
 
-    predictor = Predictor.load(run_dir, trust_checkpoint)
+    our_pixel_cap_only()
+    predictor = Predictor.load(run_dir, trust_checkpoint, _pixels(max_megapixels))
     inputs, ids = read_inputs(predictor, data, input_field)
     method = predictor.predict_images if predictor.kind == "image" else predictor.predict_texts
     with Progress(console=Console(stderr=True), transient=True) as progress:
@@ -418,12 +433,15 @@ def export(run_dir: Path, fmt: str, trust_checkpoint: bool) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--max-body-mb", type=float, default=10.0, show_default=True, help="Larger requests get 413.")
+@_max_megapixels
 @_trust_checkpoint
-def serve(run_dir: Path, host: str, port: int, max_body_mb: float, trust_checkpoint: bool) -> None:
+def serve(
+    run_dir: Path, host: str, port: int, max_body_mb: float, max_megapixels: float, trust_checkpoint: bool
+) -> None:
     """Serve the final model over HTTP: POST /predict, GET /health, GET /labels, docs at /docs."""
     from automl.serve import serve as run_server
 
-    run_server(run_dir, host, port, int(max_body_mb * 1024 * 1024), trust_checkpoint=trust_checkpoint)
+    run_server(run_dir, host, port, int(max_body_mb * 1024 * 1024), _pixels(max_megapixels), trust_checkpoint)
 
 
 @cli.command()

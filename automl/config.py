@@ -17,6 +17,9 @@ IMAGE_CLASSIFICATION = "image_classification"
 TEXT_CLASSIFICATION = "text_classification"
 #: task name -> data modality
 TASKS = {IMAGE_CLASSIFICATION: "image", TEXT_CLASSIFICATION: "text"}
+#: the most pixels an image given to `automl predict` / `automl serve` may have (checked on its header
+#: before anything is decoded): generous for photos (a 40-megapixel camera), far below a decompression bomb
+DEFAULT_MAX_PIXELS = 40_000_000
 
 
 def check_task(task: str) -> str:

@@ -18,9 +18,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from automl.config import DEFAULT_MAX_PIXELS
 from automl.errors import DataError
 
 BEST = "best"
+MAX_PIXELS_OPTION = "--max-megapixels"
+
+
+class ImageTooLarge(DataError):
+    """An image claims more pixels than the cap: refused before it is decoded."""
 
 
 @dataclass
@@ -31,10 +37,13 @@ class Predictor:
     preprocessing: dict
     tier: str
     tokenizer: object = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, run_dir: str | Path, trust_checkpoint: bool = False) -> Predictor:
+    def load(
+        cls, run_dir: str | Path, trust_checkpoint: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> Predictor:
         """The run's final model. Nothing in the run folder runs as code unless ``trust_checkpoint``:
         the checkpoint loads with ``weights_only=True`` and only the built-in template is imported;
         otherwise ``UntrustedCode`` names the file and the fix (``--trust-checkpoint``)."""
@@ -83,7 +92,7 @@ class Predictor:
 
                 tokenizer = AutoTokenizer.from_pretrained(model.tokenizer_source)
         model.eval()
-        return cls(model, logits_fn, labels, preprocessing, tier["tier"], tokenizer)
+        return cls(model, logits_fn, labels, preprocessing, tier["tier"], tokenizer, max_pixels)
 
     @property
     def kind(self) -> str:
@@ -105,21 +114,53 @@ class Predictor:
         )
 
     def image_tensor(self, source) -> torch.Tensor:
-        """A path, raw bytes or PIL image -> the network's input; raises ``DataError`` for non-images."""
-        from PIL import Image, UnidentifiedImageError
+        """A path, raw bytes or PIL image -> the network's input; raises ``DataError`` for non-images
+        and ``ImageTooLarge`` for an image over ``max_pixels`` (before decoding it)."""
+        from PIL import Image
 
         from automl.data.image import to_rgb
 
         try:
-            if isinstance(source, Image.Image):
-                image = source
-            else:
-                image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            image = self._open(source)
+            if not isinstance(source, Image.Image):
                 image.load()
             image = to_rgb(image)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        except _UNREADABLE as exc:
             raise DataError(f"not a readable image ({type(exc).__name__}: {exc})") from exc
         return self.image_transform()(image)
+
+    def check_pixels(self, source) -> None:
+        """Raise ``ImageTooLarge`` when ``source`` (a path, bytes or PIL image) claims more than
+        ``max_pixels``; only its header is read, and any other problem is left to ``image_tensor``."""
+        try:
+            image = self._open(source)
+        except _UNREADABLE:
+            return
+        if image is not source:
+            image.close()
+
+    def _open(self, source):
+        """The image, opened lazily: its header's size is checked against the cap before any pixel is
+        decoded, so a tiny file that claims 30000x30000 costs microseconds and no memory."""
+        from PIL import Image
+
+        if isinstance(source, Image.Image):
+            image = source
+        else:
+            try:
+                image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            except Image.DecompressionBombError as exc:  # PIL's own, higher limit, where it is still on
+                raise ImageTooLarge(f"{exc} It is over the limit of {self._cap()} ({MAX_PIXELS_OPTION}).") from exc
+        width, height = image.size
+        if width * height > self.max_pixels:
+            raise ImageTooLarge(
+                f"the image is {width}x{height} pixels ({width * height / 1e6:.3g} megapixels), over the limit of "
+                f"{self._cap()} ({MAX_PIXELS_OPTION}); it was not decoded"
+            )
+        return image
+
+    def _cap(self) -> str:
+        return f"{self.max_pixels / 1e6:g} megapixels"
 
     def encode(self, texts: Sequence[str]) -> dict:
         encoded = self.tokenizer(
@@ -205,6 +246,20 @@ class Predictor:
             if on_batch:
                 on_batch(min(batch_size, len(inputs) - start))
         return rows
+
+
+#: what PIL raises for a file that is not an image it can decode
+_UNREADABLE = (OSError, SyntaxError, ValueError)  # UnidentifiedImageError is an OSError
+
+
+def our_pixel_cap_only() -> None:
+    """For a process that decodes untrusted images (``automl predict``, ``automl serve``): turn off
+    PIL's decompression-bomb limit, a warning at 89 and an error at 179 megapixels that would answer
+    the largest bombs before our lower, explicit cap (``Predictor.max_pixels``, checked on every
+    input) with a message that names no option."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None
 
 
 def _built_in_template(folder: str | None) -> bool:

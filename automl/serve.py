@@ -4,14 +4,16 @@
   ``{"texts": [...]}`` (text tasks), answered with the label, its probability and the top k.
 - ``GET /health``, ``GET /labels``; OpenAPI docs at ``/docs``.
 
-Bad input never gets a 500: a body over the size limit gets 413, a file that is not an image or a
-body of the wrong kind gets 400 with the reason.
+Bad input never gets a 500: a body over the size limit, or an image whose header claims more pixels
+than the cap (a decompression bomb), gets 413; a file that is not an image or a body of the wrong
+kind gets 400 with the reason.
 """
 
 from pathlib import Path
 
+from automl.config import DEFAULT_MAX_PIXELS
 from automl.errors import ConfigError, DataError
-from automl.predict import Predictor
+from automl.predict import ImageTooLarge, Predictor, our_pixel_cap_only
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 
@@ -57,14 +59,20 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body.encode()})
 
 
-def create_app(run_dir: str | Path, max_bytes: int = DEFAULT_MAX_BYTES, top_k: int = 3, trust_checkpoint: bool = False):
+def create_app(
+    run_dir: str | Path,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    top_k: int = 3,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    trust_checkpoint: bool = False,
+):
     try:
         from fastapi import FastAPI, HTTPException, Request
         from fastapi.concurrency import run_in_threadpool
     except ImportError as exc:
         raise ConfigError("automl serve needs the serve extras: pip install 'automl[serve]'.") from exc
 
-    predictor = Predictor.load(run_dir, trust_checkpoint=trust_checkpoint)
+    predictor = Predictor.load(run_dir, trust_checkpoint=trust_checkpoint, max_pixels=max_pixels)
     app = FastAPI(
         title="automl prediction service",
         description=f"The final model of `{Path(run_dir).name}` ({predictor.kind} classification, "
@@ -96,6 +104,14 @@ def create_app(run_dir: str | Path, max_bytes: int = DEFAULT_MAX_BYTES, top_k: i
         }
     }
 
+    def predict_images(data: list[bytes], names: list[str]) -> list[dict]:
+        for name, image in zip(names, data, strict=True):  # headers only: a bomb refuses the request
+            try:
+                predictor.check_pixels(image)
+            except ImageTooLarge as error:
+                raise HTTPException(413, f"{name}: {error}") from error
+        return predictor.predict_images(data, names, top_k)
+
     @app.post("/predict", openapi_extra=body_doc)
     async def predict(request: Request) -> dict:
         kind = request.headers.get("content-type", "")
@@ -108,7 +124,7 @@ def create_app(run_dir: str | Path, max_bytes: int = DEFAULT_MAX_BYTES, top_k: i
                 raise HTTPException(400, "The multipart body has no file in the field 'file'.")
             data = [await upload.read() for upload in uploads]
             names = [upload.filename or f"file {i}" for i, upload in enumerate(uploads)]
-            rows = await run_in_threadpool(predictor.predict_images, data, names, top_k)
+            rows = await run_in_threadpool(predict_images, data, names)
         else:
             try:
                 payload = await request.json()
@@ -139,9 +155,11 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
     trust_checkpoint: bool = False,
 ) -> None:
     import uvicorn
 
-    limited, _ = create_app(run_dir, max_bytes, trust_checkpoint=trust_checkpoint)
+    our_pixel_cap_only()
+    limited, _ = create_app(run_dir, max_bytes, max_pixels=max_pixels, trust_checkpoint=trust_checkpoint)
     uvicorn.run(limited, host=host, port=port, log_level="info")

@@ -35,6 +35,22 @@ def make_image_folder(root: Path, per_class: int = 20, classes: dict[str, int] =
     return root
 
 
+def decompression_bomb(width: int = 30_000, height: int = 30_000) -> bytes:
+    """A PNG of a few hundred kB that decodes to ``width`` x ``height`` black pixels (900 MB in PIL's
+    1-bit mode, 2.7 GB as RGB). Written row by row, so making it takes no memory."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\x00" * (1 + (width + 7) // 8)  # filter byte + one bit a pixel
+    packer = zlib.compressobj(9)
+    pixels = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     root = make_image_folder(tmp_path / "images")
