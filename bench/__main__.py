@@ -10,7 +10,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import memory, pipeline_speed, quality, training
+from bench import memory, pipeline_speed, quality, serve_load, training
 from bench.common import Result
 
 BENCHMARKS = {
@@ -19,6 +19,7 @@ BENCHMARKS = {
     "data_pipeline": pipeline_speed.data_pipeline,
     "peak_memory": memory.peak_memory,
     "cli_latency": pipeline_speed.cli_latency,
+    "serve_load": serve_load.serve_load,
     "digits_quality": quality.digits_quality,
     "ag_news_quality": quality.ag_news_quality,
     "clothing_quality": quality.clothing_quality,
