@@ -199,15 +199,22 @@ LIGHTNING = "lightning"
 def tune_worker(config: RunConfig, progress: bool = True, report: Report | None = None) -> dict:
     """``automl tune``: join (or create) the study in ``config.storage`` and run Flash-tier trials until
     it holds ``config.trials`` finished ones, whoever ran them. Verdict and report are ``automl run``'s."""
+    from automl.progress import detach_run_log
     from automl.tracking import own_tracking_uri
     from automl.tuning import WORKER
 
     with own_tracking_uri():
-        return _tune_worker(config, progress, report, WORKER)
+        try:
+            return _tune_worker(config, progress, report, WORKER)
+        except BaseException as error:
+            _log_error(error)
+            raise
+        finally:
+            detach_run_log()
 
 
 def _tune_worker(config: RunConfig, progress: bool, report: Report | None, worker: str) -> dict:
-    job = RunJob(config, progress, report, None)
+    job = RunJob(config, progress, report, None, who=worker)
     job.stop.install(job.say)
     try:
         job.inspect()
@@ -218,6 +225,7 @@ def _tune_worker(config: RunConfig, progress: bool, report: Report | None, worke
             deadline=job.deadline,
             on_trial=job._on_trial(3, "tuning"),
             on_wait=job._on_wait(3, "tuning"),
+            on_trial_end=job._on_trial_end(3, "tuning"),
         )
         job.tracker.end(job.parent, "FINISHED")
     except BaseException:
@@ -252,25 +260,53 @@ def run(
     With ``handle_interrupts`` (the CLI), Ctrl-C stops after the current epoch, judges and reports
     what finished, and the result's exit code is 130; the same command later resumes. The time budget
     counts from ``started`` (``time.time()``; the CLI's start), else from now."""
+    from automl.progress import detach_run_log
     from automl.tracking import own_tracking_uri
 
     with own_tracking_uri():
-        job = RunJob(config, progress, report, pruner, started)
-        if handle_interrupts:
-            job.stop.install(job.say)
         try:
-            return job.execute()
+            job = RunJob(config, progress, report, pruner, started)
+            if handle_interrupts:
+                job.stop.install(job.say)
+            try:
+                return job.execute()
+            finally:
+                job.stop.uninstall()
+        except BaseException as error:
+            _log_error(error)
+            raise
         finally:
-            job.stop.uninstall()
+            detach_run_log()
+
+
+def _log_error(error: BaseException) -> None:
+    """What ended a run, as the last line of its ``run.log`` (the CLI prints it on stderr)."""
+    from automl.errors import AutoMLError
+    from automl.progress import stage_line
+
+    if isinstance(error, KeyboardInterrupt):
+        stage_line("stopped: interrupted")
+    elif not isinstance(error, SystemExit):
+        stage_line(f"error: {error}" if isinstance(error, AutoMLError) else f"error: {type(error).__name__}: {error}")
 
 
 class RunJob:
-    """One ``automl run``: its stores, folder, journal and stages (one method each)."""
+    """One ``automl run`` (or ``automl tune`` worker, named ``who``): its stores, folder, journal,
+    ``run.log`` and stages (one method each)."""
 
-    def __init__(self, config: RunConfig, progress: bool, report: Report | None, pruner, started: float | None = None):
+    def __init__(
+        self,
+        config: RunConfig,
+        progress: bool,
+        report: Report | None,
+        pruner,
+        started: float | None = None,
+        who: str = "",
+    ):
         from automl import tracking
         from automl.data.common import existing_path
         from automl.flash import fit
+        from automl.progress import attach_run_log
         from automl.target import parse_target
 
         fit.quiet_library_logs()
@@ -280,7 +316,7 @@ class RunJob:
         config = _fit_to_data(config, self.datamodule)
         self.config = config
         self.progress = progress
-        self.say = report or (lambda line: None)
+        self.report = report or (lambda line: None)
         self.pruner = pruner if pruner is not None else config.pruner
         self.started = time.monotonic()
         started = time.time() if started is None else started
@@ -303,16 +339,17 @@ class RunJob:
         self.stop = StopRequest()
         self.flash_tuner = self._tuner(self.name, _search_space(config, FLASH))
         self.flash_tuner.cheaper = lambda: _cheaper(self.flash_tuner)
-        if self.flash_tuner.recovered:
-            self.say(
-                f"trials {self.flash_tuner.recovered} were left running by a process that died: "
-                "recorded as failed and run again"
-            )
         uri = config.tracking_uri or tracking.default_tracking_uri(self.output)
         self.tracker = tracking.Tracker(uri, self.output / "mlartifacts")
 
         self.run_dir = self.output / self.name
         self.run_dir.mkdir(exist_ok=True)
+        attach_run_log(self.run_dir, who)
+        if self.flash_tuner.recovered:
+            self.say(
+                f"trials {self.flash_tuner.recovered} were left running by a process that died: "
+                "recorded as failed and run again"
+            )
         self.features = FeatureCache(self.run_dir / "features")
         dump_yaml(
             {k: list(v) if isinstance(v, tuple) else v for k, v in config.to_dict().items()}, self.run_dir / CONFIG_FILE
@@ -349,6 +386,13 @@ class RunJob:
         tuner.stop = self.stop  # one Ctrl-C stops whichever study is running
         tuner.sized_trials = self.budget is not None
         return tuner
+
+    def say(self, line: str) -> None:
+        """A stage line: to the CLI's ``report`` hook (stderr) and to ``run.log``."""
+        from automl.progress import stage_line
+
+        stage_line(line)
+        self.report(line)
 
     # ------------------------------------------------------------------ the stages
     def execute(self) -> RunResult:
@@ -429,7 +473,26 @@ class RunJob:
         def show(p) -> None:
             left = "" if p.seconds_left is None else f", {_minutes(p.seconds_left)} left"
             best = "" if p.best is None else f", best {p.best:.3f}"
-            self.say(f"[{number}/{self.total}] {role}: trial {p.number + 1}/{p.total}{best}{left}")
+            # the count, and the trial's number as the epoch lines, study.csv and MLflow name it
+            self.say(f"[{number}/{self.total}] {role}: trial {p.number + 1}/{p.total} (#{p.number}){best}{left}")
+
+        return show
+
+    def _on_trial_end(self, number: int, role: str):
+        """A line per finished trial, with the epoch lines (``run.log``; stderr when it is no terminal)."""
+        from automl.progress import PROGRESS, short_params
+
+        def show(trial) -> None:
+            state = trial.state.name.lower()
+            seconds = trial.user_attrs.get("seconds")
+            took = "" if seconds is None else f" in {_minutes(seconds)}"
+            if state == "complete":
+                result = f"{state}{took}: {self.target.metric}={trial.value:.4f}"
+            else:  # failed or pruned, with the reason
+                why = trial.user_attrs.get("fail_reason") or trial.user_attrs.get("pruned_reason") or ""
+                result = f"{state}{took}" + (f" ({why.splitlines()[0][:200]})" if why.strip() else "")
+            params = short_params(trial.params)
+            PROGRESS.info(f"[{number}/{self.total}] {role}: trial #{trial.number} {result}; {params}")
 
         return show
 
@@ -472,6 +535,7 @@ class RunJob:
                 deadline=self.tune_deadline or self.deadline,
                 on_trial=self._on_trial(2, "baseline"),
                 on_wait=self._on_wait(2, "baseline"),
+                on_trial_end=self._on_trial_end(2, "baseline"),
             )
             # trial 0, or its retry when the process running it died
             baseline = [t for t in self.flash_tuner.finished_trials() if t.user_attrs.get("role") == tuning_baseline()]
@@ -496,6 +560,7 @@ class RunJob:
             deadline=deadline,
             on_trial=self._on_trial(number, role),
             on_wait=self._on_wait(number, role),
+            on_trial_end=self._on_trial_end(number, role),
         )
         best = tuner.best_trial()
         summary = tuner.summary()
@@ -753,11 +818,14 @@ class RunJob:
     def _flash_trial(self, number: int, params: dict, callbacks: list, logger):
         from automl import tuning
         from automl.flash import fit
+        from automl.flash.features import HEAD_EPOCHS_PER_EPOCH
+        from automl.progress import EpochLines
 
         config = self.config.fit_config(**params)
         served = fit.data_for(config, self.datamodule)
         out = self.run_dir / "trials" / str(number)
         if self.flash_tuner.space.head_only(params):
+            callbacks = [*callbacks, EpochLines(f"trial #{number}", every=HEAD_EPOCHS_PER_EPOCH)]
             self._check_time_for_features(config, served)
             features = self.features.get(config, served)
             if self.deadline is not None:
@@ -768,7 +836,10 @@ class RunJob:
                 ]
             trained = fit.train_head(config, served, out, features, self.target.metric, callbacks, logger)
             return tuning.TrialOutcome(trained.best_score, trained.checkpoint, trained.best_epoch)
+        epochs = config.epochs
         config, head = self._warm_head(config, served, out)
+        # after a head trained on cached features for the first epochs, the lines count on from them
+        callbacks = [*callbacks, EpochLines(f"trial #{number}", first=epochs - config.epochs)]
         size, callbacks = self._sized(config, callbacks, self.tune_deadline, number)
         limit = 1.0
         if size is not None:
@@ -851,6 +922,7 @@ class RunJob:
     def _lightning_trial(self, template):
         from automl import tuning
         from automl.flash import fit
+        from automl.progress import EpochLines
 
         def train(number: int, params: dict, callbacks: list, logger):
             config = self._template_config(params, number)
@@ -858,7 +930,7 @@ class RunJob:
             size, callbacks = self._sized(self.config.fit_config(**shared), callbacks, self.deadline, number)
             if size is not None:
                 config["epochs"], config["limit_train_batches"] = size.epochs, size.train_fraction
-            extra = [*callbacks, fit.QuietLibraries()]
+            extra = [*callbacks, fit.QuietLibraries(), EpochLines(f"{LIGHTNING} trial #{number}")]
             with template.importable():  # a distributed trial's processes unpickle its classes by name
                 result = template.train.fit(config, extra_callbacks=extra, logger=logger, progress=self.progress)
             return tuning.TrialOutcome(result["best_score"], result["checkpoint"], result["best_epoch"])

@@ -407,9 +407,9 @@ def test_ctrl_c_stops_every_process_of_a_distributed_trial_after_the_same_epoch(
         images, output, "--target accuracy>=0 --trials 3 --epochs 4 --study c", start_new_session=True
     )
     seen = []
-    for line in process.stderr:  # the second trial's second epoch has begun: press Ctrl-C
+    for line in process.stderr:  # the second trial's first epoch has ended: press Ctrl-C in its second
         seen.append(line)
-        if "Epoch 1/" in line and any("[3/6] tuning: trial 2/3" in earlier for earlier in seen):
+        if line.startswith("trial #1 epoch 1/"):
             os.killpg(process.pid, signal.SIGINT)
             break
     else:
