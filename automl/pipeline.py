@@ -529,7 +529,8 @@ class RunJob:
         params = self.baseline_params_enqueued()
 
         def work() -> dict:
-            self.flash_tuner.run(
+            before = len(self.flash_tuner.finished_trials())
+            why = self.flash_tuner.run(
                 self.flash_train,
                 total_trials=1,
                 deadline=self.tune_deadline or self.deadline,
@@ -539,6 +540,14 @@ class RunJob:
             )
             # trial 0, or its retry when the process running it died
             baseline = [t for t in self.flash_tuner.finished_trials() if t.user_attrs.get("role") == tuning_baseline()]
+            if len(self.flash_tuner.finished_trials()) == before:  # say why it trained nothing
+                if why == "budget":
+                    self.say(f"[2/{self.total}] baseline: not started: {self._no_time_left()}")
+                elif baseline:
+                    self.say(
+                        f"[2/{self.total}] baseline: trial #{baseline[0].number} finished in an earlier run or by "
+                        f"another worker ({self.target.metric} {baseline[0].value})"
+                    )
             return _trial_result(baseline[0]) if baseline else {"state": "not started"}
 
         base = self.stage(
@@ -565,23 +574,24 @@ class RunJob:
         best = tuner.best_trial()
         summary = tuner.summary()
         new = len(tuner.finished_trials()) - before
-        if new == 0 and why == "budget":
-            spent = time.time() - self.budget.started if self.budget else 0.0
-            reason = tuner.out_of_time or f"no time left ({_minutes(spent)} of {_minutes(self.budget.seconds)} spent)"
-            self.say(f"[{number}/{self.total}] {role}: no new trial: {reason}")
-        elif new == 0 and why == "trials":
-            self.say(f"[{number}/{self.total}] {role}: {before} of {trials} trials finished in earlier runs")
         counts = Counter(row["state"].lower() for row in summary)
         note = {"trials": "all trials done", "budget": "time budget reached", "interrupted": "interrupted"}.get(
             why, why
         )
         if tuner.out_of_time:
             note = f"{note} ({tuner.out_of_time})"
+        if new == 0 and why in ("budget", "trials"):
+            note = self._why_no_new_trial(tuner, why, trials, before, stage_name, deadline)
+            self.say(f"[{number}/{self.total}] {role}: {note}")
         note = f"{note}; {new} new; " + ", ".join(f"{n} {state}" for state, n in counts.items())
         self.lines.append(
             StageLine(stage_name, len(summary), best.value if best else None, time.monotonic() - t0, note)
         )
         if best is None and stage_name == "tune":
+            if why == "budget" and not tuner.finished_trials():  # none even started
+                raise DataError(
+                    f"No trial could start within the time budget: {self._no_time_left()}. Give a larger --time-budget."
+                )
             raise DataError(f"No {role} trial finished with a score; see the reasons in {self.run_dir / STUDY_FILE}.")
         return {
             "study": tuner.study.study_name,
@@ -593,6 +603,35 @@ class RunJob:
             "trials": len(summary),
             "summary": summary,
         }
+
+    def _why_no_new_trial(self, tuner, why: str, trials: int, before: int, stage_name: str, deadline) -> str:
+        """What a stage that started no trial says: the time it lacked, or who ran the trials it asks for."""
+        if why == "budget":
+            if tuner.out_of_time:
+                return f"no new trial: {tuner.out_of_time}"
+            ran_here = before > tuner.finished_before  # the baseline stage trained in this run
+            after = {"tune": "the baseline" if ran_here else "", "escalate": "tuning"}.get(stage_name, "")
+            return self._no_time_left(after, deadline if stage_name == "tune" else None)
+        earlier = min(before, tuner.finished_before)
+        here = before - earlier
+        if earlier == 0:
+            return f"no new trial: --trials {trials} is reached with the baseline"
+        if here == 0:
+            return f"no new trial: {earlier} of {trials} trials finished in earlier runs or by other workers"
+        return (
+            f"no new trial: --trials {trials} is reached ({earlier} trial(s) finished in earlier runs or by other "
+            f"workers, {here} in this run's baseline)"
+        )
+
+    def _no_time_left(self, after: str = "", deadline: float | None = None) -> str:
+        """``no time left after the baseline (14m of the 20m budget spent; ...)``."""
+        spent = time.time() - self.budget.started
+        text = "no time left" + (f" after {after}" if after else "")
+        text += f" ({_minutes(spent)} of the {_minutes(self.budget.seconds)} budget spent"
+        if deadline is not None and deadline < self.budget.deadline - 1:
+            share = deadline - self.budget.started
+            text += f"; tuning may use {_minutes(share)} of it, the rest is the escalation's"
+        return text + ")"
 
     def tune(self) -> dict:
         flash = self._run_study(

@@ -430,6 +430,8 @@ class Tuner:
         self.cheaper: Callable[[], dict | None] | None = None
         self.cheap_only = False  # since a trial did not fit, every new trial is of the cheaper kind
         self.recovered = self.recover_dead_trials()
+        #: finished trials that count, when this process opened the study (earlier runs, other workers)
+        self.finished_before = len(self.finished_trials())
 
     def _storage(self, url: str, heartbeat: int | None):
         """A shared database gets Optuna's heartbeat: each running trial says it is alive every

@@ -1,5 +1,5 @@
 """Logs a person can read (issue 12): plain lines when stderr is not a terminal, the live bar when it
-is, and ``run.log`` in the run folder either way."""
+is, ``run.log`` in the run folder either way, and stage lines that say why a stage did nothing."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import re
 import subprocess
 import sys
 import threading
+import time
 
 import optuna
-from conftest import TINY_IMAGE_BACKBONE
+from conftest import TINY_IMAGE_BACKBONE, tiny_run_config
 
+from automl import pipeline
 from automl.progress import RUN_LOG
 
 EPOCH_LINE = re.compile(r"^trial #(\d+) epoch (\d+)/(\d+): (.*) \(\d+\.\d+s\)$")
@@ -105,3 +107,44 @@ def test_on_a_terminal_the_live_bar_stays_and_run_log_still_gets_the_lines(image
     assert sum(1 for line in logged if EPOCH_LINE.match(line)) >= 2
     assert sum(1 for line in logged if TRIAL_LINE.match(line)) == 2
     assert any(line.startswith("[1/6] inspect:") for line in logged)
+
+
+def test_a_baseline_that_uses_up_the_budget_says_so_in_the_tuning_line(images, tmp_path, tracking_uri, monkeypatch):
+    """The baseline takes the whole budget (the clock jumps by it when the baseline ends): tuning
+    starts no trial and its stage line says why, not "1 of 4 trials finished in earlier runs"."""
+    real_time, jump = time.time, [0.0]
+    monkeypatch.setattr(time, "time", lambda: real_time() + jump[0])
+    trial = pipeline.RunJob._flash_trial
+
+    def baseline_that_takes_the_budget(job, number, params, callbacks, logger):
+        outcome = trial(job, number, params, callbacks, logger)
+        if number == 0:
+            jump[0] += 60.0
+        return outcome
+
+    monkeypatch.setattr(pipeline.RunJob, "_flash_trial", baseline_that_takes_the_budget)
+    lines = []
+    config = tiny_run_config(images, tmp_path, tracking_uri=tracking_uri, trials=4, time_budget="60s")
+    result = pipeline.run(config, progress=False, report=lines.append)
+
+    (tuning,) = [line for line in lines if line.startswith("[3/6] tuning: ")]
+    assert re.fullmatch(
+        r"\[3/6\] tuning: no time left after the baseline \(\d+s of the 60s budget spent; "
+        r"tuning may use 36s of it, the rest is the escalation's\)",
+        tuning,
+    ), lines
+    (tune,) = [line for line in result.stages if line.stage == "tune"]
+    assert tune.note.startswith("no time left after the baseline")
+    assert result.met  # the baseline is judged
+
+
+def test_a_study_whose_trials_are_done_says_who_did_them(images, tmp_path, tracking_uri):
+    """A run of one trial: the baseline is all of it, in this run; the same command again finds it done
+    in an earlier run."""
+    config = tiny_run_config(images, tmp_path, tracking_uri=tracking_uri, trials=1)
+    first, again = [], []
+    pipeline.run(config, progress=False, report=first.append)
+    assert "[3/6] tuning: no new trial: --trials 1 is reached with the baseline" in first, first
+
+    pipeline.run(config, progress=False, report=again.append)
+    assert "[3/6] tuning: no new trial: 1 of 1 trials finished in earlier runs or by other workers" in again, again
