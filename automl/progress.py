@@ -27,6 +27,8 @@ PROGRESS = logging.getLogger("automl.run.progress")
 STAGES = logging.getLogger("automl.run.stages")
 LOG.setLevel(logging.INFO)
 LOG.propagate = False
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+_run_log: tuple[str, str] | None = None  # the attached run log: its path, and who writes it
 
 
 def plain() -> bool:
@@ -64,19 +66,27 @@ def attach_run_log(run_dir: Path, who: str = "") -> Path:
     """``run_dir/run.log`` gets every line from now on (appended: a resumed run continues it); ``who``
     names the process in each line, for workers sharing a run folder. One run log per process: a
     previous one is detached."""
+    global _run_log
     detach_run_log()
     path = Path(run_dir) / RUN_LOG
-    handler = logging.FileHandler(path, encoding="utf-8")
-    prefix = f"{who} " if who else ""
-    handler.setFormatter(logging.Formatter(f"%(asctime)s {prefix}%(message)s", "%Y-%m-%d %H:%M:%S"))
-    LOG.addHandler(handler)
+    _add_file_handler(str(path), who)
+    _run_log = (str(path), who)
     return path
 
 
 def detach_run_log() -> None:
+    global _run_log
+    _run_log = None
     for handler in [h for h in LOG.handlers if isinstance(h, logging.FileHandler)]:
         LOG.removeHandler(handler)
         handler.close()
+
+
+def _add_file_handler(path: str, who: str) -> None:
+    handler = logging.FileHandler(path, encoding="utf-8")
+    prefix = f"{who} " if who else ""
+    handler.setFormatter(logging.Formatter(f"%(asctime)s {prefix}%(message)s", TIME_FORMAT))
+    LOG.addHandler(handler)
 
 
 def stage_line(line: str) -> None:
@@ -84,20 +94,15 @@ def stage_line(line: str) -> None:
     STAGES.info(line)
 
 
-def _where_lines_go() -> tuple[str | None, str, bool]:
-    """This process's run log (path and format) and whether progress goes to stderr: handed to the
-    processes Lightning spawns for a distributed trial, which start without them."""
-    files = [h for h in LOG.handlers if isinstance(h, logging.FileHandler)]
-    path = files[0].baseFilename if files else None
-    form = files[0].formatter._fmt if files and files[0].formatter else "%(message)s"
-    return path, form, any(isinstance(h, _Stderr) for h in PROGRESS.handlers)
+def _where_lines_go() -> tuple[tuple[str, str] | None, bool]:
+    """This process's run log and whether progress goes to stderr: handed to the processes Lightning
+    spawns for a distributed trial, which start without them."""
+    return _run_log, any(isinstance(h, _Stderr) for h in PROGRESS.handlers)
 
 
-def _send_lines_to(path: str | None, form: str, stderr: bool) -> None:
-    if path and not any(isinstance(h, logging.FileHandler) for h in LOG.handlers):
-        handler = logging.FileHandler(path, encoding="utf-8")
-        handler.setFormatter(logging.Formatter(form, "%Y-%m-%d %H:%M:%S"))
-        LOG.addHandler(handler)
+def _send_lines_to(run_log: tuple[str, str] | None, stderr: bool) -> None:
+    if run_log and not any(isinstance(h, logging.FileHandler) for h in LOG.handlers):
+        _add_file_handler(*run_log)
     if stderr and not any(isinstance(h, _Stderr) for h in PROGRESS.handlers):
         PROGRESS.addHandler(_Stderr())
 
@@ -135,7 +140,7 @@ def _metric_order(name: str) -> tuple[int, str]:
 
 class EpochLines(pl.Callback):
     """One line per epoch with that epoch's metrics, into ``automl.run.progress``:
-    ``trial 3 epoch 2/5: train_loss=0.412 val_loss=0.388 val_accuracy=0.912 ... (4.1s)``.
+    ``trial #3 epoch 2/5: train_loss=0.412 val_loss=0.388 val_accuracy=0.912 ... (4.1s)``.
 
     ``every`` > 1 writes one line per that many of Lightning's epochs (a head on cached features runs
     several short ones per epoch of the trial); ``first`` epochs of the trial were trained before
