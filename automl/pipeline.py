@@ -37,6 +37,8 @@ INSPECTION_FILE = "inspection.json"
 PREDICTIONS_FILE = "predictions_val.csv"
 STUDY_FILE = "study.csv"
 STAGES = ("inspect", "baseline", "tune", "verdict", "escalate", "finalise")
+#: the study's user attribute naming its MLflow parent run in each tracking store: {tracking URI: run id}
+PARENT_RUNS_ATTR = "mlflow_parent_runs"
 #: exit status of ``automl run`` when the target is missed (0: met, 2: bad input)
 EXIT_MISSED = 3
 #: exit status of ``automl run`` stopped by Ctrl-C (after judging and reporting what finished)
@@ -355,11 +357,7 @@ class RunJob:
             {k: list(v) if isinstance(v, tuple) else v for k, v in config.to_dict().items()}, self.run_dir / CONFIG_FILE
         )
         self.journal = Journal(self.run_dir / JOURNAL_FILE)
-        self.parent = self.tracker.start_parent(
-            self.name,
-            {"task": config.task, "target": str(self.target), "study": self.name},
-            resume_run_id=self.journal["mlflow_run_id"],
-        )
+        self.parent = self._parent_run({"task": config.task, "target": str(self.target), "study": self.name})
         self.journal["mlflow_run_id"] = self.parent
         self.journal["study"] = self.name
         self.tracker.log_params(self.parent, {k: v for k, v in config.to_dict().items() if v is not None})
@@ -368,6 +366,23 @@ class RunJob:
             from escalation.callbacks import WebhookNotifier
 
             self.notifier = WebhookNotifier(config.notify_url, run=self.name)
+
+    def _parent_run(self, tags: dict[str, str]) -> str:
+        """The study's MLflow parent run: this run folder's (a resumed run), else the one the study's
+        workers share in this tracking store (its id kept in the study), else a new one. On a shared
+        database one process at a time picks it, so workers started together make one, not one each."""
+        from automl.storage import PARENT_RUN_LOCK_KEY, advisory_lock
+
+        study = self.flash_tuner.study
+        uri = self.tracker.tracking_uri
+        with advisory_lock(self.storage, PARENT_RUN_LOCK_KEY):
+            known = dict(study.user_attrs.get(PARENT_RUNS_ATTR, {}))
+            parent = self.tracker.start_parent(
+                self.name, tags, resume_run_id=self.journal["mlflow_run_id"] or known.get(uri)
+            )
+            if known.get(uri) != parent:
+                study.set_user_attr(PARENT_RUNS_ATTR, {**known, uri: parent})
+        return parent
 
     def _tuner(self, name: str, space):
         from automl import tuning
