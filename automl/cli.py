@@ -136,13 +136,21 @@ study_options = _options(_STUDY_OPTIONS)
 
 
 def _stage_reporter(quiet: bool):
-    """Stage lines (``[3/6] tuning: trial 7/20 ...``) on stderr, or nowhere with -q."""
+    """Stage lines (``[3/6] tuning: trial 7/20 ...``) on stderr, or nowhere with -q. When stderr is not
+    a terminal (a log file, CI, nohup), a line per epoch and per trial too, instead of a live bar."""
+    _plain_progress(quiet)
 
     def report(line: str) -> None:
         if not quiet:
             click.secho(line, fg="cyan", err=True)
 
     return report
+
+
+def _plain_progress(quiet: bool) -> None:
+    from automl.progress import plain, progress_to_stderr
+
+    progress_to_stderr(not quiet and plain())
 
 
 def _values(config_file: Path | None, no_pretrained: bool, no_header: bool, options: dict) -> dict:
@@ -168,6 +176,7 @@ def fit(config_file: Path | None, quiet: bool, no_pretrained: bool, no_header: b
 
     from automl.pipeline import fit_baseline
 
+    _plain_progress(quiet)
     if quiet:
         from automl.flash.fit import quiet_library_logs
 

@@ -37,6 +37,8 @@ INSPECTION_FILE = "inspection.json"
 PREDICTIONS_FILE = "predictions_val.csv"
 STUDY_FILE = "study.csv"
 STAGES = ("inspect", "baseline", "tune", "verdict", "escalate", "finalise")
+#: the study's user attribute naming its MLflow parent run in each tracking store: {tracking URI: run id}
+PARENT_RUNS_ATTR = "mlflow_parent_runs"
 #: exit status of ``automl run`` when the target is missed (0: met, 2: bad input)
 EXIT_MISSED = 3
 #: exit status of ``automl run`` stopped by Ctrl-C (after judging and reporting what finished)
@@ -199,15 +201,22 @@ LIGHTNING = "lightning"
 def tune_worker(config: RunConfig, progress: bool = True, report: Report | None = None) -> dict:
     """``automl tune``: join (or create) the study in ``config.storage`` and run Flash-tier trials until
     it holds ``config.trials`` finished ones, whoever ran them. Verdict and report are ``automl run``'s."""
+    from automl.progress import detach_run_log
     from automl.tracking import own_tracking_uri
     from automl.tuning import WORKER
 
     with own_tracking_uri():
-        return _tune_worker(config, progress, report, WORKER)
+        try:
+            return _tune_worker(config, progress, report, WORKER)
+        except BaseException as error:
+            _log_error(error)
+            raise
+        finally:
+            detach_run_log()
 
 
 def _tune_worker(config: RunConfig, progress: bool, report: Report | None, worker: str) -> dict:
-    job = RunJob(config, progress, report, None)
+    job = RunJob(config, progress, report, None, who=worker)
     job.stop.install(job.say)
     try:
         job.inspect()
@@ -218,6 +227,7 @@ def _tune_worker(config: RunConfig, progress: bool, report: Report | None, worke
             deadline=job.deadline,
             on_trial=job._on_trial(3, "tuning"),
             on_wait=job._on_wait(3, "tuning"),
+            on_trial_end=job._on_trial_end(3, "tuning"),
         )
         job.tracker.end(job.parent, "FINISHED")
     except BaseException:
@@ -252,25 +262,53 @@ def run(
     With ``handle_interrupts`` (the CLI), Ctrl-C stops after the current epoch, judges and reports
     what finished, and the result's exit code is 130; the same command later resumes. The time budget
     counts from ``started`` (``time.time()``; the CLI's start), else from now."""
+    from automl.progress import detach_run_log
     from automl.tracking import own_tracking_uri
 
     with own_tracking_uri():
-        job = RunJob(config, progress, report, pruner, started)
-        if handle_interrupts:
-            job.stop.install(job.say)
         try:
-            return job.execute()
+            job = RunJob(config, progress, report, pruner, started)
+            if handle_interrupts:
+                job.stop.install(job.say)
+            try:
+                return job.execute()
+            finally:
+                job.stop.uninstall()
+        except BaseException as error:
+            _log_error(error)
+            raise
         finally:
-            job.stop.uninstall()
+            detach_run_log()
+
+
+def _log_error(error: BaseException) -> None:
+    """What ended a run, as the last line of its ``run.log`` (the CLI prints it on stderr)."""
+    from automl.errors import AutoMLError
+    from automl.progress import stage_line
+
+    if isinstance(error, KeyboardInterrupt):
+        stage_line("stopped: interrupted")
+    elif not isinstance(error, SystemExit):
+        stage_line(f"error: {error}" if isinstance(error, AutoMLError) else f"error: {type(error).__name__}: {error}")
 
 
 class RunJob:
-    """One ``automl run``: its stores, folder, journal and stages (one method each)."""
+    """One ``automl run`` (or ``automl tune`` worker, named ``who``): its stores, folder, journal,
+    ``run.log`` and stages (one method each)."""
 
-    def __init__(self, config: RunConfig, progress: bool, report: Report | None, pruner, started: float | None = None):
+    def __init__(
+        self,
+        config: RunConfig,
+        progress: bool,
+        report: Report | None,
+        pruner,
+        started: float | None = None,
+        who: str = "",
+    ):
         from automl import tracking
         from automl.data.common import existing_path
         from automl.flash import fit
+        from automl.progress import attach_run_log
         from automl.target import parse_target
 
         fit.quiet_library_logs()
@@ -280,7 +318,7 @@ class RunJob:
         config = _fit_to_data(config, self.datamodule)
         self.config = config
         self.progress = progress
-        self.say = report or (lambda line: None)
+        self.report = report or (lambda line: None)
         self.pruner = pruner if pruner is not None else config.pruner
         self.started = time.monotonic()
         started = time.time() if started is None else started
@@ -303,26 +341,23 @@ class RunJob:
         self.stop = StopRequest()
         self.flash_tuner = self._tuner(self.name, _search_space(config, FLASH))
         self.flash_tuner.cheaper = lambda: _cheaper(self.flash_tuner)
-        if self.flash_tuner.recovered:
-            self.say(
-                f"trials {self.flash_tuner.recovered} were left running by a process that died: "
-                "recorded as failed and run again"
-            )
         uri = config.tracking_uri or tracking.default_tracking_uri(self.output)
         self.tracker = tracking.Tracker(uri, self.output / "mlartifacts")
 
         self.run_dir = self.output / self.name
         self.run_dir.mkdir(exist_ok=True)
+        attach_run_log(self.run_dir, who)
+        if self.flash_tuner.recovered:
+            self.say(
+                f"trials {self.flash_tuner.recovered} were left running by a process that died: "
+                "recorded as failed and run again"
+            )
         self.features = FeatureCache(self.run_dir / "features")
         dump_yaml(
             {k: list(v) if isinstance(v, tuple) else v for k, v in config.to_dict().items()}, self.run_dir / CONFIG_FILE
         )
         self.journal = Journal(self.run_dir / JOURNAL_FILE)
-        self.parent = self.tracker.start_parent(
-            self.name,
-            {"task": config.task, "target": str(self.target), "study": self.name},
-            resume_run_id=self.journal["mlflow_run_id"],
-        )
+        self.parent = self._parent_run({"task": config.task, "target": str(self.target), "study": self.name})
         self.journal["mlflow_run_id"] = self.parent
         self.journal["study"] = self.name
         self.tracker.log_params(self.parent, {k: v for k, v in config.to_dict().items() if v is not None})
@@ -331,6 +366,23 @@ class RunJob:
             from escalation.callbacks import WebhookNotifier
 
             self.notifier = WebhookNotifier(config.notify_url, run=self.name)
+
+    def _parent_run(self, tags: dict[str, str]) -> str:
+        """The study's MLflow parent run: this run folder's (a resumed run), else the one the study's
+        workers share in this tracking store (its id kept in the study), else a new one. On a shared
+        database one process at a time picks it, so workers started together make one, not one each."""
+        from automl.storage import PARENT_RUN_LOCK_KEY, advisory_lock
+
+        study = self.flash_tuner.study
+        uri = self.tracker.tracking_uri
+        with advisory_lock(self.storage, PARENT_RUN_LOCK_KEY):
+            known = dict(study.user_attrs.get(PARENT_RUNS_ATTR, {}))
+            parent = self.tracker.start_parent(
+                self.name, tags, resume_run_id=self.journal["mlflow_run_id"] or known.get(uri)
+            )
+            if known.get(uri) != parent:
+                study.set_user_attr(PARENT_RUNS_ATTR, {**known, uri: parent})
+        return parent
 
     def _tuner(self, name: str, space):
         from automl import tuning
@@ -349,6 +401,13 @@ class RunJob:
         tuner.stop = self.stop  # one Ctrl-C stops whichever study is running
         tuner.sized_trials = self.budget is not None
         return tuner
+
+    def say(self, line: str) -> None:
+        """A stage line: to the CLI's ``report`` hook (stderr) and to ``run.log``."""
+        from automl.progress import stage_line
+
+        stage_line(line)
+        self.report(line)
 
     # ------------------------------------------------------------------ the stages
     def execute(self) -> RunResult:
@@ -429,7 +488,26 @@ class RunJob:
         def show(p) -> None:
             left = "" if p.seconds_left is None else f", {_minutes(p.seconds_left)} left"
             best = "" if p.best is None else f", best {p.best:.3f}"
-            self.say(f"[{number}/{self.total}] {role}: trial {p.number + 1}/{p.total}{best}{left}")
+            # the count, and the trial's number as the epoch lines, study.csv and MLflow name it
+            self.say(f"[{number}/{self.total}] {role}: trial {p.number + 1}/{p.total} (#{p.number}){best}{left}")
+
+        return show
+
+    def _on_trial_end(self, number: int, role: str):
+        """A line per finished trial, with the epoch lines (``run.log``; stderr when it is no terminal)."""
+        from automl.progress import PROGRESS, short_params
+
+        def show(trial) -> None:
+            state = trial.state.name.lower()
+            seconds = trial.user_attrs.get("seconds")
+            took = "" if seconds is None else f" in {_minutes(seconds)}"
+            if state == "complete":
+                result = f"{state}{took}: {self.target.metric}={trial.value:.4f}"
+            else:  # failed or pruned, with the reason
+                why = trial.user_attrs.get("fail_reason") or trial.user_attrs.get("pruned_reason") or ""
+                result = f"{state}{took}" + (f" ({why.splitlines()[0][:200]})" if why.strip() else "")
+            params = short_params(trial.params)
+            PROGRESS.info(f"[{number}/{self.total}] {role}: trial #{trial.number} {result}; {params}")
 
         return show
 
@@ -466,15 +544,25 @@ class RunJob:
         params = self.baseline_params_enqueued()
 
         def work() -> dict:
-            self.flash_tuner.run(
+            before = len(self.flash_tuner.finished_trials())
+            why = self.flash_tuner.run(
                 self.flash_train,
                 total_trials=1,
                 deadline=self.tune_deadline or self.deadline,
                 on_trial=self._on_trial(2, "baseline"),
                 on_wait=self._on_wait(2, "baseline"),
+                on_trial_end=self._on_trial_end(2, "baseline"),
             )
             # trial 0, or its retry when the process running it died
             baseline = [t for t in self.flash_tuner.finished_trials() if t.user_attrs.get("role") == tuning_baseline()]
+            if len(self.flash_tuner.finished_trials()) == before:  # say why it trained nothing
+                if why == "budget":
+                    self.say(f"[2/{self.total}] baseline: not started: {self._no_time_left()}")
+                elif baseline:
+                    self.say(
+                        f"[2/{self.total}] baseline: trial #{baseline[0].number} finished in an earlier run or by "
+                        f"another worker ({self.target.metric} {baseline[0].value})"
+                    )
             return _trial_result(baseline[0]) if baseline else {"state": "not started"}
 
         base = self.stage(
@@ -496,27 +584,29 @@ class RunJob:
             deadline=deadline,
             on_trial=self._on_trial(number, role),
             on_wait=self._on_wait(number, role),
+            on_trial_end=self._on_trial_end(number, role),
         )
         best = tuner.best_trial()
         summary = tuner.summary()
         new = len(tuner.finished_trials()) - before
-        if new == 0 and why == "budget":
-            spent = time.time() - self.budget.started if self.budget else 0.0
-            reason = tuner.out_of_time or f"no time left ({_minutes(spent)} of {_minutes(self.budget.seconds)} spent)"
-            self.say(f"[{number}/{self.total}] {role}: no new trial: {reason}")
-        elif new == 0 and why == "trials":
-            self.say(f"[{number}/{self.total}] {role}: {before} of {trials} trials finished in earlier runs")
         counts = Counter(row["state"].lower() for row in summary)
         note = {"trials": "all trials done", "budget": "time budget reached", "interrupted": "interrupted"}.get(
             why, why
         )
         if tuner.out_of_time:
             note = f"{note} ({tuner.out_of_time})"
+        if new == 0 and why in ("budget", "trials"):
+            note = self._why_no_new_trial(tuner, why, trials, before, stage_name, deadline)
+            self.say(f"[{number}/{self.total}] {role}: {note}")
         note = f"{note}; {new} new; " + ", ".join(f"{n} {state}" for state, n in counts.items())
         self.lines.append(
             StageLine(stage_name, len(summary), best.value if best else None, time.monotonic() - t0, note)
         )
         if best is None and stage_name == "tune":
+            if why == "budget" and not tuner.finished_trials():  # none even started
+                raise DataError(
+                    f"No trial could start within the time budget: {self._no_time_left()}. Give a larger --time-budget."
+                )
             raise DataError(f"No {role} trial finished with a score; see the reasons in {self.run_dir / STUDY_FILE}.")
         return {
             "study": tuner.study.study_name,
@@ -528,6 +618,35 @@ class RunJob:
             "trials": len(summary),
             "summary": summary,
         }
+
+    def _why_no_new_trial(self, tuner, why: str, trials: int, before: int, stage_name: str, deadline) -> str:
+        """What a stage that started no trial says: the time it lacked, or who ran the trials it asks for."""
+        if why == "budget":
+            if tuner.out_of_time:
+                return f"no new trial: {tuner.out_of_time}"
+            ran_here = before > tuner.finished_before  # the baseline stage trained in this run
+            after = {"tune": "the baseline" if ran_here else "", "escalate": "tuning"}.get(stage_name, "")
+            return self._no_time_left(after, deadline if stage_name == "tune" else None)
+        earlier = min(before, tuner.finished_before)
+        here = before - earlier
+        if earlier == 0:
+            return f"no new trial: --trials {trials} is reached with the baseline"
+        if here == 0:
+            return f"no new trial: {earlier} of {trials} trials finished in earlier runs or by other workers"
+        return (
+            f"no new trial: --trials {trials} is reached ({earlier} trial(s) finished in earlier runs or by other "
+            f"workers, {here} in this run's baseline)"
+        )
+
+    def _no_time_left(self, after: str = "", deadline: float | None = None) -> str:
+        """``no time left after the baseline (14m of the 20m budget spent; ...)``."""
+        spent = time.time() - self.budget.started
+        text = "no time left" + (f" after {after}" if after else "")
+        text += f" ({_minutes(spent)} of the {_minutes(self.budget.seconds)} budget spent"
+        if deadline is not None and deadline < self.budget.deadline - 1:
+            share = deadline - self.budget.started
+            text += f"; tuning may use {_minutes(share)} of it, the rest is the escalation's"
+        return text + ")"
 
     def tune(self) -> dict:
         flash = self._run_study(
@@ -756,11 +875,14 @@ class RunJob:
     def _flash_trial(self, number: int, params: dict, callbacks: list, logger):
         from automl import tuning
         from automl.flash import fit
+        from automl.flash.features import HEAD_EPOCHS_PER_EPOCH
+        from automl.progress import EpochLines
 
         config = self.config.fit_config(**params)
         served = fit.data_for(config, self.datamodule)
         out = self.run_dir / "trials" / str(number)
         if self.flash_tuner.space.head_only(params):
+            callbacks = [*callbacks, EpochLines(f"trial #{number}", every=HEAD_EPOCHS_PER_EPOCH)]
             self._check_time_for_features(config, served)
             features = self.features.get(config, served)
             if self.deadline is not None:
@@ -771,7 +893,10 @@ class RunJob:
                 ]
             trained = fit.train_head(config, served, out, features, self.target.metric, callbacks, logger)
             return tuning.TrialOutcome(trained.best_score, trained.checkpoint, trained.best_epoch)
+        epochs = config.epochs
         config, head = self._warm_head(config, served, out)
+        # after a head trained on cached features for the first epochs, the lines count on from them
+        callbacks = [*callbacks, EpochLines(f"trial #{number}", first=epochs - config.epochs)]
         size, callbacks = self._sized(config, callbacks, self.tune_deadline, number)
         limit = 1.0
         if size is not None:
@@ -854,6 +979,7 @@ class RunJob:
     def _lightning_trial(self, template):
         from automl import tuning
         from automl.flash import fit
+        from automl.progress import EpochLines
 
         def train(number: int, params: dict, callbacks: list, logger):
             config = self._template_config(params, number)
@@ -861,7 +987,7 @@ class RunJob:
             size, callbacks = self._sized(self.config.fit_config(**shared), callbacks, self.deadline, number)
             if size is not None:
                 config["epochs"], config["limit_train_batches"] = size.epochs, size.train_fraction
-            extra = [*callbacks, fit.QuietLibraries()]
+            extra = [*callbacks, fit.QuietLibraries(), EpochLines(f"{LIGHTNING} trial #{number}")]
             with template.importable():  # a distributed trial's processes unpickle its classes by name
                 result = template.train.fit(config, extra_callbacks=extra, logger=logger, progress=self.progress)
             return tuning.TrialOutcome(result["best_score"], result["checkpoint"], result["best_epoch"])

@@ -5,6 +5,8 @@ migrations) the first time they open a database. Workers started together on a n
 database would all do it at once, and all but one fail with "duplicate key value violates unique
 constraint" (optuna/optuna#1092). ``schema_lock`` holds a PostgreSQL advisory lock while a store is
 opened: the first worker creates the tables, the others wait for it and then find them there.
+``advisory_lock`` with another key serialises other first-comer work the same way (the study's
+MLflow parent run, made by the first worker and joined by the others).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from contextlib import contextmanager
 # The advisory lock's key: any constant every automl process agrees on. Advisory locks belong to one
 # database, so stores in different databases never wait for each other.
 SCHEMA_LOCK_KEY = 0x6175746F6D6C  # "automl"
+PARENT_RUN_LOCK_KEY = SCHEMA_LOCK_KEY + 1  # the study's MLflow parent run
 
 
 def is_postgres(url: str) -> bool:
@@ -22,13 +25,19 @@ def is_postgres(url: str) -> bool:
     return url.split("://", 1)[0].split("+", 1)[0].lower() == "postgresql"
 
 
-@contextmanager
-def schema_lock(url: str) -> Iterator[None]:
+def schema_lock(url: str):
     """Hold the database's schema lock while the block opens a store on ``url``; a no-op for
     anything but PostgreSQL (a SQLite file, an MLflow server over HTTP).
 
     Not to be nested for the same database in one process: the inner one would wait for the outer.
     An unreachable server raises here, as the store itself would."""
+    return advisory_lock(url, SCHEMA_LOCK_KEY)
+
+
+@contextmanager
+def advisory_lock(url: str, key: int) -> Iterator[None]:
+    """Hold the PostgreSQL advisory lock ``key`` of the database at ``url`` while the block runs: one
+    session at a time, across machines. A no-op for anything but PostgreSQL."""
     if not is_postgres(url):
         yield
         return
@@ -40,7 +49,7 @@ def schema_lock(url: str) -> Iterator[None]:
     engine = sqlalchemy.create_engine(url, poolclass=NullPool)
     try:
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-            connection.execute(sqlalchemy.text("select pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            connection.execute(sqlalchemy.text("select pg_advisory_lock(:key)"), {"key": key})
             yield
     finally:
         engine.dispose()

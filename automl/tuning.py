@@ -430,6 +430,8 @@ class Tuner:
         self.cheaper: Callable[[], dict | None] | None = None
         self.cheap_only = False  # since a trial did not fit, every new trial is of the cheaper kind
         self.recovered = self.recover_dead_trials()
+        #: finished trials that count, when this process opened the study (earlier runs, other workers)
+        self.finished_before = len(self.finished_trials())
 
     def _storage(self, url: str, heartbeat: int | None):
         """A shared database gets Optuna's heartbeat: each running trial says it is alive every
@@ -581,13 +583,15 @@ class Tuner:
         on_trial: Callable[[Progress], None] | None = None,
         max_new: int | None = None,
         on_wait: Callable[[list], None] | None = None,
+        on_trial_end: Callable[[optuna.trial.FrozenTrial], None] | None = None,
     ) -> str:
         """Run trials until the study holds ``total_trials`` finished ones (every trial counts, the
         baseline included), ``max_new`` were started here, or the time budget says stop.
 
         When the trials still missing are all running in other workers, this one waits for them
         (``on_wait`` hears which) rather than starting more; a trial whose worker dies meanwhile is
-        failed and retried here. No new trial starts when the time left is below the median duration
+        failed and retried here. ``on_trial_end`` hears each trial this worker finished (complete,
+        pruned or failed; not one closed unused). No new trial starts when the time left is below the median duration
         of the finished trials. Returns why it stopped: "trials", "budget", "max_new" or
         "interrupted" (Ctrl-C).
         """
@@ -624,7 +628,10 @@ class Tuner:
             if on_trial is not None:
                 best = self.best_trial()
                 on_trial(Progress(self._next_number(), len(finished), total_trials, best.value if best else None, left))
-            self.study.optimize(self._objective(train, deadline, total_trials), n_trials=1, catch=(Exception,))
+            ended = None if on_trial_end is None else [_unless_unused(on_trial_end)]
+            self.study.optimize(
+                self._objective(train, deadline, total_trials), n_trials=1, catch=(Exception,), callbacks=ended
+            )
             started += 1
             if self.out_of_time:
                 cheaper = None if fell_back or self.cheaper is None else self.cheaper()
@@ -697,6 +704,16 @@ class Tuner:
             return outcome.score
 
         return objective
+
+
+def _unless_unused(hook: Callable):
+    """An Optuna callback that hands ``hook`` each finished trial but those closed unused."""
+
+    def callback(study, trial) -> None:
+        if not trial.user_attrs.get("surplus"):
+            hook(trial)
+
+    return callback
 
 
 def param_importances(storage: str, study_name: str) -> dict[str, float]:

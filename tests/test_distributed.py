@@ -3,11 +3,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
+from pathlib import Path
 
 import optuna
 import pytest
@@ -178,8 +183,115 @@ def test_four_workers_started_together_on_a_never_used_database_all_work(new_dat
 
     client = mlflow.MlflowClient(tracking_uri)
     (experiment,) = client.search_experiments(filter_string="name = 'automl'")
-    parents = [r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" not in r.data.tags]
-    assert sorted(r.info.status for r in parents) == ["FINISHED"] * 4  # one per worker
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]  # the study's, shared by all four
+    assert parent.info.status == "FINISHED"
+    assert sorted(r.data.tags["mlflow.parentRunId"] for r in runs if r is not parent) == [parent.info.run_id] * total
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(new_database, tmp_path) -> str:
+    """A real `mlflow server` (the one `examples/distributed/README.md` starts): its runs in a never-used
+    database on the test PostgreSQL server, artifacts in a temporary folder, on a free loopback port.
+    Its URL once it answers /health; stopped (with the processes it started) at the end."""
+    port = free_port()
+    artifacts = tmp_path / "mlflow-artifacts"
+    log = tmp_path / "mlflow-server.log"
+    with open(log, "w") as output:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", new_database()]
+            + ["--artifacts-destination", str(artifacts), "--host", "127.0.0.1", "--port", str(port)]
+            + ["--workers", "1"],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: uvicorn runs in a child of its own
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"mlflow server exited with {server.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not answer /health within 180 s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.25)
+        yield url
+    finally:  # nothing to keep: its runs are in a database the test drops
+        os.killpg(server.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):  # it may wait for idle client connections
+            server.wait(timeout=5)
+        with contextlib.suppress(ProcessLookupError):  # whatever of its process group is left
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
+
+
+def test_two_workers_log_every_trial_to_one_parent_run_on_a_real_mlflow_server(
+    postgres, mlflow_server, images, tmp_path
+):
+    """Scale-out tracking (issue 12): two `automl tune` workers and the final `automl run` log to one
+    `mlflow server` with --tracking-uri http://...: one parent run for the study, one child per trial
+    (exactly --trials), each with its parameters and every epoch's metrics; the run's artifacts land in
+    the server's artifact folder."""
+    import mlflow
+
+    from automl import metrics as m
+    from automl.tracking import PARENT_TAG
+
+    study, total = f"tracked-{uuid.uuid4().hex[:8]}", 6
+    more = ("--tracking-uri", mlflow_server)
+    workers = [
+        subprocess.Popen(
+            command("tune", images, tmp_path / f"w{n}", study, postgres, total, *more),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(2)
+    ]
+    outputs = [worker.communicate(timeout=300) for worker in workers]
+    assert [w.returncode for w in workers] == [0, 0], [err[-2000:] for _, err in outputs]
+    trials = {t.number: t for t in counted_trials(optuna.load_study(study_name=study, storage=postgres).trials)}
+    assert len(trials) == total and len({t.user_attrs["worker"] for t in trials.values()}) == 2  # both did some
+
+    judged = subprocess.run(
+        command("run", images, tmp_path / "final", study, postgres, total, *more),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert judged.returncode == 0, judged.stderr[-2000:]
+
+    client = mlflow.MlflowClient(mlflow_server)
+    (experiment,) = client.search_experiments(filter_string="name = 'automl'")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    (parent,) = [r for r in runs if PARENT_TAG not in r.data.tags]  # the workers' and the final run's
+    assert parent.info.status == "FINISHED" and parent.data.tags["verdict"] == "met"
+    children = [r for r in runs if r is not parent]
+    assert sorted(int(c.data.tags["trial"]) for c in children) == sorted(trials)  # one per trial, no more
+    for child in children:
+        trial = trials[int(child.data.tags["trial"])]
+        assert child.data.tags[PARENT_TAG] == parent.info.run_id and child.info.status == "FINISHED"
+        assert {k: child.data.params[k] for k in trial.params} == {k: str(v) for k, v in trial.params.items()}
+        assert child.data.metrics[f"best_{m.VAL_ACCURACY}"] == pytest.approx(trial.value)
+        history = client.get_metric_history(child.info.run_id, m.VAL_ACCURACY)
+        assert len(history) == logged_epochs(child.data.params)  # every epoch, nothing lost
+
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"report.html", "study.csv", "best"} <= artifacts
+    stored = list((tmp_path / "mlflow-artifacts").rglob("report.html"))
+    assert len(stored) == 1 and stored[0].stat().st_size > 0  # through the server, into its folder
 
 
 def test_optuna_storages_opened_at_the_same_moment_on_never_used_databases_all_open(new_database, tmp_path):
@@ -407,9 +519,9 @@ def test_ctrl_c_stops_every_process_of_a_distributed_trial_after_the_same_epoch(
         images, output, "--target accuracy>=0 --trials 3 --epochs 4 --study c", start_new_session=True
     )
     seen = []
-    for line in process.stderr:  # the second trial's second epoch has begun: press Ctrl-C
+    for line in process.stderr:  # the second trial's first epoch has ended: press Ctrl-C in its second
         seen.append(line)
-        if "Epoch 1/" in line and any("[3/6] tuning: trial 2/3" in earlier for earlier in seen):
+        if line.startswith("trial #1 epoch 1/"):
             os.killpg(process.pid, signal.SIGINT)
             break
     else:

@@ -99,7 +99,7 @@ def test_a_run_tunes_judges_tracks_and_writes_its_folder(tmp_path, images, track
     assert (run_dir / "best" / "model.ckpt").exists() and (run_dir / "inspection.json").exists()
     kept = [p.parent.name for p in (run_dir / "trials").glob("*/checkpoints") if any(p.iterdir())]
     assert kept == [str(metrics["best_trial"])]  # the other trials' checkpoints are deleted
-    assert any(line.startswith("[3/6] tuning: trial 2/3, best") for line in lines)
+    assert any(line.startswith("[3/6] tuning: trial 2/3 (#1), best") for line in lines)
     # a met target does not escalate
     assert "escalate" not in journal["stages"] and not (run_dir / "study.lightning.csv").exists()
     assert metrics["tier"] == "flash" and metrics["outcome"] == "met by the flash tier"

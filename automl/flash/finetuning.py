@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from automl.errors import ConfigError
+from automl.progress import EpochLines, plain
 
 STRATEGIES = ("no_freeze", "freeze", "freeze_unfreeze", "unfreeze_milestones")
 
@@ -154,7 +155,8 @@ def finetune(model: pl.LightningModule, datamodule: pl.LightningDataModule, stra
     """Fit ``model`` on ``datamodule`` with a fine-tuning ``strategy``; returns the ``Trainer``.
 
     ``trainer_kwargs`` go to ``lightning.pytorch.Trainer`` (``max_epochs=3``, no logger and no
-    checkpoint files unless you ask for them; the progress bar goes to stderr); Lightning's own
+    checkpoint files unless you ask for them; the progress bar goes to stderr, as a line per epoch
+    when stderr is not a terminal); Lightning's own
     ``strategy`` (``"ddp"``...) is passed as ``trainer_strategy``.
 
     >>> trainer = finetune(model, data, strategy=("freeze_unfreeze", 1), max_epochs=3)
@@ -164,8 +166,12 @@ def finetune(model: pl.LightningModule, datamodule: pl.LightningDataModule, stra
     if "trainer_strategy" in trainer_kwargs:  # Lightning's own strategy (ddp, ...), named apart from ours
         trainer_kwargs["strategy"] = trainer_kwargs.pop("trainer_strategy")
     if trainer_kwargs.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
-        # progress is not a result: keep stdout clean for what the user pipes or parses
-        callbacks.append(RichProgressBar(leave=True, console_kwargs={"stderr": True}))
+        if plain():  # a log file, CI, nohup: a line per epoch, not a live bar's fragments
+            trainer_kwargs["enable_progress_bar"] = False
+            if not any(isinstance(c, EpochLines) for c in callbacks):
+                callbacks.append(EpochLines())
+        else:  # progress is not a result: keep stdout clean for what the user pipes or parses
+            callbacks.append(RichProgressBar(leave=True, console_kwargs={"stderr": True}))
     settings = {
         "max_epochs": 3,
         "logger": False,

@@ -27,6 +27,7 @@ from lightning.pytorch.callbacks import (
 from module import TemplateModule
 
 from automl.metrics import VALIDATION_METRICS, best_checkpoint_score
+from automl.progress import EpochLines, plain, progress_to_stderr
 
 
 def class_weights(datamodule: TemplateDataModule) -> list[float] | None:
@@ -77,8 +78,11 @@ def fit(config: dict, extra_callbacks=(), logger=None, progress: bool = True) ->
         config, datamodule.labels, class_weights(datamodule) if config.get("class_weighted") else None
     )
     callbacks = callbacks_for(config)
-    if progress:  # on stderr: stdout is for results
+    bar = progress and not plain()  # a live bar on a terminal; in a log file, a line per epoch
+    if bar:  # on stderr: stdout is for results
         callbacks.append(RichProgressBar(leave=True, console_kwargs={"stderr": True}))
+    elif progress and not any(isinstance(c, EpochLines) for c in extra_callbacks):
+        callbacks.append(EpochLines())
     accelerator = config.get("accelerator", "auto")
     precision = config.get("precision", "auto")
     if precision == "auto":  # mixed precision where a GPU makes it pay
@@ -96,7 +100,7 @@ def fit(config: dict, extra_callbacks=(), logger=None, progress: bool = True) ->
         gradient_clip_val=config.get("gradient_clip", 0.0) or None,
         callbacks=[*callbacks, *extra_callbacks],
         logger=logger if logger is not None else mlflow_logger(config),
-        enable_progress_bar=progress,
+        enable_progress_bar=bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         log_every_n_steps=10,
@@ -129,6 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     config = load_config(args.config, args.set)
+    progress_to_stderr(not args.quiet and plain())
     result = fit(config, progress=not args.quiet)
     print(json.dumps(result, indent=2))
     if result["best_score"] is None:
