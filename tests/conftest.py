@@ -7,7 +7,16 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
+import contextlib  # noqa: E402
+import json  # noqa: E402
 import random  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import urllib.error  # noqa: E402
+import urllib.request  # noqa: E402
+import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -159,3 +168,61 @@ def logged_epochs(params: dict) -> int:
     if strategy.startswith("freeze_unfreeze:"):
         return epochs - int(strategy.partition(":")[2])
     return epochs
+
+
+# --------------------------------------------------------------------------- automl serve
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(run_dir: Path, *options: str):
+    """``automl serve`` in a subprocess on a loopback port: (its base URL, its process)."""
+    port = free_port()
+    command = [sys.executable, "-m", "automl", "serve", str(run_dir), "--port", str(port), *options]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:  # poll until it answers (a bounded wait, not a sleep)
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    process.kill()
+                    pytest.fail(f"the service did not start: {process.stdout.read().decode()[-2000:]}")
+                time.sleep(0.2)
+        yield url, process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def multipart(field: str, filename: str, data: bytes) -> tuple[bytes, str]:
+    """A one-file multipart/form-data body and its content type."""
+    boundary = uuid.uuid4().hex
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def post(url: str, body: bytes, content_type: str) -> tuple[int, dict | str]:
+    """POST ``body``: (status, the answer as JSON, or as text when it is not JSON)."""
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        text = error.read().decode(errors="replace")
+        with contextlib.suppress(ValueError):
+            return error.code, json.loads(text)
+        return error.code, text

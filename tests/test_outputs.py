@@ -5,20 +5,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import make_image_folder, make_texts, tiny_run_config
+from conftest import make_image_folder, make_texts, multipart, post, serving, tiny_run_config
 
 from automl import pipeline
 from automl.cli import cli
@@ -159,58 +154,12 @@ def test_the_onnx_file_runs_without_automl(image_run):
 
 
 # --------------------------------------------------------------------------- serve
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def service(request):
     """``automl serve`` in a subprocess on a loopback port; yields its base URL."""
     run_dir = request.getfixturevalue(request.param)
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "automl", "serve", str(run_dir), "--port", str(port), "--max-body-mb", "0.05"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:  # poll until it answers (a bounded wait, not a sleep)
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                break
-        except (urllib.error.URLError, ConnectionError):
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"the service did not start: {process.stdout.read().decode()[-2000:]}")
-            time.sleep(0.2)
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
-
-
-def post(url: str, body: bytes, content_type: str) -> tuple[int, dict]:
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type}, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
-def multipart(field: str, filename: str, data: bytes) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
-            f"Content-Type: application/octet-stream\r\n\r\n"
-        ).encode()
-        + data
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    return body, f"multipart/form-data; boundary={boundary}"
+    with serving(run_dir, "--max-body-mb", "0.05") as (url, _):
+        yield url
 
 
 def get(url: str) -> dict:

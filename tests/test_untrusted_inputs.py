@@ -7,16 +7,11 @@ and an image that claims more pixels than the cap is refused from its header, be
 from __future__ import annotations
 
 import builtins
-import contextlib
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +20,16 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from conftest import TINY_IMAGE_BACKBONE, decompression_bomb, make_image_folder, tiny_run_config
+from conftest import (
+    TINY_IMAGE_BACKBONE,
+    decompression_bomb,
+    free_port,
+    make_image_folder,
+    multipart,
+    post,
+    serving,
+    tiny_run_config,
+)
 from PIL import Image
 
 from automl import pipeline
@@ -224,11 +228,12 @@ def test_predict_names_an_image_over_the_pixel_cap_and_goes_on(flash_run, tmp_pa
 
 def test_the_service_answers_a_decompression_bomb_with_413_at_once_and_without_memory(flash_run, images):
     good = next(images.rglob("*.png")).read_bytes()
-    with service(flash_run, "--max-body-mb", "1") as (url, pid):
-        assert post_image(url, "good.png", good)[0] == 200  # the first request pays for lazy imports
-        before = peak_rss_mb(pid)
+    with serving(flash_run, "--max-body-mb", "1") as (url, process):
+        predict = f"{url}/predict"
+        assert post(predict, *multipart("file", "good.png", good))[0] == 200  # the first pays for lazy imports
+        before = peak_rss_mb(process.pid)
         started = time.monotonic()
-        status, answer = post_image(url, "bomb.png", decompression_bomb())
+        status, answer = post(predict, *multipart("file", "bomb.png", decompression_bomb()))
         seconds = time.monotonic() - started
         assert status == 413, answer
         assert answer["detail"] == (
@@ -236,61 +241,8 @@ def test_the_service_answers_a_decompression_bomb_with_413_at_once_and_without_m
             "(--max-megapixels); it was not decoded"
         )
         # decoding it would take 900 MB (2.7 GB as RGB) and seconds; its header takes neither
-        assert peak_rss_mb(pid) - before < 100 and seconds < 10
-        assert post_image(url, "good.png", good)[0] == 200
-
-
-# --------------------------------------------------------------------------- helpers
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def service(run_dir: Path, *options: str):
-    """``automl serve`` in a subprocess on a loopback port: (its base URL, its process id)."""
-    port = free_port()
-    command = [sys.executable, "-m", "automl", "serve", str(run_dir), "--port", str(port), *options]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    try:
-        while True:  # poll until it answers (a bounded wait, not a sleep)
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2):
-                    break
-            except (urllib.error.URLError, ConnectionError):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    process.kill()
-                    pytest.fail(f"the service did not start: {process.stdout.read().decode()[-2000:]}")
-                time.sleep(0.2)
-        yield url, process.pid
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-
-
-def post_image(url: str, filename: str, data: bytes) -> tuple[int, dict | str]:
-    boundary = uuid.uuid4().hex
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n"
-        ).encode()
-        + data
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-    request = urllib.request.Request(f"{url}/predict", data=body, headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        text = error.read().decode(errors="replace")
-        with contextlib.suppress(ValueError):
-            return error.code, json.loads(text)
-        return error.code, text
+        assert peak_rss_mb(process.pid) - before < 100 and seconds < 10
+        assert post(predict, *multipart("file", "good.png", good))[0] == 200
 
 
 def peak_rss_mb(pid: int) -> float:
