@@ -50,17 +50,27 @@ class Tracker:
             # A new PostgreSQL database: one worker at a time creates its tables and the experiment.
             with schema_lock(tracking_uri):
                 self.client = MlflowClient(tracking_uri)
-                found = self.client.get_experiment_by_name(experiment)
-                if found is None:
-                    location = None if tracking_uri.startswith("http") else Path(artifact_root).resolve().as_uri()
-                    self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
-                else:
-                    self.experiment_id = found.experiment_id
+                self.experiment_id = self._experiment(experiment, tracking_uri, artifact_root)
         except Exception as exc:  # mlflow raises many types for a bad or unreachable store
             raise StoreUnavailable(
                 f"Cannot use the MLflow tracking store '{tracking_uri}': {_first_line(exc)}. "
                 "Check the URL (or leave --tracking-uri out for a local SQLite file)."
             ) from exc
+
+    def _experiment(self, name: str, tracking_uri: str, artifact_root: Path) -> str:
+        """The experiment's id, created if missing. Behind an HTTP server no lock is possible:
+        two workers starting together may both try to create it, and the loser finds the winner's."""
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = None if tracking_uri.startswith("http") else Path(artifact_root).resolve().as_uri()
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except Exception:
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
 
     # ------------------------------------------------------------------ runs
     def start_parent(self, name: str, tags: dict[str, str], resume_run_id: str | None = None) -> str:
@@ -93,10 +103,19 @@ class Tracker:
     def log_params(self, run_id: str, params: dict) -> None:
         from mlflow.entities import Param
 
-        existing = self.client.get_run(run_id).data.params
-        fresh = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
-        if fresh:
-            self.client.log_batch(run_id, params=fresh)
+        # Workers of one study share a parent run: the first value of a key stays (MLflow refuses to
+        # change one), and a worker that loses the race to insert the same key reads them again.
+        for attempt in range(3):
+            existing = self.client.get_run(run_id).data.params
+            fresh = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
+            if not fresh:
+                return
+            try:
+                self.client.log_batch(run_id, params=fresh)
+                return
+            except Exception:
+                if attempt == 2:
+                    raise
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
         import time
