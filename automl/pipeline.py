@@ -535,6 +535,7 @@ class RunJob:
             # with a budget the baseline is the default backbone's head on cached features: seconds,
             # and its one pass over the data measures what that backbone costs here
             params = {**params, "strategy": "freeze", **({"augment": False} if "augment" in params else {})}
+            params["weight_decay"] = _probe_weight_decay(config)
         self.flash_tuner.enqueue_baseline(params)
         # then the same cheap head on every other backbone: the best one's linear probe within minutes
         self.flash_tuner.enqueue_probes(_probe_params(config, space, params))
@@ -875,14 +876,13 @@ class RunJob:
     def _flash_trial(self, number: int, params: dict, callbacks: list, logger):
         from automl import tuning
         from automl.flash import fit
-        from automl.flash.features import HEAD_EPOCHS_PER_EPOCH
         from automl.progress import EpochLines
 
         config = self.config.fit_config(**params)
         served = fit.data_for(config, self.datamodule)
         out = self.run_dir / "trials" / str(number)
         if self.flash_tuner.space.head_only(params):
-            callbacks = [*callbacks, EpochLines(f"trial #{number}", every=HEAD_EPOCHS_PER_EPOCH)]
+            callbacks = [*callbacks, EpochLines(f"trial #{number}")]
             self._check_time_for_features(config, served)
             features = self.features.get(config, served)
             if self.deadline is not None:
@@ -1131,6 +1131,15 @@ def _native_sizes(config: RunConfig, backbones: tuple[str, ...]) -> dict[str, in
     return {name: size for name in backbones if (size := bb.native_image_size(name))}
 
 
+def _probe_weight_decay(config: RunConfig) -> float:
+    """A head on cached features is a logistic regression: unpenalised, it overfits. The user's
+    ``--weight-decay``, else a first guess the search goes on from."""
+    from automl.flash.features import PROBE_WEIGHT_DECAY
+
+    default = RunConfig.__dataclass_fields__["weight_decay"].default
+    return config.weight_decay if config.weight_decay != default else PROBE_WEIGHT_DECAY
+
+
 def _probe_params(config: RunConfig, space, baseline: dict) -> list[dict]:
     """The baseline's head, on cached features, for every other backbone of the search (at its
     native size), as many as the trials allow after the baseline."""
@@ -1139,7 +1148,7 @@ def _probe_params(config: RunConfig, space, baseline: dict) -> list[dict]:
     for name in space.backbones[: config.trials]:
         if name == baseline["backbone"]:
             continue
-        params = {**baseline, "strategy": "freeze", "backbone": name}
+        params = {**baseline, "strategy": "freeze", "backbone": name, "weight_decay": _probe_weight_decay(config)}
         if "augment" in params:
             params["augment"] = False
         if "image_size" in params:

@@ -142,14 +142,12 @@ class EpochLines(pl.Callback):
     """One line per epoch with that epoch's metrics, into ``automl.run.progress``:
     ``trial #3 epoch 2/5: train_loss=0.412 val_loss=0.388 val_accuracy=0.912 ... (4.1s)``.
 
-    ``every`` > 1 writes one line per that many of Lightning's epochs (a head on cached features runs
-    several short ones per epoch of the trial); ``first`` epochs of the trial were trained before
-    this fit (a head on cached features), and the lines count on from them. Only rank zero of a
-    distributed fit writes; the processes Lightning spawns for one get this process's run log and
-    stderr setting."""
+    ``first`` epochs of the trial were trained before this fit (a head on cached features), and the
+    lines count on from them. Only rank zero of a distributed fit writes; the processes Lightning
+    spawns for one get this process's run log and stderr setting."""
 
-    def __init__(self, label: str = "", every: int = 1, first: int = 0):
-        self.label, self.every, self.first = label, max(1, every), first
+    def __init__(self, label: str = "", first: int = 0):
+        self.label, self.first = label, first
         self._owner = os.getpid()
         self._where = _where_lines_go()
         self._validated = False
@@ -169,9 +167,6 @@ class EpochLines(pl.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         done = trainer.current_epoch + 1  # Lightning's epochs finished, this one included
-        last = trainer.should_stop or (trainer.max_epochs is not None and done >= trainer.max_epochs)
-        if done % self.every and not last:
-            return
         if trainer.is_global_zero:
             PROGRESS.info(self.line(trainer, done))
         self._validated, self._since = False, None
@@ -185,9 +180,9 @@ class EpochLines(pl.Callback):
                 values[key.removesuffix("_epoch")] = float(value)
             except (TypeError, ValueError):
                 continue
-        epoch = self.first + -(-done // self.every)
+        epoch = self.first + done
         epochs = trainer.max_epochs
-        total = "" if epochs is None or epochs < 0 else f"/{self.first + epochs // self.every}"
+        total = "" if epochs is None or epochs < 0 else f"/{self.first + epochs}"
         metrics = " ".join(f"{k}={v:.4g}" for k, v in sorted(values.items(), key=lambda kv: _metric_order(kv[0])))
         seconds = f" ({time.monotonic() - self._since:.1f}s)" if self._since is not None else ""
         prefix = f"{self.label} " if self.label else ""

@@ -157,14 +157,10 @@ def tiny_run_config(images: Path, output: Path, **changes):
 
 
 def logged_epochs(params: dict) -> int:
-    """Validation points a trial logs to MLflow: one per epoch. A head on cached features (``freeze``)
-    runs HEAD_EPOCHS_PER_EPOCH shorter epochs for each, and ``freeze_unfreeze:K`` trains its K frozen
-    epochs that way, unlogged, before the logged ones (Lightning-tier trials have no strategy)."""
-    from automl.flash.features import HEAD_EPOCHS_PER_EPOCH
-
+    """Validation points a trial logs to MLflow: one per epoch. ``freeze_unfreeze:K`` trains its K
+    frozen epochs on cached features, unlogged, before the logged ones (Lightning-tier trials have no
+    strategy)."""
     strategy, epochs = str(params.get("strategy", "")), int(params["epochs"])
-    if strategy == "freeze":
-        return epochs * HEAD_EPOCHS_PER_EPOCH
     if strategy.startswith("freeze_unfreeze:"):
         return epochs - int(strategy.partition(":")[2])
     return epochs

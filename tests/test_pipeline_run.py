@@ -242,6 +242,8 @@ def test_out_of_gpu_memory_retries_once_at_half_the_batch(tmp_path, images, trac
     seen = []
 
     def fails_above_two(self, batch, batch_idx):
+        if batch[0].dim() == 2:  # a head on cached features: it trains on the CPU
+            return original(self, batch, batch_idx)
         seen.append(len(batch[1]))
         if len(batch[1]) > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")

@@ -26,11 +26,14 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from automl.config import IMAGE_CLASSIFICATION, FitConfig
-from automl.flash.tasks import ClassificationTask, make_head
+from automl.flash.tasks import ClassificationTask
 
-#: A head-only trial runs this many passes over the cached features for each epoch a full trial
-#: would run: a pass costs milliseconds, and a linear head needs a few hundred steps to converge.
-HEAD_EPOCHS_PER_EPOCH = 5
+#: L-BFGS iterations a head on cached features runs in all (spread over its epochs): a logistic
+#: regression on ~1000 standardised features converges in one to two hundred.
+PROBE_ITERATIONS = 200
+#: the L2 penalty a head on cached features starts from when none was given (``C = 1000 / n``): the
+#: best of a grid on digits and on clothing photos for every packaged backbone; the search tunes it
+PROBE_WEIGHT_DECAY = 1e-3
 FEATURE_BATCH_SIZE = 64
 
 
@@ -210,28 +213,66 @@ def _text_encoder(config: FitConfig):
 
 # --------------------------------------------------------------------------- training a head
 class HeadClassifier(ClassificationTask):
-    """The Flash tier's head alone, trained on cached backbone outputs with the shared task's steps."""
+    """The Flash tier's head alone on cached backbone outputs, fitted as a logistic regression is:
+    standardised features, the whole training set as one batch, L-BFGS, and ``weight_decay`` as an L2
+    penalty on the weights (``0.5 * weight_decay * |W|^2`` added to the mean loss; scikit-learn's
+    ``C`` is ``1 / (weight_decay * n)``). On a 2-core CPU this converges in under a second where
+    mini-batch Adam needed seconds and stopped short of it (measured on digits, ``bench``).
 
-    def __init__(self, labels, num_features: int, dropout: float = 0.0, **task):
+    Each epoch is one L-BFGS step of up to :data:`PROBE_ITERATIONS` ``// epochs`` iterations, so
+    callbacks (pruning, deadline, MLflow) see a validation per epoch. :meth:`classifier_head` folds
+    the standardisation into the linear layer, for the head of an ordinary classifier."""
+
+    def __init__(self, labels, features: Features, weight_decay: float = 0.0, epochs: int = 1, **task):
         super().__init__(labels, **task)
         self.backbone = nn.Identity()  # the fine-tuning callback expects one; it has no parameters
-        self.head = make_head(num_features, self.num_classes, dropout)
+        self.linear = nn.Linear(features.num_features, self.num_classes)
+        nn.init.zeros_(self.linear.weight)  # the convex problem's usual start: every class equally likely
+        nn.init.zeros_(self.linear.bias)
+        self.head = self.linear  # what the callbacks and the fine-tuning strategy look for
+        self.register_buffer("mean", features.train.mean(dim=0))
+        self.register_buffer("std", features.train.std(dim=0).clamp(min=1e-6))
+        self.penalty = float(weight_decay)
+        self.iterations = max(PROBE_ITERATIONS // max(int(epochs), 1), 10)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(features)
+        return self.linear((features - self.mean) / self.std)
+
+    def training_step(self, batch, batch_idx: int):
+        loss = super().training_step(batch, batch_idx)
+        return loss + 0.5 * self.penalty * self.linear.weight.pow(2).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.LBFGS(
+            self.linear.parameters(),
+            lr=1.0,
+            max_iter=self.iterations,
+            history_size=20,
+            line_search_fn="strong_wolfe",
+            tolerance_grad=1e-6,
+            tolerance_change=1e-9,
+        )
+
+    def classifier_head(self, state: dict | None = None) -> dict:
+        """The state dict of :func:`make_head` that maps raw backbone outputs as this head maps
+        standardised ones (of ``state``, a copy of this head's, when given)."""
+        state = state if state is not None else self.linear.state_dict()
+        weight = state["weight"] / self.std
+        bias = state["bias"] - weight @ self.mean
+        return {"1.weight": weight.detach().clone(), "1.bias": bias.detach().clone()}
 
 
 class FeatureData(pl.LightningDataModule):
-    """Cached features served as batches."""
+    """Cached features served as batches: the whole training set as one, for L-BFGS."""
 
-    def __init__(self, features: Features, labels: list[str], batch_size: int):
+    def __init__(self, features: Features, labels: list[str]):
         super().__init__()
-        self.features, self.labels, self.batch_size = features, list(labels), int(batch_size)
+        self.features, self.labels = features, list(labels)
 
     def train_dataloader(self) -> DataLoader:
         data = TensorDataset(self.features.train, self.features.train_targets)
-        return DataLoader(data, batch_size=self.batch_size, shuffle=True)
+        return DataLoader(data, batch_size=max(len(data), 1))
 
     def val_dataloader(self) -> DataLoader:
         data = TensorDataset(self.features.val, self.features.val_targets)
-        return DataLoader(data, batch_size=max(self.batch_size, 256))
+        return DataLoader(data, batch_size=4096)

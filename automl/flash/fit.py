@@ -224,18 +224,17 @@ def train_head(
     pl.seed_everything(config.seed, workers=True, verbose=False)
     head = HeadClassifier(
         datamodule.labels,
-        features.num_features,
-        config.dropout,
-        learning_rate=config.learning_rate,
+        features,
         weight_decay=config.weight_decay,
+        epochs=config.epochs,
         label_smoothing=config.label_smoothing,
-        lr_scheduler="cosine",
     )
     best = _BestHead(monitor)
     threads = torch.get_num_threads()
-    # a linear layer on a batch of features is too small to split: threads only add waiting (8x
-    # slower measured on 2 busy cores)
-    torch.set_num_threads(1)
+    if features.train.numel() < 10_000_000:
+        # a linear layer on a few thousand rows is too small to split: threads only add waiting (8x
+        # slower measured on 2 busy cores)
+        torch.set_num_threads(1)
     try:
         trainer = _fit_head(head, features, datamodule, config, best, callbacks, logger, out_dir)
     finally:
@@ -244,7 +243,7 @@ def train_head(
         return Trained(head, datamodule, trainer, None, None, None)
     torch.manual_seed(config.seed)  # --no-pretrained: the random backbone the features came from
     model = build_model(config, datamodule.labels)
-    model.head.load_state_dict(best.state)
+    model.head.load_state_dict(head.classifier_head(best.state))
     if not checkpoint:
         return Trained(model, datamodule, trainer, None, best.epoch, best.score)
     path = Path(out_dir) / "checkpoints" / f"best-epoch{best.epoch}.ckpt"
@@ -253,20 +252,21 @@ def train_head(
 
 
 def _fit_head(head, features, datamodule, config: FitConfig, best, callbacks, logger, out_dir: Path):
-    from automl.flash.features import HEAD_EPOCHS_PER_EPOCH, FeatureData
+    from automl.flash.features import FeatureData
 
     return finetune(
         head,
-        FeatureData(features, datamodule.labels, config.batch_size),
+        FeatureData(features, datamodule.labels),
         strategy="no_freeze",
-        max_epochs=config.epochs * HEAD_EPOCHS_PER_EPOCH,
-        accelerator=config.accelerator,
-        devices=1,  # a head on cached features is too small to spread over processes
+        max_epochs=config.epochs,
+        # a linear layer on features already in memory: no GPU memory to run out of, no copies
+        accelerator="cpu",
+        devices=1,
         callbacks=[best, QuietLibraries(), *callbacks],
         enable_progress_bar=False,
         logger=logger if logger is not None else False,
         default_root_dir=out_dir,
-        log_every_n_steps=10,
+        log_every_n_steps=1,
         num_sanity_val_steps=0,
     )
 

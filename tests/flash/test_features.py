@@ -101,3 +101,40 @@ def test_text_features_keep_the_examples_order(text_csv, tiny_bert_dir, tmp_path
     with torch.inference_mode():
         one = _encoder(config, data)(data.train_samples[3:4])
     assert torch.allclose(features.train[3], one[0], atol=1e-5)
+
+
+def test_a_head_on_cached_features_is_the_logistic_regression_scikit_learn_fits():
+    """The head is fitted as a regularised logistic regression on standardised features (L-BFGS, the
+    whole set as one batch): its probabilities are scikit-learn's for the same C, and folded back
+    onto raw features it predicts the same."""
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from automl.flash.features import FeatureData, Features, HeadClassifier
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 20)) * 2
+    targets = rng.integers(0, 3, size=300)
+    raw = (centres[targets] + rng.normal(size=(300, 20))) * rng.uniform(0.1, 10, size=20) + 5  # unscaled
+    x = torch.tensor(raw, dtype=torch.float32)
+    y = torch.tensor(targets)
+    features = Features(x[:200], y[:200], x[200:], y[200:], seconds=0.0, seconds_per_example=0.0)
+    weight_decay = 0.05
+    head = HeadClassifier(["a", "b", "c"], features, weight_decay=weight_decay, epochs=2)
+    data = FeatureData(features, ["a", "b", "c"])
+    fit.finetune(head, data, strategy="no_freeze", max_epochs=2, logger=False, enable_progress_bar=False)
+
+    scaler = StandardScaler().fit(raw[:200])
+    reference = LogisticRegression(C=1 / (weight_decay * 200), max_iter=5000, tol=1e-8)
+    reference.fit(scaler.transform(raw[:200]), targets[:200])
+    expected = reference.predict_proba(scaler.transform(raw[200:]))
+    head.eval()
+    with torch.no_grad():
+        ours = head(x[200:]).softmax(dim=-1).numpy()
+        folded = head.classifier_head()
+        raw_logits = x[200:] @ folded["1.weight"].T + folded["1.bias"]
+    # scikit-learn standardises with the population std, automl with the sample one: C differs by n/(n-1)
+    np.testing.assert_allclose(ours, expected, atol=0.02)
+    assert (ours.argmax(1) == expected.argmax(1)).mean() > 0.98
+    np.testing.assert_allclose(raw_logits.softmax(dim=-1).numpy(), ours, atol=1e-4)
