@@ -531,14 +531,19 @@ class RunJob:
         params = tuning.baseline_params(
             space, config.learning_rate, config.weight_decay, config.dropout, config.label_smoothing
         )
+        defaults = params
         if self.budget is not None and config.strategy == _DEFAULT_STRATEGY:
             # with a budget the baseline is the default backbone's head on cached features: seconds,
             # and its one pass over the data measures what that backbone costs here
             params = {**params, "strategy": "freeze", **({"augment": False} if "augment" in params else {})}
             params["weight_decay"] = _probe_weight_decay(config)
         self.flash_tuner.enqueue_baseline(params)
-        # then the same cheap head on every other backbone: the best one's linear probe within minutes
-        self.flash_tuner.enqueue_probes(_probe_params(config, space, params))
+        # then the same cheap head on every other backbone: the best one's linear probe within minutes;
+        # and the defaults as they are (fine-tuning), sized to the budget, before the search goes on
+        probes = _probe_params(config, space, params, penalties=self.budget is not None)
+        if defaults is not params:
+            probes.append(defaults)
+        self.flash_tuner.enqueue_probes(probes[: max(config.trials - 1, 0)])
         return params
 
     def baseline(self) -> None:
@@ -1140,20 +1145,24 @@ def _probe_weight_decay(config: RunConfig) -> float:
     return config.weight_decay if config.weight_decay != default else PROBE_WEIGHT_DECAY
 
 
-def _probe_params(config: RunConfig, space, baseline: dict) -> list[dict]:
-    """The baseline's head, on cached features, for every other backbone of the search (at its
-    native size), as many as the trials allow after the baseline."""
+def _probe_params(config: RunConfig, space, baseline: dict, penalties: bool = True) -> list[dict]:
+    """Heads on cached features to run after the baseline: every other backbone of the search (at
+    its native size), then, when ``penalties``, the baseline's backbone with a few stronger penalties
+    (unless ``--weight-decay`` was given)."""
+    from automl.flash.features import PROBE_WEIGHT_DECAYS
+
     sizes = _native_sizes(config, space.backbones)
+    first = {**baseline, "strategy": "freeze", "weight_decay": _probe_weight_decay(config)}
+    if "augment" in first:
+        first["augment"] = False
     probes = []
-    for name in space.backbones[: config.trials]:
-        if name == baseline["backbone"]:
-            continue
-        params = {**baseline, "strategy": "freeze", "backbone": name, "weight_decay": _probe_weight_decay(config)}
-        if "augment" in params:
-            params["augment"] = False
-        if "image_size" in params:
-            params["image_size"] = sizes.get(name, baseline["image_size"])
-        probes.append(params)
+    for name in space.backbones:
+        if name != baseline["backbone"]:
+            probes.append({**first, "backbone": name})
+            if "image_size" in first:
+                probes[-1]["image_size"] = sizes.get(name, baseline["image_size"])
+    if penalties and config.weight_decay == RunConfig.__dataclass_fields__["weight_decay"].default:
+        probes += [{**first, "weight_decay": penalty} for penalty in PROBE_WEIGHT_DECAYS]
     return probes
 
 

@@ -32,8 +32,11 @@ from automl.flash.tasks import ClassificationTask
 #: regression on ~1000 standardised features converges in one to two hundred.
 PROBE_ITERATIONS = 200
 #: the L2 penalty a head on cached features starts from when none was given (``C = 1000 / n``): the
-#: best of a grid on digits and on clothing photos for every packaged backbone; the search tunes it
+#: best of a grid on digits for every packaged backbone; the search tunes it
 PROBE_WEIGHT_DECAY = 1e-3
+#: the penalties the default backbone's head also tries right after the first one, before the search
+#: goes on: sentence embeddings want ~0.4 where photo features want 1e-3 (one second each)
+PROBE_WEIGHT_DECAYS = (1e-2, 1e-1, 1.0)
 FEATURE_BATCH_SIZE = 64
 
 

@@ -142,7 +142,8 @@ class TemplateModule(pl.LightningModule):
         optimizer = torch.optim.AdamW(self.parameter_groups(), weight_decay=self.config.get("weight_decay", 0.01))
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         steps_per_epoch = max(total // max(int(self.trainer.max_epochs or 1), 1), 1)
-        warmup = int(self.config.get("warmup_epochs", 1) * steps_per_epoch)
+        # a trial the time budget cut to an epoch or two would otherwise spend all of it warming up
+        warmup = min(int(self.config.get("warmup_epochs", 1) * steps_per_epoch), total // 10)
 
         def warmup_cosine(step: int) -> float:
             if step < warmup:
