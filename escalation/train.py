@@ -36,6 +36,7 @@ RECIPE = {
     "class_weighted": True,  # inverse-frequency loss weights, used only when classes are imbalanced
     "patience": 3,  # early stopping, in epochs without improvement
     "limit_train_batches": 1.0,  # share of the training batches an epoch sees (a time budget may lower it)
+    "keep_bn_statistics": True,  # a pretrained backbone's BatchNorm layers keep their running statistics
     # images
     "image_size": 224,
     "augment": "trivialaugment",  # none | trivialaugment | randaugment

@@ -133,12 +133,18 @@ class FlashFinetuning(BaseFinetuning):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_start(trainer, pl_module)
-        set_frozen_modes(pl_module.backbone)
+        pretrained = bool(getattr(pl_module, "hparams", {}).get("pretrained", False))
+        set_frozen_modes(pl_module.backbone, keep_statistics=pretrained)
 
 
-def set_frozen_modes(backbone: nn.Module) -> None:
+def set_frozen_modes(backbone: nn.Module, keep_statistics: bool = False) -> None:
     """A fully frozen backbone runs in eval mode (no dropout, no BatchNorm statistic updates); in a
-    partly frozen one, BatchNorm layers whose parameters are frozen keep their running statistics."""
+    partly frozen one, BatchNorm layers whose parameters are frozen keep their running statistics.
+
+    ``keep_statistics`` (a pretrained backbone): every BatchNorm layer normalises with its pretrained
+    running statistics while its scale and shift still train. Batch statistics of 32 images far from
+    ImageNet (digits at 96 px) made a 2-epoch fine-tune of EfficientNet-Lite0 fall from its head's
+    0.975 to 0.58; with the statistics kept it ends at 0.95 (``bench``, measured on this machine)."""
     trainable = [p.requires_grad for p in backbone.parameters()]
     if not any(trainable):
         backbone.eval()
@@ -147,7 +153,7 @@ def set_frozen_modes(backbone: nn.Module) -> None:
     for module in backbone.modules():
         if isinstance(module, _BatchNorm):
             own = list(module.parameters(recurse=False))
-            if own and not any(p.requires_grad for p in own):
+            if keep_statistics or (own and not any(p.requires_grad for p in own)):
                 module.eval()
 
 

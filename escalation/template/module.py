@@ -77,6 +77,14 @@ class TemplateModule(pl.LightningModule):
         return logits
 
     # ------------------------------------------------------------------ steps
+    def on_train_epoch_start(self) -> None:
+        # A pretrained backbone normalises with its own BatchNorm statistics while their scale and
+        # shift train: batch statistics of small batches far from ImageNet wreck a short fine-tune.
+        if self.config.get("pretrained", True) and self.config.get("keep_bn_statistics", True):
+            for module in self.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+
     def training_step(self, batch, batch_idx: int):
         inputs, targets = batch
         if self.mix is not None:

@@ -64,6 +64,24 @@ def test_freeze_unfreeze_trains_the_backbone_from_its_epoch(image_folder):
     assert len(groups) == 2 and groups[1]["lr"] == pytest.approx(groups[0]["lr"] * 0.1)
 
 
+@pytest.mark.parametrize("pretrained", [True, False])
+def test_a_pretrained_backbone_keeps_its_batchnorm_statistics_while_it_fine_tunes(image_folder, pretrained):
+    """Batch statistics of small batches far from the pretraining data wreck a short fine-tune: a
+    pretrained backbone normalises with its own running statistics (its BatchNorm scale and shift still
+    train); a randomly initialised one has none worth keeping and learns them."""
+    data = tiny_image_data(image_folder)
+    model = ImageClassifier(labels=data.labels, backbone=TINY_IMAGE_BACKBONE, pretrained=False)
+    model.hparams["pretrained"] = pretrained  # the tiny test model has no weights to load
+    norms = [mod for mod in model.backbone.modules() if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms
+    before = [(mod.running_mean.clone(), mod.weight.detach().clone()) for mod in norms]
+    finetune(model, data, strategy="no_freeze", **fast_trainer_kwargs(max_epochs=1))
+    kept = [torch.equal(mean, mod.running_mean) for (mean, _), mod in zip(before, norms, strict=True)]
+    trained = [not torch.equal(weight, mod.weight) for (_, weight), mod in zip(before, norms, strict=True)]
+    assert all(kept) if pretrained else not any(kept)
+    assert any(trained)
+
+
 def test_unfreeze_milestones_unfreeze_the_last_layers_first(image_folder):
     data = tiny_image_data(image_folder)
     model = ImageClassifier(labels=data.labels, backbone=TINY_IMAGE_BACKBONE, pretrained=False)
