@@ -928,12 +928,33 @@ class RunJob:
         if self.budget is not None and not self.features.has(config, served):
             return config, None  # computing the features would take the trial's own time
         features = self.features.get(config, served)
-        frozen = dataclasses.replace(config, epochs=strategy.unfreeze_epoch)
+        frozen = dataclasses.replace(config, epochs=strategy.unfreeze_epoch, weight_decay=self._head_penalty(config))
         head = fit.train_head(frozen, served, out / "head", features, self.target.metric, checkpoint=False)
         if head.best_score is None:  # stopped before its first validation
             return config, None
         rest = dataclasses.replace(config, strategy="freeze_unfreeze:0", epochs=config.epochs - strategy.unfreeze_epoch)
         return rest, {k: v.detach().clone() for k, v in head.model.head.state_dict().items()}
+
+    def _head_penalty(self, config) -> float:
+        """The L2 penalty of the best head on cached features of this backbone and input size so far
+        (else ``--weight-decay`` or the probes' first guess): a fine-tune starts from the head a
+        linear probe would keep, not from an unpenalised one that fits every training example and
+        leaves the backbone a near-zero loss to learn from."""
+        from automl.flash.features import PROBE_WEIGHT_DECAY
+
+        size = "image_size" if self.config.modality == "image" else "max_length"
+        heads = [
+            t
+            for t in self.flash_tuner.study.get_trials(deepcopy=False)
+            if t.state.name == "COMPLETE"
+            and self.flash_tuner.space.head_only(t.params)
+            and t.params.get("backbone") == config.backbone
+            and t.params.get(size) == getattr(config, size)
+        ]
+        if not heads:
+            return max(config.weight_decay, PROBE_WEIGHT_DECAY)
+        maximize = self.flash_tuner.study.direction.name == "MAXIMIZE"
+        return float((max if maximize else min)(heads, key=lambda t: t.value).params["weight_decay"])
 
     def _check_time_for_features(self, config, served) -> None:
         """With a budget, a backbone that has not run over the data yet must fit the tuning time left."""
