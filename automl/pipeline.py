@@ -535,8 +535,7 @@ class RunJob:
         if self.budget is not None and config.strategy == _DEFAULT_STRATEGY:
             # with a budget the baseline is the default backbone's head on cached features: seconds,
             # and its one pass over the data measures what that backbone costs here
-            params = {**params, "strategy": "freeze", **({"augment": False} if "augment" in params else {})}
-            params["weight_decay"] = _probe_weight_decay(config)
+            params = _as_head(params, config)
         self.flash_tuner.enqueue_baseline(params)
         # then the same cheap head on every other backbone: the best one's linear probe within minutes;
         # and the defaults as they are (fine-tuning), sized to the budget, before the search goes on
@@ -940,8 +939,6 @@ class RunJob:
         (else ``--weight-decay`` or the probes' first guess): a fine-tune starts from the head a
         linear probe would keep, not from an unpenalised one that fits every training example and
         leaves the backbone a near-zero loss to learn from."""
-        from automl.flash.features import PROBE_WEIGHT_DECAY
-
         size = "image_size" if self.config.modality == "image" else "max_length"
         heads = [
             t
@@ -952,7 +949,7 @@ class RunJob:
             and t.params.get(size) == getattr(config, size)
         ]
         if not heads:
-            return max(config.weight_decay, PROBE_WEIGHT_DECAY)
+            return _probe_weight_decay(self.config)
         maximize = self.flash_tuner.study.direction.name == "MAXIMIZE"
         return float((max if maximize else min)(heads, key=lambda t: t.value).params["weight_decay"])
 
@@ -1130,6 +1127,7 @@ def _search_space(config: RunConfig, tier: str):
 _DEFAULT_STRATEGY = FitConfig.__dataclass_fields__["strategy"].default
 _DEFAULT_IMAGE_SIZE = FitConfig.__dataclass_fields__["image_size"].default
 _DEFAULT_MAX_LENGTH = FitConfig.__dataclass_fields__["max_length"].default
+_DEFAULT_WEIGHT_DECAY = FitConfig.__dataclass_fields__["weight_decay"].default
 
 
 def _fit_to_data(config: RunConfig, datamodule) -> RunConfig:
@@ -1162,8 +1160,15 @@ def _probe_weight_decay(config: RunConfig) -> float:
     ``--weight-decay``, else a first guess the search goes on from."""
     from automl.flash.features import PROBE_WEIGHT_DECAY
 
-    default = RunConfig.__dataclass_fields__["weight_decay"].default
-    return config.weight_decay if config.weight_decay != default else PROBE_WEIGHT_DECAY
+    return config.weight_decay if config.weight_decay != _DEFAULT_WEIGHT_DECAY else PROBE_WEIGHT_DECAY
+
+
+def _as_head(params: dict, config: RunConfig) -> dict:
+    """``params`` as a head on cached features: frozen backbone, no augmentation, a penalty."""
+    head = {**params, "strategy": "freeze", "weight_decay": _probe_weight_decay(config)}
+    if "augment" in head:
+        head["augment"] = False
+    return head
 
 
 def _probe_params(config: RunConfig, space, baseline: dict, penalties: bool = True) -> list[dict]:
@@ -1173,16 +1178,14 @@ def _probe_params(config: RunConfig, space, baseline: dict, penalties: bool = Tr
     from automl.flash.features import PROBE_WEIGHT_DECAYS
 
     sizes = _native_sizes(config, space.backbones)
-    first = {**baseline, "strategy": "freeze", "weight_decay": _probe_weight_decay(config)}
-    if "augment" in first:
-        first["augment"] = False
+    first = _as_head(baseline, config)
     probes = []
     for name in space.backbones:
         if name != baseline["backbone"]:
             probes.append({**first, "backbone": name})
             if "image_size" in first:
                 probes[-1]["image_size"] = sizes.get(name, baseline["image_size"])
-    if penalties and config.weight_decay == RunConfig.__dataclass_fields__["weight_decay"].default:
+    if penalties and config.weight_decay == _DEFAULT_WEIGHT_DECAY:
         probes += [{**first, "weight_decay": penalty} for penalty in PROBE_WEIGHT_DECAYS]
     return probes
 

@@ -17,7 +17,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -127,16 +126,10 @@ def _timed_post(url: str, kind: str, body: bytes) -> tuple[str, int, float]:
 
 
 def _post(url: str, filename: str, data: bytes) -> tuple[int, object]:
-    boundary = uuid.uuid4().hex
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n"
-        ).encode()
-        + data
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    import urllib3
+
+    body, content_type = urllib3.encode_multipart_formdata({"file": (filename, data, "application/octet-stream")})
+    headers = {"Content-Type": content_type}
     request = urllib.request.Request(f"{url}/predict", data=body, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=120) as response:

@@ -16,7 +16,6 @@ import sys  # noqa: E402
 import time  # noqa: E402
 import urllib.error  # noqa: E402
 import urllib.request  # noqa: E402
-import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -199,16 +198,9 @@ def serving(run_dir: Path, *options: str):
 
 def multipart(field: str, filename: str, data: bytes) -> tuple[bytes, str]:
     """A one-file multipart/form-data body and its content type."""
-    boundary = uuid.uuid4().hex
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
-            "Content-Type: application/octet-stream\r\n\r\n"
-        ).encode()
-        + data
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    return body, f"multipart/form-data; boundary={boundary}"
+    import urllib3
+
+    return urllib3.encode_multipart_formdata({field: (filename, data, "application/octet-stream")})
 
 
 def post(url: str, body: bytes, content_type: str) -> tuple[int, dict | str]:

@@ -229,25 +229,24 @@ class HeadClassifier(ClassificationTask):
     def __init__(self, labels, features: Features, weight_decay: float = 0.0, epochs: int = 1, **task):
         super().__init__(labels, **task)
         self.backbone = nn.Identity()  # the fine-tuning callback expects one; it has no parameters
-        self.linear = nn.Linear(features.num_features, self.num_classes)
-        nn.init.zeros_(self.linear.weight)  # the convex problem's usual start: every class equally likely
-        nn.init.zeros_(self.linear.bias)
-        self.head = self.linear  # what the callbacks and the fine-tuning strategy look for
+        self.head = nn.Linear(features.num_features, self.num_classes)
+        nn.init.zeros_(self.head.weight)  # the convex problem's usual start: every class equally likely
+        nn.init.zeros_(self.head.bias)
         self.register_buffer("mean", features.train.mean(dim=0))
         self.register_buffer("std", features.train.std(dim=0).clamp(min=1e-6))
         self.penalty = float(weight_decay)
         self.iterations = max(PROBE_ITERATIONS // max(int(epochs), 1), 10)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.linear((features - self.mean) / self.std)
+        return self.head((features - self.mean) / self.std)
 
     def training_step(self, batch, batch_idx: int):
         loss = super().training_step(batch, batch_idx)
-        return loss + 0.5 * self.penalty * self.linear.weight.pow(2).sum()
+        return loss + 0.5 * self.penalty * self.head.weight.pow(2).sum()
 
     def configure_optimizers(self):
         return torch.optim.LBFGS(
-            self.linear.parameters(),
+            self.head.parameters(),
             lr=1.0,
             max_iter=self.iterations,
             history_size=20,
@@ -259,7 +258,7 @@ class HeadClassifier(ClassificationTask):
     def classifier_head(self, state: dict | None = None) -> dict:
         """The state dict of :func:`make_head` that maps raw backbone outputs as this head maps
         standardised ones (of ``state``, a copy of this head's, when given)."""
-        state = state if state is not None else self.linear.state_dict()
+        state = state if state is not None else self.head.state_dict()
         weight = state["weight"] / self.std
         bias = state["bias"] - weight @ self.mean
         return {"1.weight": weight.detach().clone(), "1.bias": bias.detach().clone()}
