@@ -47,17 +47,29 @@ class Predictor:
         """The run's final model. Nothing in the run folder runs as code unless ``trust_checkpoint``:
         the checkpoint loads with ``weights_only=True`` and only the built-in template is imported;
         otherwise ``UntrustedCode`` names the file and the fix (``--trust-checkpoint``)."""
+        best = Path(run_dir) / BEST
+        if not (best / "model.ckpt").exists():
+            raise DataError(
+                f"'{run_dir}' holds no trained model ({best / 'model.ckpt'} is missing). Pass a run folder that "
+                "`automl run` finished (its best/ folder)."
+            )
+        return cls.load_folder(best, trust_checkpoint, max_pixels)
+
+    @classmethod
+    def load_folder(
+        cls,
+        best: Path,
+        trust_checkpoint: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        template: str | Path | None = None,
+    ) -> Predictor:
+        """The model in a run's ``best/`` folder (or a copy of it, as inside an MLflow model);
+        ``template``: where its Lightning-tier template is now, when not where ``tier.json`` says."""
         import yaml
 
         from automl import checkpoints
 
-        best = Path(run_dir) / BEST
         checkpoint = best / "model.ckpt"
-        if not checkpoint.exists():
-            raise DataError(
-                f"'{run_dir}' holds no trained model ({checkpoint} is missing). Pass a run folder that "
-                "`automl run` finished (its best/ folder)."
-            )
         labels = json.loads((best / "labels.json").read_text())
         preprocessing = json.loads((best / "preprocessing.json").read_text())
         tier = json.loads((best / "tier.json").read_text()) if (best / "tier.json").exists() else {"tier": "flash"}
@@ -65,7 +77,7 @@ class Predictor:
         if tier["tier"] == "lightning":
             from escalation.train import load_template
 
-            folder = tier.get("template")
+            folder = str(template) if template is not None else tier.get("template")
             if not (trust_checkpoint or _built_in_template(folder)):
                 raise checkpoints.UntrustedCode(
                     f"{best / 'tier.json'} names the template '{folder}': Python code that loading this model "
@@ -280,30 +292,33 @@ def _error_row(id_: str, error: str) -> dict:
 
 
 def read_inputs(predictor: Predictor, path: str | Path, input_field: str | None = None) -> tuple[list, list[str]]:
-    """(inputs, ids) from ``path``: images (a file or a folder, every file in it tried) or texts (a
-    CSV/TSV, JSONL, a .txt file with one text per line, or a folder of .txt files)."""
+    """(inputs, ids) from ``path``: images (a file, a folder, every file in it tried, or a CSV/Parquet
+    table of image paths) or texts (a CSV/TSV, Parquet or JSONL file, a saved ``datasets`` folder, a
+    .txt file with one text per line, or a folder of .txt files)."""
     from automl.data import common
 
     path = common.existing_path(path)
-    if predictor.kind == "image":
+    table = path.suffix.lower() in common.TABLE_SUFFIXES or common.is_hf_dataset(path)
+    if predictor.kind == "image" and not table:
         files = [path] if path.is_file() else common.files_in(path, None)
         return files, [str(f) for f in files]
-    if path.is_dir():
+    if path.is_dir() and not table:
         files = common.files_in(path, (".txt",))
         return [f.read_text(encoding="utf-8", errors="replace") for f in files], [str(f) for f in files]
-    suffix = path.suffix.lower()
-    if suffix in (".csv", ".tsv", ".jsonl", ".ndjson", ".json"):
-        import pandas as pd
-
-        if suffix in (".csv", ".tsv"):
-            frame = common.read_csv(path)
-        else:
-            frame = pd.read_json(path, lines=True, dtype=False)
-            frame.columns = [str(c) for c in frame.columns]
+    if table:
+        from automl.data.image import IMAGE_COLUMNS
         from automl.data.text import TEXT_COLUMNS
 
-        column = common.pick_column(frame, input_field, TEXT_COLUMNS, f"'{path}'", "text")
-        return list(frame[column]), [f"row {i + (2 if suffix in ('.csv', '.tsv') else 1)}" for i in range(len(frame))]
+        frame, source, first_row = common.read_table(path)
+        image = predictor.kind == "image"
+        column = common.pick_column(
+            frame, input_field, IMAGE_COLUMNS if image else TEXT_COLUMNS, source, "image path" if image else "text"
+        )
+        if image:  # paths are relative to the table's folder, as for training
+            folder = path if path.is_dir() else path.parent
+            files = [folder / str(value) for value in frame[column]]
+            return files, [str(f) for f in files]
+        return list(frame[column]), [f"row {i + first_row}" for i in range(len(frame))]
     lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     return lines, [f"line {i + 1}" for i in range(len(lines))]
 

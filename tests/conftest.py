@@ -155,6 +155,49 @@ def tiny_run_config(images: Path, output: Path, **changes):
     return RunConfig(**{**values, **changes})
 
 
+# --------------------------------------------------------------------------- finished runs
+
+
+@pytest.fixture(scope="session")
+def image_run(tmp_path_factory) -> Path:
+    """A finished `automl run` on tiny images, shared by
+    the tests of what a run gives a person (report, predict, export, serve, the MLflow model)."""
+    from automl import pipeline
+
+    images = make_image_folder(tmp_path_factory.mktemp("data") / "imgs", per_class=8)
+    output = tmp_path_factory.mktemp("image-run") / "runs"
+    config = tiny_run_config(images, output, trials=5, epochs=1)
+    return pipeline.run(config, progress=False).run_dir
+
+
+@pytest.fixture(scope="session")
+def text_run(tmp_path_factory, tiny_bert_dir) -> Path:
+    """A finished `automl run` on tiny texts with a tiny BERT."""
+    import pandas as pd
+
+    from automl import pipeline
+    from automl.config import RunConfig
+
+    root = tmp_path_factory.mktemp("text-run")
+    csv = root / "texts.csv"
+    pd.DataFrame(make_texts(per_class=10), columns=["text", "label"]).to_csv(csv, index=False)
+    config = RunConfig(
+        task="text_classification",
+        data=str(csv),
+        output=str(root / "runs"),
+        target="accuracy>=0",
+        trials=1,
+        backbone=str(tiny_bert_dir),
+        epochs=1,
+        batch_size=8,
+        max_length=16,
+        accelerator="cpu",
+        pruner="none",
+        strategy="no_freeze",
+    )
+    return pipeline.run(config, progress=False).run_dir
+
+
 def logged_epochs(params: dict) -> int:
     """Validation points a trial logs to MLflow: one per epoch. ``freeze_unfreeze:K`` trains its K
     frozen epochs on cached features, unlogged, before the logged ones (Lightning-tier trials have no

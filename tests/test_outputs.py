@@ -13,42 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import make_image_folder, make_texts, multipart, post, serving, tiny_run_config
+from conftest import make_image_folder, multipart, post, serving
 
-from automl import pipeline
 from automl.cli import cli
-from automl.config import RunConfig
 from automl.predict import Predictor
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-
-
-@pytest.fixture(scope="module")
-def image_run(tmp_path_factory, images) -> Path:
-    output = tmp_path_factory.mktemp("image-run") / "runs"
-    return pipeline.run(tiny_run_config(images, output, trials=5, epochs=1), progress=False).run_dir
-
-
-@pytest.fixture(scope="module")
-def text_run(tmp_path_factory, tiny_bert_dir) -> Path:
-    root = tmp_path_factory.mktemp("text-run")
-    csv = root / "texts.csv"
-    pd.DataFrame(make_texts(per_class=10), columns=["text", "label"]).to_csv(csv, index=False)
-    config = RunConfig(
-        task="text_classification",
-        data=str(csv),
-        output=str(root / "runs"),
-        target="accuracy>=0",
-        trials=1,
-        backbone=str(tiny_bert_dir),
-        epochs=1,
-        batch_size=8,
-        max_length=16,
-        accelerator="cpu",
-        pruner="none",
-        strategy="no_freeze",
-    )
-    return pipeline.run(config, progress=False).run_dir
 
 
 # --------------------------------------------------------------------------- report

@@ -125,6 +125,90 @@ def read_csv(path: Path, header: bool = True) -> pd.DataFrame:
     return frame
 
 
+#: file types ``read_table`` reads, and a Hugging Face ``datasets`` folder (``Dataset.save_to_disk``)
+TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".jsonl", ".ndjson", ".json")
+HF_DATASET_FILES = ("dataset_info.json", "dataset_dict.json")
+
+
+def is_hf_dataset(path: Path) -> bool:
+    """A folder written by ``datasets.Dataset.save_to_disk`` (or ``DatasetDict.save_to_disk``)."""
+    return path.is_dir() and any((path / name).is_file() for name in HF_DATASET_FILES)
+
+
+def read_table(path: Path, header: bool = True) -> tuple[pd.DataFrame, str, int]:
+    """(frame, source, first_row) for a CSV/TSV, Parquet, JSONL file or a Hugging Face ``datasets``
+    folder: the rows of a table, how errors name it, and the row number its first row has there."""
+    path = existing_path(path)
+    suffix = path.suffix.lower()
+    if is_hf_dataset(path):
+        return _read_hf_dataset(path), f"the datasets folder '{path}'", 1
+    if suffix in (".csv", ".tsv"):
+        return read_csv(path, header), f"the CSV '{path}'", 2 if header else 1
+    if suffix == ".parquet":
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as exc:  # pyarrow raises its own types for a file that is not Parquet
+            raise DataError(f"Cannot read the Parquet file '{path}': {exc}.") from exc
+        frame.columns = [str(c) for c in frame.columns]
+        return frame, f"the Parquet file '{path}'", 1
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        return read_jsonl(path), f"the JSONL file '{path}'", 1
+    raise DataError(
+        f"Cannot read '{path}': use a CSV/TSV, Parquet or JSONL file, a folder saved by "
+        "datasets.Dataset.save_to_disk, or a folder of class folders."
+    )
+
+
+def read_jsonl(path: Path) -> pd.DataFrame:
+    """One JSON object per line; the encoding it was read with is in ``frame.attrs["encoding"]``."""
+    import json
+
+    records = []
+    text, encoding = read_text(path)
+    for row, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}, line {row}: not valid JSON ({exc.msg}).") from exc
+    frame = pd.DataFrame.from_records(records)
+    frame.columns = [str(c) for c in frame.columns]
+    frame.attrs["encoding"] = encoding
+    return frame
+
+
+def _read_hf_dataset(path: Path) -> pd.DataFrame:
+    """A saved ``Dataset`` (or the ``train`` split of a ``DatasetDict``) as a frame; ``ClassLabel``
+    columns hold their names, not their integer codes."""
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(
+            f"'{path}' is a folder saved by the Hugging Face datasets library; reading it needs that library: "
+            "pip install 'automl[hf]' (or pip install datasets)."
+        ) from None
+    loaded = datasets.load_from_disk(str(path))
+    if isinstance(loaded, datasets.DatasetDict):
+        if "train" not in loaded:
+            raise DataError(
+                f"The datasets folder '{path}' has the splits {', '.join(loaded)} but no 'train' split to learn from."
+            )
+        if len(loaded) > 1:
+            log.warning(
+                "Reading the 'train' split of '%s'; its other splits (%s) are not used.",
+                path,
+                ", ".join(k for k in loaded if k != "train"),
+            )
+        loaded = loaded["train"]
+    frame = loaded.to_pandas()
+    for name, feature in loaded.features.items():
+        if isinstance(feature, datasets.ClassLabel):
+            frame[name] = [feature.int2str(int(v)) if v is not None and v >= 0 else "" for v in frame[name]]
+    frame.columns = [str(c) for c in frame.columns]
+    return frame
+
+
 def _shown(columns: Sequence[str]) -> str:
     return ", ".join(c if len(c) <= 40 else c[:37] + "..." for c in columns) or "(none)"
 

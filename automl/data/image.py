@@ -2,6 +2,7 @@
 
 >>> data = ImageClassificationData.from_folders("imgs/")            # imgs/<class>/<file>.png
 >>> data = ImageClassificationData.from_csv("labels.csv", "file", "label", root="imgs/")
+>>> data = ImageClassificationData.from_path("labels.parquet")      # a folder, CSV, Parquet or datasets folder
 >>> data = ImageClassificationData.from_files(["a.jpg", "b.jpg"], labels=["cat", "dog"])
 """
 
@@ -136,6 +137,24 @@ class ImageClassificationData(common.ClassificationDataModule):
         return cls(labels, train_samples, val_samples, test_samples, **kwargs)
 
     @classmethod
+    def from_path(
+        cls,
+        path: str | Path,
+        input_field: str | int | None = None,
+        target_field: str | int | None = None,
+        header: bool = True,
+        **kwargs,
+    ) -> ImageClassificationData:
+        """Whatever ``path`` holds: a folder of class folders, or a table of image paths and labels
+        (a CSV/TSV or Parquet file, or a folder saved by ``datasets.Dataset.save_to_disk``)."""
+        path = common.existing_path(path)
+        if path.is_dir() and not common.is_hf_dataset(path):
+            return cls.from_folders(path, **kwargs)
+        frame, source, first_row = common.read_table(path, header)
+        kwargs.setdefault("root", path if path.is_dir() else path.parent)
+        return cls.from_frame(frame, source, input_field, target_field, first_row=first_row, **kwargs)
+
+    @classmethod
     def from_csv(
         cls,
         path: str | Path,
@@ -153,25 +172,47 @@ class ImageClassificationData(common.ClassificationDataModule):
         """
         path = common.existing_path(path, "CSV file")
         frame = common.read_csv(path, header)
-        source = f"the CSV '{path}'"
+        first_row = 2 if header else 1
+        root = root if root is not None else path.parent
+        return cls.from_frame(
+            frame, f"the CSV '{path}'", input_field, target_field, root, val_split, seed, first_row, **kwargs
+        )
+
+    @classmethod
+    def from_frame(
+        cls,
+        frame,
+        source: str,
+        input_field: str | int | None = None,
+        target_field: str | int | None = None,
+        root: str | Path | None = None,
+        val_split: float = 0.2,
+        seed: int = 42,
+        first_row: int = 2,
+        **kwargs,
+    ) -> ImageClassificationData:
+        """Rows of a table of image paths (relative to ``root``, default: the working folder) and
+        labels; ``source`` names the table in errors ("the CSV '<path>'"), ``first_row`` is its first
+        row's number there."""
         input_field = common.pick_column(frame, input_field, IMAGE_COLUMNS, source, "image path")
         target_field = common.pick_column(frame, target_field, TARGET_COLUMNS, source, "label")
-        root = Path(root) if root is not None else path.parent
+        root = Path(root) if root is not None else Path.cwd()
         paths, names = [], []
         rows = zip(frame[input_field], frame[target_field], strict=True)
-        for row, (file, label) in enumerate(rows, start=2 if header else 1):
-            image_path = root / file
+        for row, (file, label) in enumerate(rows, start=first_row):
+            label = "" if label is None else str(label)
+            image_path = root / str(file)
             if not image_path.is_file():
                 raise DataError(
-                    f"{path}, row {row}: the image '{image_path}' does not exist. "
+                    f"{source}, row {row}: the image '{image_path}' does not exist. "
                     f"Fix the path in column '{input_field}' or pass root= (the folder paths are relative to)."
                 )
             if label.strip() == "":
-                raise DataError(f"{path}, row {row}: the label in column '{target_field}' is empty.")
+                raise DataError(f"{source}, row {row}: the label in column '{target_field}' is empty.")
             paths.append(image_path)
             names.append(label)
         labels = sorted(set(names))
-        common.check_labels(labels, f"the CSV '{path}'")
+        common.check_labels(labels, source)
         samples = list(zip(paths, common.encode(names, labels), strict=True))
         train_idx, val_idx = common.stratified_split([t for _, t in samples], val_split, seed)
         return cls(labels, [samples[i] for i in train_idx], [samples[i] for i in val_idx], **kwargs)

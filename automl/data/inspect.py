@@ -120,18 +120,14 @@ def inspect_images(
 
     path = common.existing_path(path)
     skipped, converted = [], []
-    if path.is_dir():
+    if path.is_dir() and not common.is_hf_dataset(path):
         for file in common.files_in(path, None):
             usable, findings = check_image(file)
             (converted if usable else skipped).extend(findings)
     if datamodule is None:
-        datamodule = (
-            ImageClassificationData.from_folders(path, val_split=val_split, seed=seed)
-            if path.is_dir()
-            else ImageClassificationData.from_csv(path, val_split=val_split, seed=seed)
-        )
+        datamodule = ImageClassificationData.from_path(path, val_split=val_split, seed=seed)
     samples = datamodule.train_samples + datamodule.val_samples
-    if not path.is_dir():
+    if not path.is_dir() or common.is_hf_dataset(path):
         for file, _ in samples:
             converted.extend(check_image(file)[1])
     groups = defaultdict(list)
@@ -160,12 +156,7 @@ def inspect_texts(
 
     path = common.existing_path(path)
     if datamodule is None:
-        if path.is_dir():
-            datamodule = TextClassificationData.from_folders(path, val_split=val_split, seed=seed)
-        elif path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-            datamodule = TextClassificationData.from_jsonl(path, val_split=val_split, seed=seed, **fields)
-        else:
-            datamodule = TextClassificationData.from_csv(path, val_split=val_split, seed=seed, **fields)
+        datamodule = TextClassificationData.from_path(path, val_split=val_split, seed=seed, **fields)
     flagged = []
     labels_of = defaultdict(set)
     samples = datamodule.train_samples + datamodule.val_samples

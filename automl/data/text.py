@@ -3,6 +3,7 @@
 >>> data = TextClassificationData.from_csv("reviews.csv")              # columns auto-detected
 >>> data = TextClassificationData.from_jsonl("reviews.jsonl", "body", "stars")
 >>> data = TextClassificationData.from_folders("reviews/")             # reviews/<class>/<file>.txt
+>>> data = TextClassificationData.from_path("reviews.parquet")         # any of the above, or a datasets folder
 
 Texts are tokenised per batch with the backbone's tokenizer and padded to the longest text of the
 batch (dynamic padding), truncated at ``max_length`` tokens.
@@ -10,7 +11,6 @@ batch (dynamic padding), truncated at ``max_length`` tokens.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -111,6 +111,23 @@ class TextClassificationData(common.ClassificationDataModule):
         return data
 
     @classmethod
+    def from_path(
+        cls,
+        path: str | Path,
+        input_field: str | int | None = None,
+        target_field: str | int | None = None,
+        header: bool = True,
+        **kwargs,
+    ) -> TextClassificationData:
+        """Whatever ``path`` holds: a CSV/TSV, Parquet or JSONL file, a folder saved by
+        ``datasets.Dataset.save_to_disk``, or a folder of class folders of ``.txt`` files."""
+        path = common.existing_path(path)
+        if path.is_dir() and not common.is_hf_dataset(path):
+            return cls.from_folders(path, **kwargs)
+        frame, source, first_row = common.read_table(path, header)
+        return cls.from_frame(frame, source, input_field, target_field, first_row=first_row, **kwargs)
+
+    @classmethod
     def from_csv(
         cls,
         path: str | Path,
@@ -129,22 +146,19 @@ class TextClassificationData(common.ClassificationDataModule):
         return cls.from_frame(frame, f"the CSV '{path}'", input_field, target_field, first_row=first_row, **kwargs)
 
     @classmethod
+    def from_parquet(
+        cls, path: str | Path, input_field: str | None = None, target_field: str | None = None, **kwargs
+    ) -> TextClassificationData:
+        """A Parquet file; the text and label columns are found by name when not given."""
+        return cls.from_path(common.existing_path(path, "Parquet file"), input_field, target_field, **kwargs)
+
+    @classmethod
     def from_jsonl(
         cls, path: str | Path, input_field: str | None = None, target_field: str | None = None, **kwargs
     ) -> TextClassificationData:
         """One JSON object per line."""
         path = common.existing_path(path, "JSONL file")
-        records = []
-        text, encoding = common.read_text(path)
-        for row, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}, line {row}: not valid JSON ({exc.msg}).") from exc
-        frame = pd.DataFrame.from_records(records)
-        frame.attrs["encoding"] = encoding
+        frame = common.read_jsonl(path)
         return cls.from_frame(frame, f"the JSONL file '{path}'", input_field, target_field, first_row=1, **kwargs)
 
     @classmethod

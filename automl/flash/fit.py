@@ -58,7 +58,8 @@ class QuietLibraries(pl.Callback):
 
 
 def load_data(config: FitConfig):
-    """The datamodule for ``config.data``: a folder or CSV of images; a CSV, JSONL or folder of texts."""
+    """The datamodule for ``config.data``: a folder, or a CSV/Parquet table of image paths; a CSV,
+    Parquet or JSONL file, a saved ``datasets`` folder or a folder of ``.txt`` files of texts."""
     from automl.data import ImageClassificationData, TextClassificationData
     from automl.data.common import existing_path
 
@@ -69,22 +70,12 @@ def load_data(config: FitConfig):
         "batch_size": config.batch_size,
         "num_workers": config.num_workers,
     }
-    fields = {"input_field": config.input_field, "target_field": config.target_field}
+    fields = {"input_field": config.input_field, "target_field": config.target_field, "header": config.header}
     if config.task == IMAGE_CLASSIFICATION:
-        kwargs = {**common, "image_size": config.image_size, "augment": config.augment}
-        if path.is_dir():
-            return ImageClassificationData.from_folders(path, **kwargs)
-        if path.suffix.lower() in (".csv", ".tsv"):
-            return ImageClassificationData.from_csv(path, header=config.header, **fields, **kwargs)
-        raise DataError(f"'{path}' is neither a folder of class folders nor a CSV of image paths and labels.")
-    kwargs = {**common, "max_length": config.max_length}
-    if path.is_dir():
-        return TextClassificationData.from_folders(path, **kwargs)
-    if path.suffix.lower() in (".csv", ".tsv"):
-        return TextClassificationData.from_csv(path, header=config.header, **fields, **kwargs)
-    if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-        return TextClassificationData.from_jsonl(path, **fields, **kwargs)
-    raise DataError(f"'{path}' is not a CSV, a JSONL file or a folder of class folders of .txt files.")
+        return ImageClassificationData.from_path(
+            path, **fields, **common, image_size=config.image_size, augment=config.augment
+        )
+    return TextClassificationData.from_path(path, **fields, **common, max_length=config.max_length)
 
 
 def data_for(config: FitConfig, datamodule):

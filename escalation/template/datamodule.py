@@ -1,7 +1,8 @@
 """The data side of the Lightning tier: your files -> train / val / test / predict batches.
 
-Built on ``automl.data`` (which reads folders, CSVs and JSONL and makes the seeded, stratified split
-the Flash tier used, so scores compare), with a stronger training augmentation for images.
+Built on ``automl.data`` (which reads folders, CSV, Parquet and JSONL files and saved datasets, and
+makes the seeded, stratified split the Flash tier used, so scores compare), with a stronger training
+augmentation for images.
 Edit freely: this file is yours once ejected.
 """
 
@@ -25,16 +26,13 @@ def load_split(config: dict):
     """The automl datamodule holding the labelled samples of ``config["data"]``."""
     path = Path(config["data"])
     common = {"val_split": config.get("val_split", 0.2), "seed": config.get("seed", 42)}
-    fields = {"input_field": config.get("input_field"), "target_field": config.get("target_field")}
-    if config["task"] == "image_classification":
-        if path.is_dir():
-            return ImageClassificationData.from_folders(path, **common)
-        return ImageClassificationData.from_csv(path, header=config.get("header", True), **fields, **common)
-    if path.is_dir():
-        return TextClassificationData.from_folders(path, **common)
-    if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-        return TextClassificationData.from_jsonl(path, **fields, **common)
-    return TextClassificationData.from_csv(path, header=config.get("header", True), **fields, **common)
+    fields = {
+        "input_field": config.get("input_field"),
+        "target_field": config.get("target_field"),
+        "header": config.get("header", True),
+    }
+    data = ImageClassificationData if config["task"] == "image_classification" else TextClassificationData
+    return data.from_path(path, **fields, **common)
 
 
 class TemplateDataModule(pl.LightningDataModule):
