@@ -206,6 +206,11 @@ def fit(config_file: Path | None, quiet: bool, no_pretrained: bool, no_header: b
     help="An edited template folder (from `automl eject`) to escalate with.",
 )
 @click.option("--notify-url", help="Webhook POSTed (Slack-style JSON) at run start, each stage's end and run end.")
+@click.option(
+    "--register",
+    metavar="NAME",
+    help="Register the final model in the MLflow Model Registry as NAME, with the alias 'challenger'.",
+)
 def run(
     config_file: Path | None, quiet: bool, no_pretrained: bool, no_header: bool, no_escalate: bool, **options
 ) -> None:
@@ -454,6 +459,31 @@ def serve(
 
 
 @cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--alias", default="champion", show_default=True, help="The registry alias to point at this run's model.")
+def promote(run_dir: Path, alias: str) -> None:
+    """Point an alias of the registered model at the version RUN_DIR registered (`automl run --register NAME`).
+
+    Loaders of models:/NAME@ALIAS get this run's model from then on."""
+    import json
+
+    from automl.errors import DataError
+    from automl.mlflow_model import promote as move_alias
+
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    if not metrics.get("registered_model"):
+        raise DataError(
+            f"'{run_dir}' registered no model ({metrics_path} names none). Register it by running its `automl run` "
+            "command again with --register NAME (finished stages are skipped)."
+        )
+    name, version = metrics["registered_model"], metrics["model_version"]
+    before = move_alias(metrics["tracking_uri"], name, version, alias)
+    moved = f" (it pointed at version {before})" if before and before != version else ""
+    click.echo(f"models:/{name}@{alias} -> version {version}{moved}")
+
+
+@cli.command()
 @fit_options
 @click.option("--target", help="The run's target; its metric is what the study optimises (required).")
 @click.option("--trials", type=int, help="Finished trials the study should hold, whoever runs them.  [default: 10]")
@@ -515,6 +545,10 @@ def _print_run(result) -> None:
     )
     console.print(f"best: {result.tier} tier, trial {verdict['best_trial']}: {result.best_params}")
     console.print(f"model: {result.run_dir / 'best'}   total time: {result.seconds:.0f}s")
+    if result.model.get("model_uri"):
+        registered = result.model.get("registered_model")
+        alias = f"   registered: models:/{registered}@{result.model['model_alias']}" if registered else ""
+        console.print(f"MLflow model: {result.model['model_uri']}{alias}", highlight=False)
 
 
 def _print_fit(result) -> None:

@@ -147,6 +147,7 @@ class RunConfig(FitConfig):
     escalation_trials: int | None = None  # trials of the Lightning-tier study; default: trials
     template: str | None = None  # an edited, ejected template folder for the escalation
     notify_url: str | None = None  # webhook told of run start, each stage's end and run end
+    register: str | None = None  # register the final model under this name (alias "challenger")
 
     def __post_init__(self) -> None:
         super().__post_init__()

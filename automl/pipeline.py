@@ -161,6 +161,7 @@ class RunResult:
     seconds: float
     tier: str = "flash"  # the tier whose model is in best/
     interrupted: bool = False  # Ctrl-C: what finished was judged and reported; re-run to resume
+    model: dict = field(default_factory=dict)  # the MLflow model: model_uri (registered_model, model_version)
 
     @property
     def met(self) -> bool:
@@ -444,6 +445,7 @@ class RunJob:
             time.monotonic() - self.started,
             final_tier,
             self.stop.requested,
+            self.model,
         )
 
     def stage(
@@ -847,22 +849,52 @@ class RunJob:
             self.tracker.set_tags(
                 self.parent, {"verdict": verdict["verdict"], "tier": tier, "best_trial": best["best_trial"]}
             )
+            logged = self._log_model(best_dir, template, verdict)
+            fit.write_json(self.run_dir / METRICS_FILE, {**metrics, **logged})
             report = self._report(tier, verdict)
             for path in sorted(self.run_dir.glob("*.csv")) + [
                 self.run_dir / n for n in (CONFIG_FILE, JOURNAL_FILE, INSPECTION_FILE, METRICS_FILE, *report)
             ]:
                 self.tracker.log_artifact(self.parent, path)
-            self.tracker.log_artifact(self.parent, best_dir, "best")
-            return {"best_dir": str(best_dir), "tier": tier}
+            return {"best_dir": str(best_dir), "tier": tier, **logged}
 
-        self.stage(
+        result = self.stage(
             6,
             "finalise",
-            _key(str(self.target), tier, best["best_trial"], best["score"]),
+            _key(str(self.target), tier, best["best_trial"], best["score"], self.config.register),
             work,
             lambda r: f"model in {r['best_dir']}",
         )
-        self.lines.append(StageLine("finalise", note=f"best/ from the {tier} tier, artifacts logged"))
+        self.model = {k: v for k, v in result.items() if k not in ("best_dir", "tier")}
+        self.lines.append(StageLine("finalise", note=f"best/ from the {tier} tier, artifacts and model logged"))
+
+    def _log_model(self, best_dir: Path, template: str | None, verdict: dict) -> dict:
+        """The final model in MLflow (and the registry with ``--register``). The run's files are
+        written already: a store that refuses the model costs a warning, not the run."""
+        from automl import mlflow_model
+
+        tags = {"verdict": verdict["verdict"], "score": f"{verdict['score']:.4f}", "run_folder": str(self.run_dir)}
+        try:
+            logged = mlflow_model.log_model(
+                self.tracker.tracking_uri,
+                self.parent,
+                best_dir,
+                _input_example(self.datamodule),
+                template=template,
+                register=self.config.register,
+                tags=tags,
+            )
+        except Exception as exc:  # mlflow raises many types for a store that refuses
+            self.say(
+                f"[6/{self.total}] finalise: the model could not be logged to MLflow ({type(exc).__name__}: "
+                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); best/ holds it"
+            )
+            return {}
+        where = logged["model_uri"]
+        if "registered_model" in logged:
+            where += f", registered as {logged['registered_model']} version {logged['model_version']} (@challenger)"
+        self.say(f"[6/{self.total}] finalise: MLflow model {where}")
+        return logged
 
     def _report(self, tier: str, verdict: dict) -> tuple[str, ...]:
         """report.html and report.json; a report that fails to render costs a warning, not the run."""
@@ -1260,6 +1292,17 @@ def inspect_data(config: FitConfig, datamodule=None, max_bad_share: float | None
         datamodule=datamodule,
         **({k: v for k, v in fields.items() if v is not None}),
     )
+
+
+def _input_example(datamodule):
+    """A few validation inputs, as the MLflow model takes them (the smallest image files: the
+    example is stored with the model)."""
+    import pandas as pd
+
+    if datamodule.preprocessing()["kind"] == "text":
+        return pd.DataFrame({"text": [text for text, _ in datamodule.val_samples[:3]]})
+    smallest = min((path for path, _ in datamodule.val_samples), key=lambda path: Path(path).stat().st_size)
+    return pd.DataFrame({"image_bytes": [Path(smallest).read_bytes()]})
 
 
 def _safe_score(name: str, targets, probabilities) -> float | None:

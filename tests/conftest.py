@@ -156,23 +156,25 @@ def tiny_run_config(images: Path, output: Path, **changes):
 
 
 # --------------------------------------------------------------------------- finished runs
+#: the registered-model names of the shared finished runs below
+IMAGE_MODEL, TEXT_MODEL = "tiny-images", "tiny-texts"
 
 
 @pytest.fixture(scope="session")
 def image_run(tmp_path_factory) -> Path:
-    """A finished `automl run` on tiny images, shared by
+    """A finished `automl run` on tiny images, its model registered as ``IMAGE_MODEL``; shared by
     the tests of what a run gives a person (report, predict, export, serve, the MLflow model)."""
     from automl import pipeline
 
     images = make_image_folder(tmp_path_factory.mktemp("data") / "imgs", per_class=8)
     output = tmp_path_factory.mktemp("image-run") / "runs"
-    config = tiny_run_config(images, output, trials=5, epochs=1)
+    config = tiny_run_config(images, output, trials=5, epochs=1, register=IMAGE_MODEL)
     return pipeline.run(config, progress=False).run_dir
 
 
 @pytest.fixture(scope="session")
 def text_run(tmp_path_factory, tiny_bert_dir) -> Path:
-    """A finished `automl run` on tiny texts with a tiny BERT."""
+    """A finished `automl run` on tiny texts with a tiny BERT, its model registered as ``TEXT_MODEL``."""
     import pandas as pd
 
     from automl import pipeline
@@ -194,6 +196,7 @@ def text_run(tmp_path_factory, tiny_bert_dir) -> Path:
         accelerator="cpu",
         pruner="none",
         strategy="no_freeze",
+        register=TEXT_MODEL,
     )
     return pipeline.run(config, progress=False).run_dir
 

@@ -289,9 +289,13 @@ def test_two_workers_log_every_trial_to_one_parent_run_on_a_real_mlflow_server(
         assert len(history) == logged_epochs(child.data.params)  # every epoch, nothing lost
 
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"report.html", "study.csv", "best"} <= artifacts
+    assert {"report.html", "study.csv"} <= artifacts
     stored = list((tmp_path / "mlflow-artifacts").rglob("report.html"))
     assert len(stored) == 1 and stored[0].stat().st_size > 0  # through the server, into its folder
+    # the final model too: a pyfunc model of the parent run, its files in the server's folder
+    (model,) = client.search_logged_models([experiment.experiment_id])
+    assert (model.name, model.source_run_id) == ("model", parent.info.run_id)
+    assert len(list((tmp_path / "mlflow-artifacts").rglob("MLmodel"))) == 1
 
 
 def test_optuna_storages_opened_at_the_same_moment_on_never_used_databases_all_open(new_database, tmp_path):

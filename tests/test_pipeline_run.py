@@ -114,7 +114,11 @@ def test_a_run_tunes_judges_tracks_and_writes_its_folder(tmp_path, images, track
         history = tracker.client.get_metric_history(child.info.run_id, m.VAL_ACCURACY)
         assert len(history) == logged_epochs(child.data.params)  # per epoch, from MLFlowLogger
     artifacts = {a.path for a in tracker.client.list_artifacts(parent.info.run_id)}
-    assert {"journal.json", "config.yaml", "study.csv", "best"} <= artifacts
+    assert {"journal.json", "config.yaml", "study.csv"} <= artifacts
+    # best/ goes to MLflow inside the run's pyfunc model (tests/test_mlflow_model.py loads it)
+    models = tracker.client.search_logged_models([parent.info.experiment_id])
+    assert [lm.name for lm in models if lm.source_run_id == parent.info.run_id] == ["model"]
+    assert metrics["model_uri"] == f"runs:/{parent.info.run_id}/model" and "registered_model" not in metrics
 
 
 def test_an_interrupted_run_resumes_without_repeating_the_baseline(tmp_path, images, tracking_uri):

@@ -63,6 +63,7 @@ def collect(run_dir: str | Path) -> dict:
             for key in ("target", "verdict", "outcome", "tier", "score", "ci_low", "ci_high", "gap", "best_trial")
         },
         "metrics": {k: v for k, v in metrics.items() if k.startswith("val_")},
+        "model": {k: metrics.get(k) for k in ("model_uri", "registered_model", "model_version", "model_alias")},
         "data": _read_json(run_dir / "inspection.json", {}),
         "tiers": tiers(stages, config),
         "study": study_facts(run_dir, config, journal),

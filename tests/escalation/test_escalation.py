@@ -61,6 +61,7 @@ def test_a_missed_target_escalates_from_the_best_flash_parameters(escalated, tra
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
     better = lightning.best_value < flash.best_value  # the loss: lower is better
     assert metrics["tier"] == ("lightning" if better else "flash") == result.tier
+    assert metrics["model_uri"] == f"runs:/{journal['mlflow_run_id']}/model"  # whichever tier won
     assert any(line.startswith("[5/6] escalate") for line in lines)
 
     tracker = tracking.Tracker(tracking_uri, output / "artifacts")
