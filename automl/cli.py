@@ -174,7 +174,7 @@ def fit(config_file: Path | None, quiet: bool, no_pretrained: bool, no_header: b
     """
     config = FitConfig.from_dict(_values(config_file, no_pretrained, no_header, options))
 
-    from automl.pipeline import fit_baseline
+    from automl.fit_job import fit_baseline
 
     _plain_progress(quiet)
     if quiet:
@@ -275,7 +275,7 @@ def inspect(task: str, data: Path, val_split: float, seed: int, max_bad_share: f
     """The data doctor: what automl would skip, convert or warn about in --data. Changes nothing."""
     import json
 
-    from automl.pipeline import inspect_data
+    from automl.stages import inspect_data
 
     config = FitConfig(task=task, data=str(data), val_split=val_split, seed=seed)
     found = inspect_data(config, max_bad_share=max_bad_share)
@@ -311,31 +311,30 @@ def report(run_dir: Path) -> None:
 @click.option("--output", default="runs", type=click.Path(path_type=Path), help="Runs folder.  [default: runs]")
 def runs(output: Path) -> None:
     """A leaderboard of the finished runs under --output, newest first."""
-    import json
-
     from rich.console import Console
     from rich.table import Table
 
+    from automl.run_folder import METRICS_FILE, RunFolder
+
     rows = []
-    for metrics_path in sorted(Path(output).glob("*/metrics.json")):
-        metrics = json.loads(metrics_path.read_text())
-        if "target" not in metrics:
+    for metrics_path in sorted(Path(output).glob(f"*/{METRICS_FILE}")):
+        folder = RunFolder(metrics_path.parent)
+        summary = folder.summary()
+        if summary is None:
             continue  # an `automl fit` folder
-        run_dir = metrics_path.parent
-        journal = json.loads((run_dir / "journal.json").read_text()) if (run_dir / "journal.json").exists() else {}
-        stages = journal.get("stages", {})
-        config = load_yaml(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else {}
+        journal, config = folder.journal, folder.config()
+        finalise = journal.stage("finalise")
         rows.append(
             (
-                stages.get("finalise", {}).get("finished_at", ""),
+                finalise.finished_at if finalise else "",
                 config.get("task", ""),
                 config.get("data", ""),
-                metrics["target"],
-                metrics.get("score"),
-                metrics.get("verdict", ""),
-                metrics.get("tier", ""),
-                sum(s.get("seconds", 0.0) for s in stages.values()),
-                str(run_dir),
+                summary.target,
+                summary.score,
+                summary.verdict or "",
+                summary.tier or "",
+                journal.total_seconds(),
+                str(folder.path),
             )
         )
     if not rows:
@@ -465,20 +464,18 @@ def promote(run_dir: Path, alias: str) -> None:
     """Point an alias of the registered model at the version RUN_DIR registered (`automl run --register NAME`).
 
     Loaders of models:/NAME@ALIAS get this run's model from then on."""
-    import json
-
     from automl.errors import DataError
     from automl.mlflow_model import promote as move_alias
+    from automl.run_folder import METRICS_FILE, RunFolder
 
-    metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    if not metrics.get("registered_model"):
+    summary = RunFolder(run_dir).summary()
+    if summary is None or not summary.registered_model:
         raise DataError(
-            f"'{run_dir}' registered no model ({metrics_path} names none). Register it by running its `automl run` "
-            "command again with --register NAME (finished stages are skipped)."
+            f"'{run_dir}' registered no model ({run_dir / METRICS_FILE} names none). Register it by running its "
+            "`automl run` command again with --register NAME (finished stages are skipped)."
         )
-    name, version = metrics["registered_model"], metrics["model_version"]
-    before = move_alias(metrics["tracking_uri"], name, version, alias)
+    name, version = summary.registered_model, summary.model_version
+    before = move_alias(summary.tracking_uri, name, version, alias)
     moved = f" (it pointed at version {before})" if before and before != version else ""
     click.echo(f"models:/{name}@{alias} -> version {version}{moved}")
 
@@ -503,7 +500,7 @@ def tune(config_file: Path | None, quiet: bool, no_pretrained: bool, no_header: 
         raise click.UsageError("automl tune needs --storage (a database URL the workers share).")
     config = RunConfig.from_dict(_values(config_file, no_pretrained, no_header, options))
 
-    from automl.pipeline import tune_worker
+    from automl.worker import tune_worker
 
     result = tune_worker(config, progress=not quiet, report=_stage_reporter(quiet))
     click.echo(
@@ -528,9 +525,9 @@ def _print_run(result) -> None:
             line.stage,
             "" if line.trials is None else str(line.trials),
             "" if line.best is None else f"{line.best:.4f}",
-            f"{verdict['ci_low']:.3f}-{verdict['ci_high']:.3f}" if judged else "",
+            f"{verdict.ci_low:.3f}-{verdict.ci_high:.3f}" if judged else "",
             result.target if judged else "",
-            verdict["verdict"] if judged else "",
+            verdict.verdict if judged else "",
             f"{line.seconds:.0f}s" if line.seconds else "",
         )
     console = Console()
@@ -538,12 +535,12 @@ def _print_run(result) -> None:
     for line in result.stages:
         if line.note:
             console.print(f"  {line.stage}: {line.note}", highlight=False)
-    ci = f"95% CI {verdict['ci_low']:.4f}-{verdict['ci_high']:.4f}"
+    ci = f"95% CI {verdict.ci_low:.4f}-{verdict.ci_high:.4f}"
     console.print(
-        f"target {result.target}: {verdict['metric']} {verdict['score']:.4f} ({ci}) -> "
-        f"[bold]{verdict['verdict'].upper()}[/bold]: {verdict['outcome']}"
+        f"target {result.target}: {verdict.metric} {verdict.score:.4f} ({ci}) -> "
+        f"[bold]{verdict.verdict.upper()}[/bold]: {verdict.outcome}"
     )
-    console.print(f"best: {result.tier} tier, trial {verdict['best_trial']}: {result.best_params}")
+    console.print(f"best: {result.tier} tier, trial {verdict.best_trial}: {result.best_params}")
     console.print(f"model: {result.run_dir / 'best'}   total time: {result.seconds:.0f}s")
     if result.model.get("model_uri"):
         registered = result.model.get("registered_model")
@@ -582,7 +579,7 @@ def backbones(task: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from automl.flash import backbones as bb
+    from automl import backbones as bb
 
     modality = TASKS[task]
     table = Table(

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from automl.errors import AutoMLError, ConfigError
-from automl.predict import BEST, Predictor
+from automl.predict import Predictor
+from automl.run_folder import BEST_DIR, EXPORT_FILE, PREDICTIONS_FILE
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 TOLERANCE = 1e-4
@@ -62,7 +63,7 @@ def check_inputs(predictor: Predictor, run_dir: Path) -> tuple:
     """The first validation batch, as the exported network takes it."""
     import pandas as pd
 
-    frame = pd.read_csv(run_dir / "predictions_val.csv", keep_default_na=False).head(CHECK_BATCH)
+    frame = pd.read_csv(run_dir / PREDICTIONS_FILE, keep_default_na=False).head(CHECK_BATCH)
     if predictor.kind == "image":
         return (torch.stack([predictor.image_tensor(path) for path in frame["id"]]),)
     encoded = predictor.encode(list(frame["text"]))
@@ -77,7 +78,7 @@ def export(run_dir: str | Path, fmt: str, trust_checkpoint: bool = False) -> Exp
     network = (ImageNetwork if predictor.kind == "image" else TextNetwork)(predictor).eval()
     inputs = check_inputs(predictor, run_dir)
     names = ["images"] if predictor.kind == "image" else ["input_ids", "attention_mask"]
-    path = run_dir / BEST / FORMATS[fmt]
+    path = run_dir / BEST_DIR / FORMATS[fmt]
     with torch.no_grad():
         expected = network(*inputs).numpy()
         if fmt == "torchscript":
@@ -93,7 +94,7 @@ def export(run_dir: str | Path, fmt: str, trust_checkpoint: bool = False) -> Exp
             f"The {fmt} export differs from PyTorch by {difference:.2e} (> {TOLERANCE:g}) on the validation "
             "set's first batch; it was not kept."
         )
-    (run_dir / BEST / "export.json").write_text(
+    (run_dir / BEST_DIR / EXPORT_FILE).write_text(
         json.dumps(
             {
                 "format": fmt,

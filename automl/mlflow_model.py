@@ -18,7 +18,6 @@ With ``tracking.py``, the only module that imports mlflow.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import warnings
@@ -29,6 +28,7 @@ import mlflow
 import mlflow.pyfunc
 import pandas as pd
 
+from automl.run_folder import LABELS_FILE, PREPROCESSING_FILE, read_json
 from automl.tracking import own_tracking_uri
 
 MODEL_PATH = "model"  # runs:/<parent run id>/model
@@ -149,8 +149,8 @@ def log_model(
     import automl
 
     best_dir = Path(best_dir)
-    labels = json.loads((best_dir / "labels.json").read_text())
-    kind = json.loads((best_dir / "preprocessing.json").read_text())["kind"]
+    labels = read_json(best_dir / LABELS_FILE)
+    kind = read_json(best_dir / PREPROCESSING_FILE)["kind"]
     artifacts = {"best": str(best_dir)}
     if template:
         artifacts["template"] = str(template)

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +19,18 @@ from torch import nn
 
 from automl.config import DEFAULT_MAX_PIXELS
 from automl.errors import DataError
+from automl.run_folder import (
+    BEST_DIR,
+    CHECKPOINT_FILE,
+    LABELS_FILE,
+    LIGHTNING,
+    PREPROCESSING_FILE,
+    TEMPLATE_CONFIG_FILE,
+    TIER_FILE,
+    ModelTier,
+    read_json,
+)
 
-BEST = "best"
 MAX_PIXELS_OPTION = "--max-megapixels"
 
 
@@ -47,10 +56,10 @@ class Predictor:
         """The run's final model. Nothing in the run folder runs as code unless ``trust_checkpoint``:
         the checkpoint loads with ``weights_only=True`` and only the built-in template is imported;
         otherwise ``UntrustedCode`` names the file and the fix (``--trust-checkpoint``)."""
-        best = Path(run_dir) / BEST
-        if not (best / "model.ckpt").exists():
+        best = Path(run_dir) / BEST_DIR
+        if not (best / CHECKPOINT_FILE).exists():
             raise DataError(
-                f"'{run_dir}' holds no trained model ({best / 'model.ckpt'} is missing). Pass a run folder that "
+                f"'{run_dir}' holds no trained model ({best / CHECKPOINT_FILE} is missing). Pass a run folder that "
                 "`automl run` finished (its best/ folder)."
             )
         return cls.load_folder(best, trust_checkpoint, max_pixels)
@@ -69,29 +78,29 @@ class Predictor:
 
         from automl import checkpoints
 
-        checkpoint = best / "model.ckpt"
-        labels = json.loads((best / "labels.json").read_text())
-        preprocessing = json.loads((best / "preprocessing.json").read_text())
-        tier = json.loads((best / "tier.json").read_text()) if (best / "tier.json").exists() else {"tier": "flash"}
+        checkpoint = best / CHECKPOINT_FILE
+        labels = read_json(best / LABELS_FILE)
+        preprocessing = read_json(best / PREPROCESSING_FILE)
+        tier = ModelTier.read(best)
         tokenizer = None
-        if tier["tier"] == "lightning":
+        if tier.tier == LIGHTNING:
             from escalation.train import load_template
 
-            folder = str(template) if template is not None else tier.get("template")
+            folder = str(template) if template is not None else tier.template
             if not (trust_checkpoint or _built_in_template(folder)):
                 raise checkpoints.UntrustedCode(
-                    f"{best / 'tier.json'} names the template '{folder}': Python code that loading this model "
+                    f"{best / TIER_FILE} names the template '{folder}': Python code that loading this model "
                     f"would run. Only automl's built-in template runs unless you pass {checkpoints.TRUST_OPTION} "
                     "(do so only for a run folder whose maker you trust)."
                 )
-            config = yaml.safe_load((best / "template_config.yaml").read_text())
+            config = yaml.safe_load((best / TEMPLATE_CONFIG_FILE).read_text())
             template = load_template(folder)
             model = checkpoints.load_module(
                 template.module.TemplateModule, checkpoint, trust_checkpoint, config={**config, "pretrained": False}
             )
             logits_fn = model.predict_logits
             if preprocessing["kind"] == "text":
-                from automl.flash.backbones import load_tokenizer
+                from automl.backbones import load_tokenizer
 
                 tokenizer = load_tokenizer(config["backbone"], config.get("weights"))
         else:
@@ -104,7 +113,7 @@ class Predictor:
 
                 tokenizer = AutoTokenizer.from_pretrained(model.tokenizer_source)
         model.eval()
-        return cls(model, logits_fn, labels, preprocessing, tier["tier"], tokenizer, max_pixels)
+        return cls(model, logits_fn, labels, preprocessing, tier.tier, tokenizer, max_pixels)
 
     @property
     def kind(self) -> str:

@@ -30,7 +30,7 @@ if {flash}:
     training.flash_rate(lambda: ImageClassifier(data.labels, learning_rate=training.LR), data, steps, 1)
 else:
     from torch import nn
-    from automl.flash.backbones import create_image_backbone
+    from automl.backbones import create_image_backbone
     from automl.flash.tasks import make_head
     backbone = create_image_backbone("tf_efficientnet_lite0").model.train()
     head = make_head(backbone.num_features, len(data.labels))

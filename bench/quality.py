@@ -80,7 +80,7 @@ def _tfidf():
 def packaged_image_backbones() -> list[tuple[str, int]]:
     """(name, input size) of every image backbone whose weights ship in an installed package, at its
     native input size (``native_image_size``), else 224."""
-    from automl.flash import backbones as bb
+    from automl import backbones as bb
 
     found = []
     for spec in bb.REGISTRY.values():
@@ -94,8 +94,8 @@ def _image_features(name: str, image_size: int, labels, *splits, batch_size: int
     automl's evaluation transform (resize, centre crop, the weights' normalisation)."""
     import torch
 
+    from automl.backbones import create_image_backbone
     from automl.data import ImageClassificationData
-    from automl.flash.backbones import create_image_backbone
 
     backbone = create_image_backbone(name).model.eval()
     data = ImageClassificationData(
@@ -151,7 +151,7 @@ def _text_features(name: str, max_length: int, *splits: list[str], batch_size: i
     """Frozen, mean-pooled sentence embeddings of each list of texts, in batches of similar lengths."""
     import torch
 
-    from automl.flash.backbones import create_text_backbone, load_tokenizer
+    from automl.backbones import create_text_backbone, load_tokenizer
 
     tokenizer = load_tokenizer(name)
     built = create_text_backbone(name)
@@ -225,8 +225,8 @@ def _image_finetune(labels, train_samples, val_samples, seconds: float, epochs: 
     import torch
     from torch import nn
 
+    from automl.backbones import DEFAULT_IMAGE_BACKBONE, create_image_backbone
     from automl.data import ImageClassificationData
-    from automl.flash.backbones import DEFAULT_IMAGE_BACKBONE, create_image_backbone
 
     packaged = dict(packaged_image_backbones())
     name = DEFAULT_IMAGE_BACKBONE if DEFAULT_IMAGE_BACKBONE in packaged else next(iter(packaged))
@@ -264,7 +264,7 @@ def _text_finetune(train_samples, val_samples, n_classes: int, seconds: float, m
     from torch import nn
     from torch.utils.data import DataLoader
 
-    from automl.flash.backbones import DEFAULT_TEXT_BACKBONE, create_text_backbone, load_tokenizer
+    from automl.backbones import DEFAULT_TEXT_BACKBONE, create_text_backbone, load_tokenizer
 
     started = time.perf_counter()
     torch.manual_seed(SEED)
@@ -490,10 +490,10 @@ def sentiment_quality(quick: bool, budget: str = "5m", rows: int | None = None) 
 
     ``--quick`` skips it (its budget is 5 minutes). A smoke test on a sample:
     ``sentiment_quality(False, budget="40s", rows=200)``."""
+    from automl.backbones import DEFAULT_TEXT_BACKBONE
     from automl.config import parse_duration
     from automl.data import TextClassificationData
     from automl.data.text import DEFAULT_MAX_LENGTH
-    from automl.flash.backbones import DEFAULT_TEXT_BACKBONE
 
     name = f"quality at {budget}: review sentiment"
     csv = sentiment_csv(rows, seed=SEED)

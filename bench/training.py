@@ -63,9 +63,9 @@ def hand_rate(forward_loss, parameters, loader, steps: int, skip: int) -> float:
 
 
 def image_overhead(quick: bool) -> Result:
+    from automl.backbones import create_image_backbone
     from automl.data import ImageClassificationData
     from automl.flash import ImageClassifier
-    from automl.flash.backbones import create_image_backbone
     from automl.flash.tasks import make_head
 
     size, batch, steps, skip = 64, 16, (12 if quick else 30), 3
@@ -107,9 +107,9 @@ def image_overhead(quick: bool) -> Result:
 
 
 def text_overhead(quick: bool) -> Result:
+    from automl.backbones import create_text_backbone
     from automl.data import TextClassificationData
     from automl.flash import TextClassifier
-    from automl.flash.backbones import create_text_backbone
     from automl.flash.tasks import make_head
 
     batch, steps, skip, max_length = 16, (10 if quick else 25), 3, 64

@@ -3,7 +3,6 @@ editable project (template files, a config.yaml with the run's best parameters, 
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from automl.errors import ConfigError
+from automl.run_folder import FLASH, LIGHTNING, RunFolder
 from escalation.train import RECIPE, TEMPLATE_DIR, TEMPLATE_FILES, template_config
 
 
@@ -27,27 +27,21 @@ def eject(run_dir: str | Path, destination: str | Path, force: bool = False) -> 
     from automl.target import parse_target
     from automl.tuning import warm_start_params
 
-    run_dir = Path(run_dir)
-    journal_path, metrics_path = run_dir / "journal.json", run_dir / "metrics.json"
-    if not journal_path.exists() or not metrics_path.exists():
-        raise ConfigError(
-            f"'{run_dir}' is not a finished automl run (no journal.json / metrics.json). "
-            "Pass a folder written by `automl run` that got to its finalise stage."
-        )
-    journal = json.loads(journal_path.read_text())
-    metrics = json.loads(metrics_path.read_text())
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    monitor = parse_target(metrics["target"]).metric
-    escalated = journal["stages"].get("escalate", {}).get("result")
+    folder = RunFolder(run_dir)
+    run_dir = folder.path
+    journal, summary = folder.require_finished()
+    config = folder.config()
+    monitor = parse_target(summary.target).metric
+    escalated = journal.result("escalate")
     if escalated:
-        tier, params, expected = "lightning", escalated["tier"]["params"], escalated["tier"]["score"]
-        template = Path(escalated["template"])
+        tier, params, expected = LIGHTNING, escalated.tier.params, escalated.tier.score
+        template = Path(escalated.template)
     else:
         # never escalated: the template starts from the best Flash-tier parameters it shares
         from automl.tuning import SearchSpace
 
         space = SearchSpace("image" if config["task"] == "image_classification" else "text", (), 1)
-        tier, params, expected = "flash", warm_start_params(space, metrics["best_params"]), None
+        tier, params, expected = FLASH, warm_start_params(space, summary.best_params), None
         template = Path(config.get("template") or TEMPLATE_DIR)
 
     destination = Path(destination)
@@ -84,7 +78,7 @@ python train.py --config config.yaml --set epochs=20 learning_rate=3e-4
 
 Checkpoints go to `outputs/checkpoints/`; metrics to an MLflow store in `outputs/mlflow.db`
 (`mlflow ui --backend-store-uri sqlite:///outputs/mlflow.db`). It needs the `automl` package
-installed (it reads the data with `automl.data` and builds backbones with `automl.flash.backbones`).
+installed (it reads the data with `automl.data` and builds backbones with `automl.backbones`).
 
 ## The files
 

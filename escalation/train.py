@@ -122,7 +122,7 @@ def template_config(run: dict, params: dict, output_dir: str | Path, monitor: st
     config = {**RECIPE, **{key: run.get(key) for key in RUN_KEYS if run.get(key) is not None}}
     config["data"] = str(Path(config["data"]).resolve())
     if not config.get("backbone"):
-        from automl.flash.backbones import DEFAULT_IMAGE_BACKBONE, DEFAULT_TEXT_BACKBONE
+        from automl.backbones import DEFAULT_IMAGE_BACKBONE, DEFAULT_TEXT_BACKBONE
 
         config["backbone"] = DEFAULT_IMAGE_BACKBONE if run["task"] == "image_classification" else DEFAULT_TEXT_BACKBONE
     config.update(params)
@@ -157,7 +157,7 @@ def predict_validation(template: Template, checkpoint: str | Path, config: dict)
 def preprocessing(config: dict) -> dict:
     """What a deployed template model needs done to its inputs."""
     if config["task"] == "image_classification":
-        from automl.flash.backbones import image_normalization
+        from automl.backbones import image_normalization
 
         mean, std = image_normalization(config["backbone"])
         size = int(config["image_size"])

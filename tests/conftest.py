@@ -100,7 +100,7 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     """A 2-layer, 32-wide BERT (random weights) with the packaged MiniLM tokenizer, saved as a model folder."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from automl.flash.backbones import DEFAULT_TEXT_BACKBONE, resolve_text_weights
+    from automl.backbones import DEFAULT_TEXT_BACKBONE, resolve_text_weights
 
     folder = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(resolve_text_weights(DEFAULT_TEXT_BACKBONE).location)

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from conftest import TINY_IMAGE_BACKBONE, logged_epochs, tiny_run_config
 
 from automl import metrics as m
-from automl import pipeline, tracking
+from automl import pipeline, search, tracking
 from automl.cli import cli
 from automl.config import RunConfig
 from automl.errors import StoreUnavailable
@@ -403,6 +403,6 @@ def test_text_max_length_follows_the_data_unless_given(text_csv, tmp_path):
     )
     data = fit.load_data(config)
     # 4 to 12 words of one token each, plus [CLS] and [SEP]: at most 14 tokens, rounded up to 16
-    assert pipeline._fit_to_data(config, data).max_length == 16
+    assert search.fit_to_data(config, data).max_length == 16
     given = RunConfig(**{**config.to_dict(), "max_length": 64})
-    assert pipeline._fit_to_data(given, data).max_length == 64
+    assert search.fit_to_data(given, data).max_length == 64

@@ -13,7 +13,7 @@ import time
 import optuna
 from conftest import TINY_IMAGE_BACKBONE, tiny_run_config
 
-from automl import pipeline
+from automl import pipeline, search
 from automl.progress import RUN_LOG
 
 EPOCH_LINE = re.compile(r"^trial #(\d+) epoch (\d+)/(\d+): (.*) \(\d+\.\d+s\)$")
@@ -114,7 +114,7 @@ def test_a_baseline_that_uses_up_the_budget_says_so_in_the_tuning_line(images, t
     starts no trial and its stage line says why, not "1 of 4 trials finished in earlier runs"."""
     real_time, jump = time.time, [0.0]
     monkeypatch.setattr(time, "time", lambda: real_time() + jump[0])
-    trial = pipeline.RunJob._flash_trial
+    trial = search.Trainers.flash
 
     def baseline_that_takes_the_budget(job, number, params, callbacks, logger):
         outcome = trial(job, number, params, callbacks, logger)
@@ -122,7 +122,7 @@ def test_a_baseline_that_uses_up_the_budget_says_so_in_the_tuning_line(images, t
             jump[0] += 60.0
         return outcome
 
-    monkeypatch.setattr(pipeline.RunJob, "_flash_trial", baseline_that_takes_the_budget)
+    monkeypatch.setattr(search.Trainers, "flash", baseline_that_takes_the_budget)
     lines = []
     config = tiny_run_config(images, tmp_path, tracking_uri=tracking_uri, trials=4, time_budget="60s")
     result = pipeline.run(config, progress=False, report=lines.append)

@@ -17,14 +17,13 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from automl.backbones import IMAGENET_MEAN, IMAGENET_STD
 from automl.data import common
+from automl.data.files import IMAGE_SUFFIXES, check_image
 from automl.errors import DataError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 #: Evaluation resizes to ``image_size / CROP_PCT`` and centre-crops ``image_size`` (timm's default).
 CROP_PCT = 0.875
 IMAGE_COLUMNS = ("image", "file", "filename", "path", "filepath", "image_path", "img")
@@ -98,7 +97,7 @@ class ImageClassificationData(common.ClassificationDataModule):
         self.augment = augment
         self.normalization_fixed = mean is not None or backbone is not None
         if backbone is not None and mean is None:
-            from automl.flash.backbones import image_normalization
+            from automl.backbones import image_normalization
 
             mean, std = image_normalization(backbone)
         self.mean = tuple(mean) if mean is not None else IMAGENET_MEAN
@@ -299,8 +298,6 @@ def _scan_class_folders(root: Path) -> tuple[list[Path], list[str]]:
         raise DataError(
             f"The folder '{root}' has no class sub-folders. Lay the images out as '{root}/<class>/<image>'."
         )
-    from automl.data.inspect import check_image
-
     for folder in folders:
         readable, unreadable = [], []
         for file in common.files_in(folder, IMAGE_SUFFIXES):

@@ -15,20 +15,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from automl.data import common
+from automl.data.files import Finding, check_image
 from automl.errors import DataError
+
+__all__ = ["Finding", "Inspection", "check_image", "inspect_images", "inspect_texts"]
 
 log = logging.getLogger(__name__)
 
 MIN_PER_CLASS = 5
 MAX_BAD_SHARE = 0.2
 IMBALANCE_RATIO = 3.0
-
-
-@dataclass
-class Finding:
-    where: str  # a file, or "file, row N"
-    problem: str
-    action: str  # "skipped", "converted", "flagged"
 
 
 @dataclass
@@ -68,46 +64,6 @@ class Inspection:
 
 
 # --------------------------------------------------------------------------- images
-def check_image(path: Path) -> tuple[bool, list[Finding]]:
-    """Decode ``path`` fully: (usable, findings). Findings say what is skipped or converted, and why."""
-    from PIL import Image, UnidentifiedImageError
-
-    from automl.data.image import IMAGE_SUFFIXES
-
-    where = str(path)
-    if path.stat().st_size == 0:
-        return False, [Finding(where, "zero-byte file", "skipped")]
-    try:
-        with Image.open(path) as image:
-            mode, exif = image.mode, image.getexif()
-            image.load()  # a full decode: a truncated file fails here, not in the middle of training
-            transparency = "transparency" in image.info
-    except UnidentifiedImageError:
-        what = "not an image file" if path.suffix.lower() not in IMAGE_SUFFIXES else "not a readable image"
-        return False, [Finding(where, what, "skipped")]
-    except (OSError, SyntaxError, ValueError) as exc:
-        return False, [Finding(where, f"corrupt or truncated image ({exc})", "skipped")]
-    notes = []
-    conversions = {
-        "L": "grayscale, repeated to 3 channels",
-        "LA": "grayscale with alpha, composited on white",
-        "RGBA": "RGBA, alpha composited on white",
-        "P": "palette" + (" with transparency, composited on white" if transparency else ", expanded to RGB"),
-        "CMYK": "CMYK, converted to RGB",
-        "I;16": "16-bit, scaled to 8 bits",
-        "I;16B": "16-bit, scaled to 8 bits",
-        "I;16L": "16-bit, scaled to 8 bits",
-        "I": "32-bit integer, scaled to 8 bits",
-        "1": "1-bit, converted to RGB",
-    }
-    if mode in conversions:
-        notes.append(Finding(where, conversions[mode], "converted"))
-    orientation = exif.get(0x0112, 1) if exif else 1
-    if orientation not in (1, None):
-        notes.append(Finding(where, f"EXIF orientation {orientation}, rotated upright", "converted"))
-    return True, notes
-
-
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from automl.data import common
-from automl.data.inspect import Finding
+from automl.data.files import Finding
 from automl.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class TextClassificationData(common.ClassificationDataModule):
         self.max_length = int(max_length) if max_length is not None else DEFAULT_MAX_LENGTH
         self.tokenizer = None
         if backbone is not None:
-            from automl.flash.backbones import load_tokenizer
+            from automl.backbones import load_tokenizer
 
             self.tokenizer = load_tokenizer(backbone, weights)
 
@@ -202,7 +202,7 @@ class TextClassificationData(common.ClassificationDataModule):
 
     def collate(self, batch: Sequence[Sample]):
         if self.tokenizer is None:
-            from automl.flash.backbones import DEFAULT_TEXT_BACKBONE, load_tokenizer
+            from automl.backbones import DEFAULT_TEXT_BACKBONE, load_tokenizer
 
             self.tokenizer = load_tokenizer(DEFAULT_TEXT_BACKBONE)
         texts, targets = zip(*batch, strict=True)

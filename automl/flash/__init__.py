@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from automl.flash.backbones import available_backbones
+from automl.backbones import available_backbones
 from automl.flash.finetuning import finetune
 from automl.flash.tasks import ImageClassifier, TextClassifier
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from automl.backbones import default_backbone
 from automl.config import IMAGE_CLASSIFICATION, FitConfig
 from automl.flash.tasks import ClassificationTask
 
@@ -72,7 +73,6 @@ class FeatureCache:
         self.costs: dict[tuple[str, int], float] = {}
 
     def key(self, config: FitConfig, datamodule) -> str:
-        from automl.flash.fit import default_backbone
 
         size = config.image_size if config.task == IMAGE_CLASSIFICATION else config.max_length
         parts = [
@@ -90,7 +90,6 @@ class FeatureCache:
         """One example's forward pass through ``config``'s backbone at ``config``'s input size, as
         measured when features were computed (scaled by the pixel count from another image size of
         the same backbone); None when that backbone has not run here yet."""
-        from automl.flash.fit import default_backbone
 
         name = default_backbone(config)
         size = config.image_size if config.task == IMAGE_CLASSIFICATION else config.max_length
@@ -105,7 +104,6 @@ class FeatureCache:
 
     def measure(self, config: FitConfig, datamodule) -> float:
         """Time ``config``'s backbone on a batch of training examples (a first, untimed pass warms it up)."""
-        from automl.flash.fit import default_backbone
 
         encode = _encoder(config, datamodule)
         examples = 16 if config.task == IMAGE_CLASSIFICATION else FEATURE_BATCH_SIZE
@@ -140,7 +138,6 @@ class FeatureCache:
                 torch.save(features.__dict__, tmp)
                 tmp.replace(path)
         self._memory[key] = features
-        from automl.flash.fit import default_backbone
 
         size = config.image_size if config.task == IMAGE_CLASSIFICATION else config.max_length
         self.costs[(default_backbone(config), size)] = features.seconds_per_example
@@ -172,8 +169,7 @@ def _encoder(config: FitConfig, datamodule):
 
 
 def _image_encoder(config: FitConfig, datamodule):
-    from automl.flash import backbones as bb
-    from automl.flash.fit import default_backbone
+    from automl import backbones as bb
 
     built = bb.create_image_backbone(default_backbone(config), pretrained=config.pretrained, weights=config.weights)
     model = built.model.eval()
@@ -189,8 +185,7 @@ def _image_encoder(config: FitConfig, datamodule):
 
 
 def _text_encoder(config: FitConfig):
-    from automl.flash import backbones as bb
-    from automl.flash.fit import default_backbone
+    from automl import backbones as bb
 
     name = default_backbone(config)
     model = bb.create_text_backbone(name, pretrained=config.pretrained, weights=config.weights).model.eval()

@@ -5,7 +5,6 @@ Used by ``automl fit`` (one fit) and by every trial of ``automl run``.
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import warnings
@@ -15,15 +14,13 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 
+from automl import backbones as bb
 from automl import metrics as m
+from automl.backbones import default_backbone
 from automl.config import IMAGE_CLASSIFICATION, FitConfig
 from automl.errors import DataError
-from automl.flash import backbones as bb
 from automl.flash.finetuning import finetune, parse_strategy
-
-CHECKPOINT_FILE = "model.ckpt"
-LABELS_FILE = "labels.json"
-PREPROCESSING_FILE = "preprocessing.json"
+from automl.run_folder import CHECKPOINT_FILE, LABELS_FILE, PREPROCESSING_FILE, write_json
 
 
 def quiet_library_logs() -> None:
@@ -85,12 +82,6 @@ def data_for(config: FitConfig, datamodule):
             batch_size=config.batch_size, image_size=config.image_size, augment=config.augment
         )
     return datamodule.with_options(batch_size=config.batch_size, max_length=config.max_length)
-
-
-def default_backbone(config: FitConfig) -> str:
-    if config.backbone:
-        return config.backbone
-    return bb.DEFAULT_IMAGE_BACKBONE if config.task == IMAGE_CLASSIFICATION else bb.DEFAULT_TEXT_BACKBONE
 
 
 def build_model(config: FitConfig, labels: list[str]):
@@ -329,13 +320,6 @@ def save_best(out: Path, checkpoint: str, datamodule, config: FitConfig) -> None
         # the classifier set the datamodule's normalisation when it trained: the backbone's
         preprocessing["mean"], preprocessing["std"] = map(list, bb.image_normalization(backbone))
     write_json(out / PREPROCESSING_FILE, preprocessing)
-
-
-def write_json(path: Path, values) -> None:
-    """Atomic write: a reader never sees half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(values, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def _devices(value: str):

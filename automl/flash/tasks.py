@@ -1,6 +1,6 @@
 """The Flash tier's tasks: ``ImageClassifier`` and ``TextClassifier`` (LightningModules).
 
-A task wires a backbone and a head built by functions in :mod:`automl.flash.backbones`; the
+A task wires a backbone and a head built by functions in :mod:`automl.backbones`; the
 training, metrics and optimiser logic is shared by :class:`ClassificationTask`.
 
 >>> model = ImageClassifier(backbone="tf_efficientnet_lite0", labels=data.labels)
@@ -16,10 +16,10 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from automl import backbones as bb
 from automl import metrics as m
 from automl.checkpoints import plain
 from automl.errors import ConfigError, DataError
-from automl.flash import backbones as bb
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 LR_SCHEDULERS = (None, "cosine", "step")

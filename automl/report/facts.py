@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
+
+from automl.run_folder import FLASH, LIGHTNING, PREDICTIONS_FILE, Journal, RunFolder, Summary, study_file
 
 MISTAKES = 12
 KEY_PARAMS = (
@@ -32,21 +33,13 @@ KEY_PARAMS = (
 )
 
 
-def _read_json(path: Path, default=None):
-    return json.loads(path.read_text()) if path.exists() else default
-
-
 def collect(run_dir: str | Path) -> dict:
     """Everything the report says, as plain data. Sections that cannot be read say why."""
-    run_dir = Path(run_dir)
-    journal = _read_json(run_dir / "journal.json")
-    metrics = _read_json(run_dir / "metrics.json")
-    if journal is None or metrics is None:
-        from automl.errors import DataError
-
-        raise DataError(f"'{run_dir}' is not a finished automl run (journal.json or metrics.json is missing).")
-    config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    stages = journal["stages"]
+    folder = RunFolder(run_dir)
+    run_dir = folder.path
+    journal, summary = folder.require_finished()
+    config = folder.config()
+    finalise = journal.stage("finalise")
     facts = {
         "run": {
             "name": run_dir.name,
@@ -54,31 +47,38 @@ def collect(run_dir: str | Path) -> dict:
             "task": config["task"],
             "data": config["data"],
             # while the run writes its report, its finalise stage is not yet in the journal
-            "finished_at": stages.get("finalise", {}).get("finished_at") or time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "seconds": round(sum(s.get("seconds", 0.0) for s in stages.values()), 1),
+            "finished_at": (finalise and finalise.finished_at) or time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "seconds": round(journal.total_seconds(), 1),
             "command": reproduce_command(config),
         },
         "verdict": {
-            key: metrics.get(key)
-            for key in ("target", "verdict", "outcome", "tier", "score", "ci_low", "ci_high", "gap", "best_trial")
+            "target": summary.target,
+            "verdict": summary.verdict,
+            "outcome": summary.outcome,
+            "tier": summary.tier,
+            "score": summary.score,
+            "ci_low": summary.ci_low,
+            "ci_high": summary.ci_high,
+            "gap": summary.gap,
+            "best_trial": summary.best_trial,
+            "metric": _target_metric(summary.target),
         },
-        "metrics": {k: v for k, v in metrics.items() if k.startswith("val_")},
-        "model": {k: metrics.get(k) for k in ("model_uri", "registered_model", "model_version", "model_alias")},
-        "data": _read_json(run_dir / "inspection.json", {}),
-        "tiers": tiers(stages, config),
-        "study": study_facts(run_dir, config, journal),
+        "metrics": summary.scores,
+        "model": summary.model(),
+        "data": folder.inspection(),
+        "tiers": tiers(journal),
+        "study": study_facts(folder, config, journal),
     }
-    facts["verdict"]["metric"] = _target_metric(metrics["target"])
-    predictions = run_dir / "predictions_val.csv"
+    predictions = folder / PREDICTIONS_FILE
     if predictions.exists():
         frame = pd.read_csv(predictions, keep_default_na=False)
         frame["true"] = frame["true"].astype(str)
         frame["predicted"] = frame["predicted"].astype(str)
-        labels = [str(label) for label in metrics.get("labels") or sorted(set(frame["true"]))]
+        labels = [str(label) for label in summary.labels or sorted(set(frame["true"]))]
         facts["confusion"] = confusion(frame, labels)
         facts["per_class"] = per_class(facts["confusion"]["matrix"], labels)
         facts["mistakes"] = mistakes(frame)
-    facts["learning_curves"] = learning_curves(run_dir, config, journal, metrics)
+    facts["learning_curves"] = learning_curves(folder, config, journal, summary)
     facts["environment"] = environment()
     return facts
 
@@ -110,54 +110,53 @@ def reproduce_command(config: dict) -> str:
     return " ".join(parts)
 
 
-def tiers(stages: dict, config: dict) -> list[dict]:
+def tiers(journal: Journal) -> list[dict]:
     """Baseline, tuned Flash tier, escalated Lightning tier: score, time, key parameters."""
     rows = []
-    baseline = stages.get("baseline", {}).get("result")
-    if baseline and baseline.get("value") is not None:
+    seconds = journal.stage_seconds()
+    baseline = journal.result("baseline")
+    if baseline and baseline.value is not None:
         rows.append(
             {
                 "tier": "baseline (Flash defaults)",
-                "score": baseline["value"],
+                "score": baseline.value,
                 "trials": 1,
-                "seconds": baseline.get("seconds"),
-                "params": _key_params(baseline["params"]),
+                "seconds": baseline.seconds,
+                "params": _key_params(baseline.params),
             }
         )
-    tune = stages.get("tune", {})
-    if tune.get("result", {}).get("score") is not None:
-        result = tune["result"]
+    tune = journal.result("tune")
+    if tune and tune.score is not None:
         rows.append(
             {
                 "tier": "tuned Flash tier",
-                "score": result["score"],
-                "trials": result["trials"],
-                "seconds": tune.get("seconds"),
-                "best_trial": result["best_trial"],
-                "params": _key_params(result["params"]),
+                "score": tune.score,
+                "trials": tune.trials,
+                "seconds": seconds.get("tune"),
+                "best_trial": tune.best_trial,
+                "params": _key_params(tune.params),
             }
         )
-    escalate = stages.get("escalate", {})
-    if escalate.get("result") and escalate["result"]["tier"].get("score") is None:
+    escalate = journal.result("escalate")
+    if escalate and escalate.tier.score is None:
         rows.append(
             {
                 "tier": "escalated Lightning tier (no trial finished)",
                 "score": None,
-                "trials": escalate["result"]["tier"]["trials"],
-                "seconds": escalate.get("seconds"),
+                "trials": escalate.tier.trials,
+                "seconds": seconds.get("escalate"),
                 "params": {},
             }
         )
-    elif escalate.get("result"):
-        result = escalate["result"]["tier"]
+    elif escalate:
         rows.append(
             {
                 "tier": "escalated Lightning tier",
-                "score": result["score"],
-                "trials": result["trials"],
-                "seconds": escalate.get("seconds"),
-                "best_trial": result["best_trial"],
-                "params": _key_params(result["params"]),
+                "score": escalate.tier.score,
+                "trials": escalate.tier.trials,
+                "seconds": seconds.get("escalate"),
+                "best_trial": escalate.tier.best_trial,
+                "params": _key_params(escalate.tier.params),
             }
         )
     return rows
@@ -167,10 +166,10 @@ def _key_params(params: dict) -> dict:
     return {k: params[k] for k in KEY_PARAMS if k in params}
 
 
-def study_facts(run_dir: Path, config: dict, journal: dict) -> dict:
+def study_facts(folder: RunFolder, config: dict, journal: Journal) -> dict:
     studies = {}
-    for tier, file in (("flash", "study.csv"), ("lightning", "study.lightning.csv")):
-        path = run_dir / file
+    for tier in (FLASH, LIGHTNING):
+        path = folder / study_file(tier)
         if path.exists():
             frame = pd.read_csv(path, keep_default_na=False)  # parameter values such as "None" stay text
             for column in ("value", "seconds"):  # empty for a failed trial, which made the column text
@@ -180,8 +179,8 @@ def study_facts(run_dir: Path, config: dict, journal: dict) -> dict:
     try:
         from automl.tuning import param_importances
 
-        storage = config.get("storage") or f"sqlite:///{(run_dir.parent / 'optuna.db').resolve()}"
-        importances = param_importances(storage, journal["study"])
+        storage = config.get("storage") or f"sqlite:///{(folder.path.parent / 'optuna.db').resolve()}"
+        importances = param_importances(storage, journal.study)
     except Exception as exc:  # the study store may be gone or remote: the report still renders
         importances = {"_unavailable": f"{type(exc).__name__}: {exc}"}
     return {"trials": studies, "importances": importances}
@@ -224,15 +223,15 @@ def mistakes(frame: pd.DataFrame) -> list[dict]:
     return json.loads(wrong[columns].to_json(orient="records"))
 
 
-def learning_curves(run_dir: Path, config: dict, journal: dict, metrics: dict) -> dict:
+def learning_curves(folder: RunFolder, config: dict, journal: Journal, summary: Summary) -> dict:
     """Per-step metrics of the final model's training run, from MLflow."""
     try:
         from automl.tracking import default_tracking_uri, trial_history
 
-        uri = config.get("tracking_uri") or default_tracking_uri(run_dir.parent)
-        keys = ["train_loss_epoch", "train_loss", "val_loss", _target_metric(metrics["target"])]
+        uri = config.get("tracking_uri") or default_tracking_uri(folder.path.parent)
+        keys = ["train_loss_epoch", "train_loss", "val_loss", _target_metric(summary.target)]
         history = trial_history(
-            uri, journal["mlflow_run_id"], metrics.get("tier", "flash"), metrics["best_trial"], sorted(set(keys))
+            uri, journal.mlflow_run_id, summary.tier or FLASH, summary.best_trial, sorted(set(keys))
         )
         return {k: v for k, v in history.items() if v}
     except Exception as exc:

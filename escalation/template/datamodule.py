@@ -15,9 +15,9 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
+from automl.backbones import image_normalization, load_tokenizer
 from automl.data import ImageClassificationData, TextClassificationData
 from automl.data.image import ImageFiles
-from automl.flash.backbones import image_normalization, load_tokenizer
 
 AUGMENTATIONS = ("none", "trivialaugment", "randaugment")
 

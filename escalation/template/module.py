@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
+from automl.backbones import create_image_backbone, create_text_backbone
 from automl.checkpoints import plain
-from automl.flash.backbones import create_image_backbone, create_text_backbone
 from automl.metrics import VAL_LOSS, build_metric_collection
 
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
+from automl import backbones as bb
 from automl.data.image import ImageClassificationData
 from automl.errors import UnknownBackbone, WeightsUnavailable
-from automl.flash import backbones as bb
 
 LITES = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2")
 

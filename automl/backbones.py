@@ -1,4 +1,6 @@
-"""Backbone registry and pretrained-weight resolution.
+"""Backbone registry and pretrained-weight resolution: what each backbone needs of its inputs
+(normalisation, input size, tokenizer) and where its weights are. Below both ``automl.data`` (which
+prepares inputs for a backbone) and ``automl.flash`` (which builds models on it).
 
 Weights are looked for in this order, and the first hit wins:
 
@@ -24,11 +26,23 @@ from pathlib import Path
 
 from automl.errors import UnknownBackbone, WeightsUnavailable, close_names
 
+#: the normalisation of ImageNet-trained backbones, and of images when no backbone says otherwise
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 DEFAULT_IMAGE_BACKBONE = "tf_efficientnet_lite0"
 DEFAULT_TEXT_BACKBONE = "all-MiniLM-L6-v2"
 
 IMAGE = "image"
 TEXT = "text"
+
+
+def default_backbone(config) -> str:
+    """The backbone a ``FitConfig`` trains: its own, else the task's default."""
+    if config.backbone:
+        return config.backbone
+    return DEFAULT_IMAGE_BACKBONE if config.task == "image_classification" else DEFAULT_TEXT_BACKBONE
+
 
 log = logging.getLogger(__name__)
 
@@ -259,8 +273,6 @@ def image_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]
 
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is None:
-        from automl.data.image import IMAGENET_MEAN, IMAGENET_STD
-
         return IMAGENET_MEAN, IMAGENET_STD
     return tuple(cfg.mean), tuple(cfg.std)
 

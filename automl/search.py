@@ -1,0 +1,452 @@
+"""The search: what every process of a study shares (the data, the Flash tier's Optuna study, the
+MLflow parent run, the feature cache) and how one trial of each tier trains within the budget.
+
+``automl run`` builds one ``Search`` and runs its stages on it (``automl.pipeline``); an ``automl tune``
+worker builds one and only runs trials. ``Trainers`` are the tiers' trial functions: a Flash-tier
+trial is a head on cached features (seconds) or a fine-tune sized to the time left; a Lightning-tier
+trial is the template's ``fit``. The search space and the candidates enqueued first (the baseline,
+the other backbones' heads, stronger penalties, the fine-tuning defaults) are the functions below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from automl.budget import Budget
+from automl.config import FitConfig, RunConfig
+from automl.flash.features import FeatureCache
+from automl.run_folder import FLASH, LIGHTNING
+from automl.trials import TrialLife, minutes
+
+#: the study's user attribute naming its MLflow parent run in each tracking store: {tracking URI: run id}
+PARENT_RUNS_ATTR = "mlflow_parent_runs"
+
+
+class Search:
+    """The data, the stores and the folder of one study, as one process (a run or a worker) holds them.
+
+    The data is read first (a bad file fails before any store or folder is made) and the search is
+    fitted to it; the stores come next (an unreachable one fails before the run folder exists)."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        progress: bool,
+        say: Callable[[str], None],
+        pruner=None,
+        started: float | None = None,
+        who: str = "",
+        resume_parent: Callable[[Path], str | None] = lambda run_dir: None,
+    ):
+        from automl import tracking
+        from automl.data.common import existing_path
+        from automl.flash import fit
+        from automl.progress import attach_run_log
+        from automl.target import parse_target
+        from automl.tuning import StopRequest
+
+        fit.quiet_library_logs()
+        existing_path(config.data)
+        self.datamodule = fit.load_data(config)
+        config = fit_to_data(config, self.datamodule)
+        self.config, self.progress, self.say = config, progress, say
+        self.pruner = pruner if pruner is not None else config.pruner
+        started = time.time() if started is None else started
+        self.deadline = None if config.budget_seconds is None else started + config.budget_seconds
+        self.budget = None if self.deadline is None else Budget(started, config.budget_seconds, config.escalate)
+        # the Flash tier leaves the Lightning tier its share of the budget
+        self.tune_deadline = None if self.budget is None else self.budget.tune_deadline
+        self.target = parse_target(config.target)
+
+        self.output = Path(config.output)
+        self.output.mkdir(parents=True, exist_ok=True)
+        self.name = study_name(config)
+        self.storage = config.storage or f"sqlite:///{(self.output / 'optuna.db').resolve()}"
+        self.stop = StopRequest()
+        self.flash_tuner = self.tuner(self.name, search_space(config, FLASH))
+        self.flash_tuner.cheaper = lambda: cheaper(self.flash_tuner)
+        uri = config.tracking_uri or tracking.default_tracking_uri(self.output)
+        self.tracker = tracking.Tracker(uri, self.output / "mlartifacts")
+
+        self.run_dir = self.output / self.name
+        self.run_dir.mkdir(exist_ok=True)
+        attach_run_log(self.run_dir, who)
+        if self.flash_tuner.recovered:
+            say(
+                f"trials {self.flash_tuner.recovered} were left running by a process that died: "
+                "recorded as failed and run again"
+            )
+        self.features = FeatureCache(self.run_dir / "features")
+        tags = {"task": config.task, "target": str(self.target), "study": self.name}
+        self.parent = self._parent_run(tags, resume_parent(self.run_dir))
+        self.tracker.log_params(self.parent, {k: v for k, v in config.to_dict().items() if v is not None})
+        self.life = TrialLife(
+            self.tracker, self.parent, self.run_dir, self.target.metric, self.target.maximize, say, config.batch_size
+        )
+        self.trainers = Trainers(self)
+        self.flash_train = self.life.tracked(FLASH, self.trainers.flash)
+
+    def tuner(self, name: str, space):
+        from automl import tuning
+
+        tuner = tuning.Tuner(
+            space,
+            self.storage,
+            name,
+            self.target.direction,
+            self.target.metric,
+            seed=self.config.seed,
+            pruner=self.pruner,
+            heartbeat=self.config.heartbeat,
+            examples=len(self.datamodule.val_samples),
+        )
+        tuner.stop = self.stop  # one Ctrl-C stops whichever study is running
+        tuner.sized_trials = self.budget is not None
+        return tuner
+
+    def _parent_run(self, tags: dict[str, str], resume: str | None) -> str:
+        """The study's MLflow parent run: this run folder's (a resumed run), else the one the study's
+        workers share in this tracking store (its id kept in the study), else a new one. On a shared
+        database one process at a time picks it, so workers started together make one, not one each."""
+        from automl.storage import PARENT_RUN_LOCK_KEY, advisory_lock
+
+        study = self.flash_tuner.study
+        uri = self.tracker.tracking_uri
+        with advisory_lock(self.storage, PARENT_RUN_LOCK_KEY):
+            known = dict(study.user_attrs.get(PARENT_RUNS_ATTR, {}))
+            parent = self.tracker.start_parent(self.name, tags, resume_run_id=resume or known.get(uri))
+            if known.get(uri) != parent:
+                study.set_user_attr(PARENT_RUNS_ATTR, {**known, uri: parent})
+        return parent
+
+    def enqueue_start(self) -> dict:
+        """Trial 0 of a new study is the Flash-tier defaults (with a budget: their head on cached
+        features), then the candidates tried first; returns trial 0's parameters."""
+        from automl import tuning
+
+        config = self.config
+        space = self.flash_tuner.space
+        params = tuning.baseline_params(
+            space, config.learning_rate, config.weight_decay, config.dropout, config.label_smoothing
+        )
+        defaults = params
+        if self.budget is not None and config.strategy == _DEFAULT_STRATEGY:
+            # with a budget the baseline is the default backbone's head on cached features: seconds,
+            # and its one pass over the data measures what that backbone costs here
+            params = as_head(params, config)
+        self.flash_tuner.enqueue_baseline(params)
+        # then the same cheap head on every other backbone: the best one's linear probe within minutes;
+        # and the defaults as they are (fine-tuning), sized to the budget, before the search goes on
+        probes = probe_params(config, space, params, penalties=self.budget is not None)
+        if defaults is not params:
+            probes.append(defaults)
+        self.flash_tuner.enqueue_probes(probes[: max(config.trials - 1, 0)])
+        return params
+
+
+class Trainers:
+    """How one trial of each tier trains, within the budget: ``flash`` and ``lightning(template)``
+    are the ``fit_trial`` functions ``TrialLife.tracked`` wraps."""
+
+    def __init__(self, search: Search):
+        self.search = search
+        self.config, self.datamodule, self.features = search.config, search.datamodule, search.features
+        self.budget, self.deadline, self.tune_deadline = search.budget, search.deadline, search.tune_deadline
+        self.target, self.run_dir, self.say, self.progress = search.target, search.run_dir, search.say, search.progress
+        self.flash_tuner = search.flash_tuner
+        self.correction = 1.0  # real / estimated time of the last fine-tuning trial
+
+    def flash(self, number: int, params: dict, callbacks: list, logger):
+        from automl import tuning
+        from automl.flash import fit
+        from automl.progress import EpochLines
+
+        config = self.config.fit_config(**params)
+        served = fit.data_for(config, self.datamodule)
+        out = self.run_dir / "trials" / str(number)
+        if self.flash_tuner.space.head_only(params):
+            callbacks = [*callbacks, EpochLines(f"trial #{number}")]
+            self._check_time_for_features(config, served)
+            features = self.features.get(config, served)
+            if self.deadline is not None:
+                # the head trains in seconds once the features exist: it may run into the escalation's
+                # share rather than stop half-trained, but not past the budget
+                callbacks = [c for c in callbacks if not isinstance(c, tuning.Deadline)] + [
+                    tuning.Deadline(self.deadline)
+                ]
+            trained = fit.train_head(config, served, out, features, self.target.metric, callbacks, logger)
+            return tuning.TrialOutcome(trained.best_score, trained.checkpoint, trained.best_epoch)
+        epochs = config.epochs
+        config, head = self._warm_head(config, served, out)
+        # after a head trained on cached features for the first epochs, the lines count on from them
+        callbacks = [*callbacks, EpochLines(f"trial #{number}", first=epochs - config.epochs)]
+        size, callbacks = self.sized(config, callbacks, self.tune_deadline, number)
+        limit = 1.0
+        if size is not None:
+            config = dataclasses.replace(config, epochs=size.epochs)
+            limit = size.train_fraction
+        started = time.time()
+        metric = self.target.metric
+        trained = fit.train(config, served, out, metric, callbacks, logger, self.progress, limit, head=head)
+        if size is not None and size.seconds:
+            self.correction = max(0.2, min(5.0, self.correction * (time.time() - started) / size.seconds))
+        return tuning.TrialOutcome(trained.best_score, trained.checkpoint, trained.best_epoch)
+
+    def _warm_head(self, config, served, out: Path):
+        """``freeze_unfreeze:K``: the K frozen epochs train only the head, on the same inputs each
+        time; when the backbone's features are cached (or a budget is not in the way), the head trains
+        on them in seconds and the trial fine-tunes the rest of its epochs from that head, the backbone
+        unfrozen from the first of them. Returns the configuration left to run, and the head."""
+        from automl.flash import fit
+        from automl.flash.finetuning import parse_strategy
+
+        strategy = parse_strategy(config.strategy)
+        if strategy.name != "freeze_unfreeze" or not 0 < strategy.unfreeze_epoch < config.epochs:
+            return config, None
+        if self.budget is not None and not self.features.has(config, served):
+            return config, None  # computing the features would take the trial's own time
+        features = self.features.get(config, served)
+        frozen = dataclasses.replace(config, epochs=strategy.unfreeze_epoch, weight_decay=self._head_penalty(config))
+        head = fit.train_head(frozen, served, out / "head", features, self.target.metric, checkpoint=False)
+        if head.best_score is None:  # stopped before its first validation
+            return config, None
+        rest = dataclasses.replace(config, strategy="freeze_unfreeze:0", epochs=config.epochs - strategy.unfreeze_epoch)
+        return rest, {k: v.detach().clone() for k, v in head.model.head.state_dict().items()}
+
+    def _head_penalty(self, config) -> float:
+        """The L2 penalty of the best head on cached features of this backbone and input size so far
+        (else ``--weight-decay`` or the probes' first guess): a fine-tune starts from the head a
+        linear probe would keep, not from an unpenalised one that fits every training example and
+        leaves the backbone a near-zero loss to learn from."""
+        size = "image_size" if self.config.modality == "image" else "max_length"
+        heads = [
+            t
+            for t in self.flash_tuner.study.get_trials(deepcopy=False)
+            if t.state.name == "COMPLETE"
+            and self.flash_tuner.space.head_only(t.params)
+            and t.params.get("backbone") == config.backbone
+            and t.params.get(size) == getattr(config, size)
+        ]
+        if not heads:
+            return probe_weight_decay(self.config)
+        maximize = self.flash_tuner.study.direction.name == "MAXIMIZE"
+        return float((max if maximize else min)(heads, key=lambda t: t.value).params["weight_decay"])
+
+    def _check_time_for_features(self, config, served) -> None:
+        """With a budget, a backbone that has not run over the data yet must fit the tuning time left."""
+        from automl import tuning
+
+        if self.budget is None or self.features.has(config, served) or self.flash_tuner.best_trial() is None:
+            return  # the first model trains whatever the budget says: without it there is nothing to judge
+        examples = len(served.train_samples) + len(served.val_samples)
+        needed = self.features.measure(config, served) * examples
+        left = self.tune_deadline - time.time()
+        if needed > left:
+            raise tuning.NoTimeForTrial(
+                f"{config.backbone} would need about {minutes(needed)} to run over the data, {minutes(left)} left"
+            )
+
+    def sized(self, config, callbacks: list, deadline: float | None, number: int):
+        """With a budget: the epochs (and share of the training set) of a fine-tuning trial that fit
+        half the time left until ``deadline``, and the callbacks with a deadline of the trial's own
+        (the estimate may be off: a quarter past its share stops it in any case). Raises
+        ``NoTimeForTrial`` when not even a tenth of an epoch fits. ``(None, callbacks)`` without a budget."""
+        from automl import budget, tuning
+
+        if self.budget is None:
+            return None, callbacks
+        allowance = self.budget.trial_allowance(deadline)
+        forward = self.features.forward_seconds(config)
+        if forward is None:  # no backbone has run over the data yet: measure this one on a few examples
+            forward = self.features.measure(config, self.datamodule)
+        size = budget.size_trial(
+            config.epochs,
+            allowance,
+            forward,
+            len(self.datamodule.train_samples),
+            len(self.datamodule.val_samples),
+            self.correction,
+        )
+        if size is None:
+            raise tuning.NoTimeForTrial(
+                f"fine-tuning {config.backbone} needs more than the {minutes(allowance)} a trial may take now"
+            )
+        self.say(
+            f"trial {number}: fine-tunes {size.epochs} epoch(s)"
+            + (f" on {size.train_fraction:.0%} of the training batches" if size.cut else "")
+            + f", about {minutes(size.seconds)} of the {minutes(allowance)} it may take"
+        )
+        return size, [*callbacks, tuning.Deadline(time.time() + 1.25 * allowance)]
+
+    def lightning(self, template):
+        from automl import tuning
+        from automl.flash import fit
+        from automl.progress import EpochLines
+
+        def train(number: int, params: dict, callbacks: list, logger):
+            config = self.template_config(params, number)
+            shared = {k: v for k, v in params.items() if k in FitConfig.keys()}
+            size, callbacks = self.sized(self.config.fit_config(**shared), callbacks, self.deadline, number)
+            if size is not None:
+                config["epochs"], config["limit_train_batches"] = size.epochs, size.train_fraction
+            extra = [*callbacks, fit.QuietLibraries(), EpochLines(f"{LIGHTNING} trial #{number}")]
+            with template.importable():  # a distributed trial's processes unpickle its classes by name
+                result = template.train.fit(config, extra_callbacks=extra, logger=logger, progress=self.progress)
+            return tuning.TrialOutcome(result["best_score"], result["checkpoint"], result["best_epoch"])
+
+        return train
+
+    def template_config(self, params: dict, number: int) -> dict:
+        from escalation.train import template_config
+
+        out = self.run_dir / "escalation" / str(number)
+        config = template_config(self.config.to_dict(), params, out, self.target.metric)
+        config["strategy"] = self.config.trial_strategy  # Lightning's, as for the Flash tier's trials
+        if self.config.precision:
+            config["precision"] = self.config.precision
+        return config
+
+    def escalation_deadline(self) -> float | None:
+        """The budget's end, less the time the better tier's model takes to be judged after the study
+        (a pass over the validation set, twice with test-time augmentation, and a margin)."""
+        if self.deadline is None:
+            return None
+        forward = self.features.forward_seconds(self.config.fit_config()) or 0.0
+        return self.deadline - 3 * forward * len(self.datamodule.val_samples)
+
+
+# --------------------------------------------------------------------------- the search space and its first candidates
+def study_name(config: RunConfig) -> str:
+    return config.study or f"{config.task}-{data_fingerprint(config.data)}"
+
+
+def data_fingerprint(path: str | Path) -> str:
+    """Stable across copies: the relative paths and sizes of the files (a folder), or the bytes (a file)."""
+    import hashlib
+
+    path = Path(path)
+    digest = hashlib.sha256()
+    if path.is_dir():
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(f"{file.relative_to(path)}\0{file.stat().st_size}\n".encode())
+    else:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:10]
+
+
+def search_space(config: RunConfig, tier: str):
+    from automl import backbones as bb
+    from automl.tuning import SearchSpace, TemplateSearchSpace
+
+    modality = config.modality
+    default = bb.DEFAULT_IMAGE_BACKBONE if modality == "image" else bb.DEFAULT_TEXT_BACKBONE
+    if config.backbones:
+        backbones = tuple(config.backbones)
+    elif config.backbone:
+        backbones = (config.backbone,)
+    elif not config.pretrained:
+        backbones = (default,)
+    else:
+        # the default first (the baseline), then any other whose weights are here already
+        offline = [n for n in bb.available_backbones(modality) if n != default and offline(bb, n, modality)]
+        backbones = (default, *offline)
+    fields = (
+        modality,
+        backbones,
+        config.epochs,
+        config.image_size,
+        config.max_length,
+        config.batch_size,
+        config.strategy,
+    )
+    sizes = tuple(sorted(set(native_sizes(config, backbones).values())))
+    if tier == FLASH:
+        return SearchSpace(*fields, augment=config.augment, image_sizes=sizes)
+    return TemplateSearchSpace(*fields, image_sizes=sizes)
+
+
+_DEFAULT_STRATEGY = FitConfig.__dataclass_fields__["strategy"].default
+_DEFAULT_IMAGE_SIZE = FitConfig.__dataclass_fields__["image_size"].default
+_DEFAULT_MAX_LENGTH = FitConfig.__dataclass_fields__["max_length"].default
+_DEFAULT_WEIGHT_DECAY = FitConfig.__dataclass_fields__["weight_decay"].default
+
+
+def fit_to_data(config: RunConfig, datamodule) -> RunConfig:
+    """Text left at the default ``--max-length``: the longest 1% of the training texts set it (in
+    tokens, rounded up to 8), so short sentences are not padded and attended to 128 tokens deep."""
+    if config.modality != "text" or config.max_length != _DEFAULT_MAX_LENGTH or not datamodule.train_samples:
+        return config
+    from automl import backbones as bb
+    from automl.backbones import default_backbone
+
+    tokenizer = bb.load_tokenizer(default_backbone(config), config.weights)
+    lengths = sorted(len(ids) for ids in tokenizer([text for text, _ in datamodule.train_samples])["input_ids"])
+    longest = lengths[min(len(lengths) - 1, int(0.99 * len(lengths)))]
+    fitted = min(config.max_length, max(16, -(-longest // 8) * 8))
+    return dataclasses.replace(config, max_length=fitted)
+
+
+def native_sizes(config: RunConfig, backbones: tuple[str, ...]) -> dict[str, int]:
+    """Each backbone's native input size, offered to the search when ``--image-size`` was left at
+    its default (an explicit size is the user's choice for every backbone)."""
+    if config.modality != "image" or config.image_size != _DEFAULT_IMAGE_SIZE:
+        return {}
+    from automl import backbones as bb
+
+    return {name: size for name in backbones if (size := bb.native_image_size(name))}
+
+
+def probe_weight_decay(config: RunConfig) -> float:
+    """A head on cached features is a logistic regression: unpenalised, it overfits. The user's
+    ``--weight-decay``, else a first guess the search goes on from."""
+    from automl.flash.features import PROBE_WEIGHT_DECAY
+
+    return config.weight_decay if config.weight_decay != _DEFAULT_WEIGHT_DECAY else PROBE_WEIGHT_DECAY
+
+
+def as_head(params: dict, config: RunConfig) -> dict:
+    """``params`` as a head on cached features: frozen backbone, no augmentation, a penalty."""
+    head = {**params, "strategy": "freeze", "weight_decay": probe_weight_decay(config)}
+    if "augment" in head:
+        head["augment"] = False
+    return head
+
+
+def probe_params(config: RunConfig, space, baseline: dict, penalties: bool = True) -> list[dict]:
+    """Heads on cached features to run after the baseline: every other backbone of the search (at
+    its native size), then, when ``penalties``, the baseline's backbone with a few stronger penalties
+    (unless ``--weight-decay`` was given)."""
+    from automl.flash.features import PROBE_WEIGHT_DECAYS
+
+    sizes = native_sizes(config, space.backbones)
+    first = as_head(baseline, config)
+    probes = []
+    for name in space.backbones:
+        if name != baseline["backbone"]:
+            probes.append({**first, "backbone": name})
+            if "image_size" in first:
+                probes[-1]["image_size"] = sizes.get(name, baseline["image_size"])
+    if penalties and config.weight_decay == _DEFAULT_WEIGHT_DECAY:
+        probes += [{**first, "weight_decay": penalty} for penalty in PROBE_WEIGHT_DECAYS]
+    return probes
+
+
+def cheaper(tuner) -> dict | None:
+    """When a fine-tuning trial no longer fits the budget: heads on the cached features of the best
+    trial's backbone and input size, their other knobs left to the search."""
+    best = tuner.best_trial()
+    if best is None:
+        return None
+    fixed = {"strategy": "freeze"}
+    for key in ("backbone", "image_size", "max_length"):
+        if key in best.params:
+            fixed[key] = best.params[key]
+    return fixed
+
+
+def offline(bb, name: str, modality: str) -> bool:
+    source = bb.weights_status(name, modality)
+    return source is not None and source.kind != "hub"

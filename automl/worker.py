@@ -1,0 +1,58 @@
+"""``automl tune``: a tuning worker of a shared study. It holds the search (the data, the stores,
+the trial folder), not a run: no journal, no verdict, no report; those are ``automl run``'s."""
+
+from __future__ import annotations
+
+from automl import stages
+from automl.config import RunConfig
+from automl.pipeline import NUMBER, STAGES, Report, log_error
+from automl.search import Search
+from automl.trials import TrialLines
+
+
+def tune_worker(config: RunConfig, progress: bool = True, report: Report | None = None) -> dict:
+    """``automl tune``: join (or create) the study in ``config.storage`` and run Flash-tier trials until
+    it holds ``config.trials`` finished ones, whoever ran them. Verdict and report are ``automl run``'s.
+    A worker holds the search (data, stores, trial folder), not a run: no journal, no stages."""
+    from automl.progress import detach_run_log, stage_line
+    from automl.tracking import own_tracking_uri
+    from automl.tuning import WORKER
+
+    def say(line: str) -> None:
+        stage_line(line)
+        (report or (lambda _: None))(line)
+
+    total = len(STAGES)
+    with own_tracking_uri():
+        try:
+            search = Search(config, progress, say, who=WORKER)
+            search.stop.install(say)
+            try:
+                stages.inspect(search, lambda text: say(f"[1/{total}] inspect: {text}"))
+                search.enqueue_start()
+                lines = TrialLines(say, NUMBER["tune"], total, "tuning", search.target.metric)
+                why = search.flash_tuner.run(
+                    search.flash_train, total_trials=config.trials, deadline=search.deadline, **lines.hooks()
+                )
+                search.tracker.end(search.parent, "FINISHED")
+            except BaseException:
+                search.tracker.end(search.parent, "FAILED")
+                raise
+            finally:
+                search.stop.uninstall()
+        except BaseException as error:
+            log_error(error)
+            raise
+        finally:
+            detach_run_log()
+    trials = search.flash_tuner.finished_trials()
+    best = search.flash_tuner.best_trial()
+    return {
+        "study": search.name,
+        "stopped": why,
+        "finished": len(trials),
+        "requested": config.trials,
+        "by_this_worker": sum(1 for t in trials if t.user_attrs.get("worker") == WORKER),
+        "best_value": best.value if best else None,
+        "worker": WORKER,
+    }
