@@ -351,8 +351,8 @@ def search_space(config: RunConfig, tier: str):
         backbones = (default,)
     else:
         # the default first (the baseline), then any other whose weights are here already
-        offline = [n for n in bb.available_backbones(modality) if n != default and offline(bb, n, modality)]
-        backbones = (default, *offline)
+        others = [n for n in bb.available_backbones(modality) if n != default and weights_here(bb, n, modality)]
+        backbones = (default, *others)
     fields = (
         modality,
         backbones,
@@ -447,6 +447,7 @@ def cheaper(tuner) -> dict | None:
     return fixed
 
 
-def offline(bb, name: str, modality: str) -> bool:
+def weights_here(bb, name: str, modality: str) -> bool:
+    """The backbone's weights are on this machine (a file, a package or a cache), not only on the hub."""
     source = bb.weights_status(name, modality)
     return source is not None and source.kind != "hub"

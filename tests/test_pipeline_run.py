@@ -406,3 +406,16 @@ def test_text_max_length_follows_the_data_unless_given(text_csv, tmp_path):
     assert search.fit_to_data(config, data).max_length == 16
     given = RunConfig(**{**config.to_dict(), "max_length": 64})
     assert search.fit_to_data(given, data).max_length == 64
+
+
+def test_the_default_search_offers_every_backbone_whose_weights_are_here(tmp_path):
+    """No --backbone: the task's default first (the baseline's), then the other backbones with
+    weights on this machine (the packaged EfficientNet-Lites), each at its native size."""
+    from automl import backbones as bb
+
+    config = RunConfig(task="image_classification", data=str(tmp_path), target="accuracy>=0.9", trials=3)
+    space = search.search_space(config, "flash")
+    assert space.backbones[0] == bb.DEFAULT_IMAGE_BACKBONE
+    assert {"tf_efficientnet_lite1", "tf_efficientnet_lite2"} <= set(space.backbones)
+    assert all(search.weights_here(bb, name, "image") for name in space.backbones)
+    assert search.native_sizes(config, space.backbones)["tf_efficientnet_lite1"] == 240
