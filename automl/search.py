@@ -294,7 +294,10 @@ class Trainers:
                 config["epochs"], config["limit_train_batches"] = size.epochs, size.train_fraction
             extra = [*callbacks, fit.QuietLibraries(), EpochLines(f"{LIGHTNING} trial #{number}")]
             with template.importable():  # a distributed trial's processes unpickle its classes by name
-                result = template.train.fit(config, extra_callbacks=extra, logger=logger, progress=self.progress)
+                # the data read once for the run, not again by every trial
+                given = template.given(self.datamodule)
+                fit_template = template.train.fit
+                result = fit_template(config, extra_callbacks=extra, logger=logger, progress=self.progress, **given)
             return tuning.TrialOutcome(result["best_score"], result["checkpoint"], result["best_epoch"])
 
         return train

@@ -273,7 +273,7 @@ def escalate(search: Search, flash: StudyResult, template, lines: TrialLines) ->
     result = EscalationResult(lightning, str(template.folder), better)
     if better:
         config = trainers.template_config(lightning.params, lightning.best_trial)
-        targets, probabilities, ids = predict_validation(template, lightning.checkpoint, config)
+        targets, probabilities, ids = predict_validation(template, lightning.checkpoint, config, search.datamodule)
         result.verdict = judge(search, LIGHTNING, lightning, targets, probabilities, ids)
         result.template_config = config
     return result, study

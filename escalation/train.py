@@ -76,6 +76,14 @@ class Template:
     module: ModuleType
     train: ModuleType
 
+    def given(self, samples) -> dict:
+        """``samples=`` for the template's ``fit`` and ``TemplateDataModule``, when they take it (a
+        template ejected before they did reads its data itself)."""
+        import inspect
+
+        takes = "samples" in inspect.signature(self.datamodule.TemplateDataModule).parameters
+        return {"samples": samples} if takes and samples is not None else {}
+
     @contextmanager
     def importable(self):
         """While a fit runs, the template's files importable by their plain names (as ``python
@@ -131,15 +139,16 @@ def template_config(run: dict, params: dict, output_dir: str | Path, monitor: st
     return config
 
 
-def predict_validation(template: Template, checkpoint: str | Path, config: dict):
-    """(true class indices, class probabilities, inputs) of a template checkpoint on the validation split."""
+def predict_validation(template: Template, checkpoint: str | Path, config: dict, samples=None):
+    """(true class indices, class probabilities, inputs) of a template checkpoint on the validation
+    split (``samples``: the data already read and split, else read here)."""
     import lightning.pytorch as pl
     import numpy as np
     import torch
 
     from automl import checkpoints
 
-    datamodule = template.datamodule.TemplateDataModule(config)
+    datamodule = template.datamodule.TemplateDataModule(config, **template.given(samples))
     model = checkpoints.load_module(template.module.TemplateModule, checkpoint, config={**config, "pretrained": False})
     trainer = pl.Trainer(
         accelerator=config.get("accelerator", "auto"),

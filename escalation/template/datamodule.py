@@ -38,13 +38,16 @@ def load_split(config: dict):
 class TemplateDataModule(pl.LightningDataModule):
     """Batches for the template's LightningModule, images or texts, as ``config`` describes."""
 
-    def __init__(self, config: dict):
+    def __init__(self, config: dict, samples=None):
+        """``samples``: the data already read and split (an ``automl.data`` datamodule of the same
+        ``data``, ``val_split`` and ``seed``), as ``automl run`` hands it to every escalation trial;
+        by default it is read here."""
         super().__init__()
         self.config = config
         self.is_image = config["task"] == "image_classification"
         self.batch_size = int(config.get("batch_size", 32))
         self.num_workers = int(config.get("num_workers", 0))
-        self.samples = load_split(config)  # read once: every loader below serves these samples
+        self.samples = samples if samples is not None else load_split(config)  # every loader serves these
         self.labels = self.samples.labels
         self.predict_samples = []  # set by whoever wants predictions (see automl predict)
         if self.is_image:

@@ -70,10 +70,11 @@ def mlflow_logger(config: dict):
     return MLFlowLogger(experiment_name=config.get("experiment", "automl-template"), tracking_uri=uri)
 
 
-def fit(config: dict, extra_callbacks=(), logger=None, progress: bool = True) -> dict:
-    """Train once; returns the best score of ``config["monitor"]``, its epoch and checkpoint."""
+def fit(config: dict, extra_callbacks=(), logger=None, progress: bool = True, samples=None) -> dict:
+    """Train once; returns the best score of ``config["monitor"]``, its epoch and checkpoint.
+    ``samples``: the data already read and split (see ``TemplateDataModule``), else read here."""
     pl.seed_everything(config.get("seed", 42), workers=True, verbose=False)
-    datamodule = TemplateDataModule(config)
+    datamodule = TemplateDataModule(config, samples)
     model = TemplateModule(
         config, datamodule.labels, class_weights(datamodule) if config.get("class_weighted") else None
     )

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 
 import optuna
 import pandas as pd
@@ -18,6 +19,7 @@ from conftest import TINY_IMAGE_BACKBONE, tiny_run_config
 from automl import pipeline, tracking, tuning
 from automl.cli import cli
 from automl.config import RunConfig
+from automl.errors import DataError
 from escalation.callbacks import WebhookNotifier
 from escalation.train import load_template
 
@@ -213,3 +215,22 @@ def test_a_broken_template_keeps_the_flash_tier(escalated, tmp_path, images, tra
     assert list(study["state"]) == ["FAIL", "FAIL"]
     assert set(study["reason"]) == {"RuntimeError: my edit broke it"}
     assert (run.run_dir / "best" / "model.ckpt").exists() and (run.run_dir / "report.html").exists()
+
+
+def test_the_template_trains_on_the_samples_it_is_given_without_reading_the_data_again(images, tmp_path):
+    """Each escalation trial gets the run's data, read and split once: the template's fit does not
+    open ``data`` (here a path that does not exist) when it is given the samples."""
+    from automl.flash import fit
+    from escalation.train import template_config
+
+    run = tiny_run_config(images, tmp_path, epochs=1)
+    config = template_config(run.to_dict(), {"epochs": 1, "batch_size": 4}, tmp_path / "out", "val_accuracy")
+    config["data"] = str(tmp_path / "nothing-here")
+    template = load_template()
+    given = template.given(fit.load_data(run))
+    assert set(given) == {"samples"}
+    with template.importable():
+        result = template.train.fit(config, logger=False, progress=False, **given)
+    assert result["best_score"] is not None and Path(result["checkpoint"]).exists()
+    with pytest.raises(DataError, match="nothing-here"):  # without them, it reads the (missing) data
+        template.datamodule.TemplateDataModule(config)
