@@ -6,7 +6,8 @@
 
 from __future__ import annotations
 
-from automl.data.image import ImageClassificationData
+from automl.data.image import ImageClassificationData, ImageFiles
 from automl.data.text import TextClassificationData
 
-__all__ = ["ImageClassificationData", "TextClassificationData"]
+#: the public data API (the Lightning-tier template uses ImageFiles, a Dataset of image files)
+__all__ = ["ImageClassificationData", "ImageFiles", "TextClassificationData"]

@@ -16,8 +16,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from automl.backbones import image_normalization, load_tokenizer
-from automl.data import ImageClassificationData, TextClassificationData
-from automl.data.image import ImageFiles
+from automl.data import ImageClassificationData, ImageFiles, TextClassificationData
 
 AUGMENTATIONS = ("none", "trivialaugment", "randaugment")
 
