@@ -119,10 +119,21 @@ def fit(config: dict, extra_callbacks=(), logger=None, progress: bool = True, sa
     }
 
 
+#: keys a config.yaml may leave out (their defaults are in the code above)
+OPTIONAL_KEYS = ("tracking_uri", "experiment", "precision", "strategy", "num_nodes", "limit_train_batches")
+
+
 def load_config(path: str, overrides: list[str]) -> dict:
-    config = yaml.safe_load(Path(path).read_text())
+    """The YAML configuration with ``KEY=VALUE`` overrides; a key it does not know (a typo) is an
+    error that lists the valid ones, not a setting silently ignored."""
+    config = yaml.safe_load(Path(path).read_text()) or {}
+    valid = sorted(set(config) | set(OPTIONAL_KEYS))
     for item in overrides:
-        key, _, value = item.partition("=")
+        key, equals, value = item.partition("=")
+        if not equals:
+            sys.exit(f"--set takes KEY=VALUE, got {item!r}.")
+        if key not in valid:
+            sys.exit(f"Unknown configuration key {key!r} in --set. Valid keys: {', '.join(valid)}.")
         config[key] = yaml.safe_load(value)
     return config
 

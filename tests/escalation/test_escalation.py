@@ -90,6 +90,16 @@ def test_eject_writes_a_project_whose_train_py_reproduces_the_score(escalated, t
         and "python train.py --config config.yaml" in (project / "README.md").read_text()
     )
 
+    typo = subprocess.run(  # a misspelt --set key stops before training, naming the valid keys
+        [sys.executable, "train.py", "--config", "config.yaml", "-q", "--set", "learnin_rate=0.1"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert typo.returncode != 0 and "Unknown configuration key 'learnin_rate'" in typo.stderr
+    assert "learning_rate" in typo.stderr and not (project / "outputs").exists()
+
     trained = subprocess.run(
         [sys.executable, "train.py", "--config", "config.yaml", "-q"],
         cwd=project,
