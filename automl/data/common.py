@@ -135,14 +135,20 @@ def is_hf_dataset(path: Path) -> bool:
     return path.is_dir() and any((path / name).is_file() for name in HF_DATASET_FILES)
 
 
-def read_table(path: Path, header: bool = True) -> tuple[pd.DataFrame, str, int]:
+#: what ``read_table(kind=...)`` reads a file as, whatever its suffix; and what errors call it
+TABLE_KINDS = {"csv": (".csv", ".tsv"), "parquet": (".parquet",), "jsonl": (".jsonl", ".ndjson", ".json")}
+TABLE_NAMES = {"csv": "CSV file", "parquet": "Parquet file", "jsonl": "JSONL file", None: "data path"}
+
+
+def read_table(path: Path, header: bool = True, kind: str | None = None) -> tuple[pd.DataFrame, str, int]:
     """(frame, source, first_row) for a CSV/TSV, Parquet, JSONL file or a Hugging Face ``datasets``
-    folder: the rows of a table, how errors name it, and the row number its first row has there."""
-    path = existing_path(path)
-    suffix = path.suffix.lower()
-    if is_hf_dataset(path):
+    folder: the rows of a table, how errors name it, and the row number its first row has there.
+    ``kind`` ("csv", "parquet", "jsonl") reads the file as that, whatever its suffix."""
+    path = existing_path(path, TABLE_NAMES[kind])
+    suffix = TABLE_KINDS[kind][0] if kind else path.suffix.lower()
+    if kind is None and is_hf_dataset(path):
         return _read_hf_dataset(path), f"the datasets folder '{path}'", 1
-    if suffix in (".csv", ".tsv"):
+    if suffix in TABLE_KINDS["csv"]:
         return read_csv(path, header), f"the CSV '{path}'", 2 if header else 1
     if suffix == ".parquet":
         try:
@@ -151,7 +157,7 @@ def read_table(path: Path, header: bool = True) -> tuple[pd.DataFrame, str, int]
             raise DataError(f"Cannot read the Parquet file '{path}': {exc}.") from exc
         frame.columns = [str(c) for c in frame.columns]
         return frame, f"the Parquet file '{path}'", 1
-    if suffix in (".jsonl", ".ndjson", ".json"):
+    if suffix in TABLE_KINDS["jsonl"]:
         return read_jsonl(path), f"the JSONL file '{path}'", 1
     raise DataError(
         f"Cannot read '{path}': use a CSV/TSV, Parquet or JSONL file, a folder saved by "
@@ -284,6 +290,26 @@ class ClassificationDataModule(pl.LightningDataModule):
         if unknown:
             raise TypeError(f"Unknown datamodule options: {', '.join(sorted(unknown))}")
         return type(self)(**{**self.options(), **changes})
+
+    # ----------------------------------------------------------------- constructors
+    @classmethod
+    def from_path(
+        cls,
+        path: str | Path,
+        input_field: str | int | None = None,
+        target_field: str | int | None = None,
+        header: bool = True,
+        kind: str | None = None,
+        **kwargs,
+    ):
+        """Whatever ``path`` holds: a folder of class folders (``from_folders``), or a table
+        (``from_frame``): a CSV/TSV, Parquet or JSONL file (``kind`` forces which), or a folder saved by
+        ``datasets.Dataset.save_to_disk``. Columns are given by name or 0-based position."""
+        path = existing_path(path, TABLE_NAMES[kind])
+        if kind is None and path.is_dir() and not is_hf_dataset(path):
+            return cls.from_folders(path, **kwargs)
+        frame, source, first_row = read_table(path, header, kind)
+        return cls.from_frame(frame, source, input_field, target_field, first_row=first_row, **kwargs)
 
     def make_dataset(self, samples: list, train: bool) -> Dataset:
         raise NotImplementedError

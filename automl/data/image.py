@@ -142,16 +142,16 @@ class ImageClassificationData(common.ClassificationDataModule):
         input_field: str | int | None = None,
         target_field: str | int | None = None,
         header: bool = True,
+        kind: str | None = None,
         **kwargs,
     ) -> ImageClassificationData:
-        """Whatever ``path`` holds: a folder of class folders, or a table of image paths and labels
-        (a CSV/TSV or Parquet file, or a folder saved by ``datasets.Dataset.save_to_disk``)."""
-        path = common.existing_path(path)
-        if path.is_dir() and not common.is_hf_dataset(path):
-            return cls.from_folders(path, **kwargs)
-        frame, source, first_row = common.read_table(path, header)
-        kwargs.setdefault("root", path if path.is_dir() else path.parent)
-        return cls.from_frame(frame, source, input_field, target_field, first_row=first_row, **kwargs)
+        """A folder of class folders, or a table of image paths and labels (a CSV/TSV or Parquet
+        file, or a saved ``datasets`` folder) whose paths are relative to ``root``, default: the
+        table's folder."""
+        path = common.existing_path(path, common.TABLE_NAMES[kind])
+        if kwargs.get("root") is None and (path.is_file() or common.is_hf_dataset(path)):
+            kwargs["root"] = path if path.is_dir() else path.parent
+        return super().from_path(path, input_field, target_field, header, kind, **kwargs)
 
     @classmethod
     def from_csv(
@@ -169,13 +169,8 @@ class ImageClassificationData(common.ClassificationDataModule):
 
         Columns are given by name or 0-based position; ``header=False`` for a file without a header row.
         """
-        path = common.existing_path(path, "CSV file")
-        frame = common.read_csv(path, header)
-        first_row = 2 if header else 1
-        root = root if root is not None else path.parent
-        return cls.from_frame(
-            frame, f"the CSV '{path}'", input_field, target_field, root, val_split, seed, first_row, **kwargs
-        )
+        options = {"root": root, "val_split": val_split, "seed": seed, **kwargs}
+        return cls.from_path(path, input_field, target_field, header, kind="csv", **options)
 
     @classmethod
     def from_frame(

@@ -111,23 +111,6 @@ class TextClassificationData(common.ClassificationDataModule):
         return data
 
     @classmethod
-    def from_path(
-        cls,
-        path: str | Path,
-        input_field: str | int | None = None,
-        target_field: str | int | None = None,
-        header: bool = True,
-        **kwargs,
-    ) -> TextClassificationData:
-        """Whatever ``path`` holds: a CSV/TSV, Parquet or JSONL file, a folder saved by
-        ``datasets.Dataset.save_to_disk``, or a folder of class folders of ``.txt`` files."""
-        path = common.existing_path(path)
-        if path.is_dir() and not common.is_hf_dataset(path):
-            return cls.from_folders(path, **kwargs)
-        frame, source, first_row = common.read_table(path, header)
-        return cls.from_frame(frame, source, input_field, target_field, first_row=first_row, **kwargs)
-
-    @classmethod
     def from_csv(
         cls,
         path: str | Path,
@@ -140,26 +123,21 @@ class TextClassificationData(common.ClassificationDataModule):
 
         Columns are given by name or 0-based position; ``header=False`` for a file without a header row.
         """
-        path = common.existing_path(path, "CSV file")
-        frame = common.read_csv(path, header)
-        first_row = 2 if header else 1
-        return cls.from_frame(frame, f"the CSV '{path}'", input_field, target_field, first_row=first_row, **kwargs)
+        return cls.from_path(path, input_field, target_field, header, kind="csv", **kwargs)
 
     @classmethod
     def from_parquet(
         cls, path: str | Path, input_field: str | None = None, target_field: str | None = None, **kwargs
     ) -> TextClassificationData:
         """A Parquet file; the text and label columns are found by name when not given."""
-        return cls.from_path(common.existing_path(path, "Parquet file"), input_field, target_field, **kwargs)
+        return cls.from_path(path, input_field, target_field, kind="parquet", **kwargs)
 
     @classmethod
     def from_jsonl(
         cls, path: str | Path, input_field: str | None = None, target_field: str | None = None, **kwargs
     ) -> TextClassificationData:
         """One JSON object per line."""
-        path = common.existing_path(path, "JSONL file")
-        frame = common.read_jsonl(path)
-        return cls.from_frame(frame, f"the JSONL file '{path}'", input_field, target_field, first_row=1, **kwargs)
+        return cls.from_path(path, input_field, target_field, kind="jsonl", **kwargs)
 
     @classmethod
     def from_folders(
