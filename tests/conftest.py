@@ -10,6 +10,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 import contextlib  # noqa: E402
 import json  # noqa: E402
 import random  # noqa: E402
+import signal  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -219,27 +220,47 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
+def answering(command: list[str], probe: str, seconds: float = 120, env: dict | None = None):
+    """A server ``command`` started in its own process group, polled until ``probe`` (a URL) answers
+    (a bounded wait, not a sleep); its process, then the whole group stopped at the end. A server
+    that exits or stays silent fails the test with the end of its output."""
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    deadline = time.monotonic() + seconds
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(probe, timeout=2):
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    _stop_group(process, signal.SIGKILL)
+                    pytest.fail(f"{command[0]} did not start: {process.stdout.read().decode()[-3000:]}")
+                time.sleep(0.2)
+        yield process
+    finally:
+        _stop_group(process, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            _stop_group(process, signal.SIGKILL)
+            process.wait(timeout=20)
+
+
+def _stop_group(process: subprocess.Popen, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
+
+
+@contextlib.contextmanager
 def serving(run_dir: Path, *options: str):
     """``automl serve`` in a subprocess on a loopback port: (its base URL, its process)."""
     port = free_port()
     command = [sys.executable, "-m", "automl", "serve", str(run_dir), "--port", str(port), *options]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    try:
-        while True:  # poll until it answers (a bounded wait, not a sleep)
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2):
-                    break
-            except (urllib.error.URLError, ConnectionError):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    process.kill()
-                    pytest.fail(f"the service did not start: {process.stdout.read().decode()[-2000:]}")
-                time.sleep(0.2)
+    with answering(command, f"{url}/health") as process:
         yield url, process
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def multipart(field: str, filename: str, data: bytes) -> tuple[bytes, str]:

@@ -10,15 +10,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import IMAGE_MODEL, TEXT_MODEL, free_port, make_image_folder, make_texts, post
+from conftest import IMAGE_MODEL, TEXT_MODEL, answering, free_port, make_image_folder, make_texts, post
 
 from automl.cli import cli
 
@@ -139,31 +136,9 @@ def mlflow_models_serve(model_uri: str, env: dict):
     """`mlflow models serve -m URI --env-manager local` on a free loopback port, until it answers /ping."""
     port = free_port()
     command = [MLFLOW, "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
-    server = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:  # poll until it answers (a bounded wait, not a sleep)
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2):
-                    break
-            except (urllib.error.URLError, ConnectionError):
-                if server.poll() is not None or time.monotonic() > deadline:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(server.pid, 9)
-                    pytest.fail(f"mlflow models serve did not start: {server.stdout.read().decode()[-3000:]}")
-                time.sleep(0.25)
+    with answering(command, f"{url}/ping", seconds=180, env=env):
         yield url
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, 15)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, 9)
-            server.wait(timeout=20)
 
 
 @pytest.mark.skipif(MLFLOW is None, reason="the mlflow command-line tool is not installed")
