@@ -125,8 +125,7 @@ def read_csv(path: Path, header: bool = True) -> pd.DataFrame:
     return frame
 
 
-#: file types ``read_table`` reads, and a Hugging Face ``datasets`` folder (``Dataset.save_to_disk``)
-TABLE_SUFFIXES = (".csv", ".tsv", ".parquet", ".jsonl", ".ndjson", ".json")
+#: the files that mark a Hugging Face ``datasets`` folder (``Dataset.save_to_disk``)
 HF_DATASET_FILES = ("dataset_info.json", "dataset_dict.json")
 
 
@@ -138,6 +137,8 @@ def is_hf_dataset(path: Path) -> bool:
 #: what ``read_table(kind=...)`` reads a file as, whatever its suffix; and what errors call it
 TABLE_KINDS = {"csv": (".csv", ".tsv"), "parquet": (".parquet",), "jsonl": (".jsonl", ".ndjson", ".json")}
 TABLE_NAMES = {"csv": "CSV file", "parquet": "Parquet file", "jsonl": "JSONL file", None: "data path"}
+#: every file type ``read_table`` reads
+TABLE_SUFFIXES = tuple(suffix for suffixes in TABLE_KINDS.values() for suffix in suffixes)
 
 
 def read_table(path: Path, header: bool = True, kind: str | None = None) -> tuple[pd.DataFrame, str, int]:
