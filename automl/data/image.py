@@ -95,13 +95,13 @@ class ImageClassificationData(common.ClassificationDataModule):
         super().__init__(labels, train_samples, val_samples, test_samples, predict_samples, batch_size, num_workers)
         self.image_size = int(image_size)
         self.augment = augment
-        self.normalization_fixed = mean is not None or backbone is not None
         if backbone is not None and mean is None:
             from automl.backbones import image_normalization
 
             mean, std = image_normalization(backbone)
-        self.mean = tuple(mean) if mean is not None else IMAGENET_MEAN
-        self.std = tuple(std) if std is not None else IMAGENET_STD
+        # None: not chosen; the model's when fitting starts (``configure``), else ImageNet's
+        self.mean = tuple(mean) if mean is not None else None
+        self.std = tuple(std) if std is not None else None
 
     # ----------------------------------------------------------------- constructors
     @classmethod
@@ -226,33 +226,43 @@ class ImageClassificationData(common.ClassificationDataModule):
         return cls(labels, predict_samples=[(p, -1) for p in paths], **kwargs)
 
     def options(self) -> dict:
-        # an unset normalisation stays unset: the next model sets its own
-        mean, std = (self.mean, self.std) if self.normalization_fixed else (None, None)
-        return {**super().options(), "image_size": self.image_size, "augment": self.augment, "mean": mean, "std": std}
+        return {
+            **super().options(),
+            "image_size": self.image_size,
+            "augment": self.augment,
+            "mean": self.mean,
+            "std": self.std,
+        }
 
     # ----------------------------------------------------------------- transforms
-    def adapt_to(self, model) -> None:
-        """Take the normalisation the model's backbone weights expect, unless it was set explicitly."""
-        normalization = getattr(model, "normalization", None)
-        if normalization is None:
+    def configure(self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+        """Normalise with ``mean``/``std`` (a model's ``input_options()``: what its backbone's weights
+        expect) unless this datamodule was given its own."""
+        if mean is None:
             return
-        if not self.normalization_fixed:
-            self.mean, self.std = tuple(normalization[0]), tuple(normalization[1])
-        elif (tuple(normalization[0]), tuple(normalization[1])) != (self.mean, self.std):
+        if self.mean is None:
+            self.mean, self.std = tuple(mean), tuple(std)
+        elif (tuple(mean), tuple(std)) != (self.mean, self.std):
             log.warning(
                 "The data normalisation %s/%s differs from the one the backbone expects %s/%s.",
                 self.mean,
                 self.std,
-                normalization[0],
-                normalization[1],
+                mean,
+                std,
             )
+
+    @property
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """The mean and standard deviation the images are normalised with."""
+        return (self.mean or IMAGENET_MEAN, self.std or IMAGENET_STD)
 
     @property
     def resize_size(self) -> int:
         return int(round(self.image_size / CROP_PCT))
 
     def _to_tensor(self) -> list:
-        return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
+        mean, std = self.normalization
+        return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
 
     def train_transform(self):
         if not self.augment:
@@ -277,8 +287,8 @@ class ImageClassificationData(common.ClassificationDataModule):
             "image_size": self.image_size,
             "resize": self.resize_size,
             "crop": "center",
-            "mean": list(self.mean),
-            "std": list(self.std),
+            "mean": list(self.normalization[0]),
+            "std": list(self.normalization[1]),
             "color_mode": "RGB",
         }
 

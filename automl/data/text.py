@@ -66,8 +66,8 @@ class TextClassificationData(common.ClassificationDataModule):
         super().__init__(labels, train_samples, val_samples, test_samples, predict_samples, batch_size, num_workers)
         self.skipped = []  # rows left out (empty text or label), for the data doctor
         self.encoding = None  # the file's encoding, when read from one
-        self.max_length_fixed = max_length is not None
-        self.max_length = int(max_length) if max_length is not None else DEFAULT_MAX_LENGTH
+        # None: not chosen; the model's when fitting starts (``configure``), else DEFAULT_MAX_LENGTH
+        self.max_length = int(max_length) if max_length is not None else None
         self.tokenizer = None
         if backbone is not None:
             from automl.backbones import load_tokenizer
@@ -166,17 +166,23 @@ class TextClassificationData(common.ClassificationDataModule):
 
     def options(self) -> dict:
         # the tokenizer is not an option: a rebuilt datamodule takes its model's, or its own backbone's
-        return {**super().options(), "max_length": self.max_length if self.max_length_fixed else None}
+        return {**super().options(), "max_length": self.max_length}
 
     # ----------------------------------------------------------------- tokenisation
-    def adapt_to(self, model) -> None:
-        """Take the model's tokenizer and ``max_length`` unless they were set here."""
-        if self.tokenizer is None and getattr(model, "tokenizer_source", None):
+    def configure(self, tokenizer: str | None = None, max_length: int | None = None) -> None:
+        """Tokenize with ``tokenizer`` (a folder or hub name) to ``max_length`` (a model's
+        ``input_options()``) unless this datamodule was given its own."""
+        if self.tokenizer is None and tokenizer:
             from transformers import AutoTokenizer
 
-            self.tokenizer = AutoTokenizer.from_pretrained(model.tokenizer_source)
-        if not self.max_length_fixed and getattr(model, "max_length", None):
-            self.max_length = int(model.max_length)
+            self.tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+        if self.max_length is None and max_length:
+            self.max_length = int(max_length)
+
+    @property
+    def length(self) -> int:
+        """The most tokens a text keeps."""
+        return self.max_length or DEFAULT_MAX_LENGTH
 
     def collate(self, batch: Sequence[Sample]):
         if self.tokenizer is None:
@@ -185,12 +191,12 @@ class TextClassificationData(common.ClassificationDataModule):
             self.tokenizer = load_tokenizer(DEFAULT_TEXT_BACKBONE)
         texts, targets = zip(*batch, strict=True)
         encoded = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            list(texts), padding=True, truncation=True, max_length=self.length, return_tensors="pt"
         )
         return dict(encoded), torch.tensor(targets, dtype=torch.long)
 
     def preprocessing(self) -> dict:
-        return {"kind": "text", "max_length": self.max_length, "padding": "longest", "truncation": True}
+        return {"kind": "text", "max_length": self.length, "padding": "longest", "truncation": True}
 
     def make_dataset(self, samples: list, train: bool) -> Dataset:
         return Texts(samples)

@@ -159,6 +159,7 @@ def set_frozen_modes(backbone: nn.Module, keep_statistics: bool = False) -> None
 
 def finetune(model: pl.LightningModule, datamodule: pl.LightningDataModule, strategy="freeze", **trainer_kwargs):
     """Fit ``model`` on ``datamodule`` with a fine-tuning ``strategy``; returns the ``Trainer``.
+    What ``datamodule`` leaves open (normalisation, tokenizer, length) it takes from ``model``.
 
     ``trainer_kwargs`` go to ``lightning.pytorch.Trainer`` (``max_epochs=3``, no logger and no
     checkpoint files unless you ask for them; the progress bar goes to stderr, as a line per epoch
@@ -187,5 +188,14 @@ def finetune(model: pl.LightningModule, datamodule: pl.LightningDataModule, stra
         "callbacks": callbacks,
     }
     trainer = pl.Trainer(**settings)
+    serve_for(model, datamodule)
     trainer.fit(model, datamodule=datamodule)
     return trainer
+
+
+def serve_for(model: pl.LightningModule, datamodule: pl.LightningDataModule) -> None:
+    """The data served as ``model`` expects where the datamodule leaves it open: an image backbone's
+    normalisation, a text model's tokenizer and length (``model.input_options()`` given to
+    ``datamodule.configure``). A datamodule or model without them (yours, cached features) is as it is."""
+    if hasattr(model, "input_options") and hasattr(datamodule, "configure"):
+        datamodule.configure(**model.input_options())

@@ -19,7 +19,7 @@ from automl import metrics as m
 from automl.backbones import default_backbone
 from automl.config import IMAGE_CLASSIFICATION, FitConfig
 from automl.errors import DataError
-from automl.flash.finetuning import finetune, parse_strategy
+from automl.flash.finetuning import finetune, parse_strategy, serve_for
 from automl.run_folder import CHECKPOINT_FILE, LABELS_FILE, PREPROCESSING_FILE, write_json
 
 
@@ -78,8 +78,9 @@ def load_data(config: FitConfig):
 def data_for(config: FitConfig, datamodule):
     """``datamodule``'s samples served the way ``config`` asks (batch size, image size, max length)."""
     if config.task == IMAGE_CLASSIFICATION:
+        mean, std = bb.image_normalization(default_backbone(config))  # what the backbone's weights expect
         return datamodule.with_options(
-            batch_size=config.batch_size, image_size=config.image_size, augment=config.augment
+            batch_size=config.batch_size, image_size=config.image_size, augment=config.augment, mean=mean, std=std
         )
     return datamodule.with_options(batch_size=config.batch_size, max_length=config.max_length)
 
@@ -301,6 +302,7 @@ def predict_validation(model, datamodule, accelerator: str = "auto") -> tuple[np
     import torch
 
     predict = datamodule.with_options(predict_samples=datamodule.val_samples)
+    serve_for(model, predict)
     trainer = pl.Trainer(
         accelerator=accelerator, devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False
     )
@@ -316,9 +318,6 @@ def save_best(out: Path, checkpoint: str, datamodule, config: FitConfig) -> None
     write_json(out / LABELS_FILE, datamodule.labels)
     backbone = default_backbone(config)
     preprocessing = {**datamodule.preprocessing(), "task": config.task, "backbone": backbone}
-    if preprocessing["kind"] == "image" and not datamodule.normalization_fixed:
-        # the classifier set the datamodule's normalisation when it trained: the backbone's
-        preprocessing["mean"], preprocessing["std"] = map(list, bb.image_normalization(backbone))
     write_json(out / PREPROCESSING_FILE, preprocessing)
 
 

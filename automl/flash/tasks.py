@@ -86,8 +86,6 @@ class ClassificationTask(pl.LightningModule):
                 f"The data's labels {list(labels)} differ from the model's {self.labels}. "
                 "Build the model with labels=data.labels."
             )
-        if hasattr(datamodule, "adapt_to"):
-            datamodule.adapt_to(self)
 
     def training_step(self, batch, batch_idx: int):
         inputs, targets = batch
@@ -197,6 +195,10 @@ class ImageClassifier(ClassificationTask):
     def available_backbones() -> list[str]:
         return bb.available_backbones(bb.IMAGE)
 
+    def input_options(self) -> dict:
+        """What a datamodule should do to images for this model (its ``configure``)."""
+        return {"mean": self.normalization[0], "std": self.normalization[1]}
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(images))
 
@@ -237,6 +239,10 @@ class TextClassifier(ClassificationTask):
     @staticmethod
     def available_backbones() -> list[str]:
         return bb.available_backbones(bb.TEXT)
+
+    def input_options(self) -> dict:
+        """What a datamodule should do to texts for this model (its ``configure``)."""
+        return {"tokenizer": self.tokenizer_source, "max_length": self.max_length}
 
     def forward(self, encoded: dict) -> torch.Tensor:
         hidden = self.backbone(**encoded).last_hidden_state
