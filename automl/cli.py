@@ -246,16 +246,17 @@ def run(
 def eject(run_dir: Path, destination: Path, force: bool) -> None:
     """Write the Lightning-tier template of a finished run as a standalone, editable project.
 
-    The folder gets datamodule.py, module.py, train.py, a config.yaml holding the run's best
-    parameters, and a README. `python train.py --config config.yaml` inside it trains the model again;
-    `automl run ... --template FOLDER` escalates with your edited copy.
+    The folder gets the template package (template/: config.py, datamodule.py, module.py, train.py),
+    a config.yaml holding the run's best parameters, and a README. `python -m template --config
+    config.yaml` inside it trains the model again; `automl run ... --template FOLDER` escalates with
+    your edited copy.
     """
     from escalation.eject import eject as write_project
 
     project = write_project(run_dir, destination, force=force)
     click.echo(f"wrote {project.folder}: {', '.join(project.files)}")
     click.echo(f"expected {project.monitor}: {project.expected:.4f} (the {project.tier} tier of the run)")
-    click.echo(f"next: cd {project.folder} && python train.py --config config.yaml")
+    click.echo(f"next: cd {project.folder} && python -m template --config config.yaml")
 
 
 @cli.command()

@@ -152,8 +152,10 @@ def log_model(
     labels = read_json(best_dir / LABELS_FILE)
     kind = read_json(best_dir / PREPROCESSING_FILE)["kind"]
     artifacts = {"best": str(best_dir)}
-    if template:
-        artifacts["template"] = str(template)
+    if template:  # the edited template's package only (not an ejected project's outputs/)
+        from escalation.train import load_template
+
+        artifacts["template"] = str(load_template(template).source)
     with own_tracking_uri(), _quiet():
         mlflow.set_tracking_uri(tracking_uri)
         with mlflow.start_run(run_id=parent_run_id, nested=mlflow.active_run() is not None):

@@ -96,7 +96,7 @@ class Predictor:
             config = yaml.safe_load((best / TEMPLATE_CONFIG_FILE).read_text())
             template = load_template(folder)
             model = checkpoints.load_module(
-                template.module.TemplateModule, checkpoint, trust_checkpoint, config={**config, "pretrained": False}
+                template.model_class(config), checkpoint, trust_checkpoint, config={**config, "pretrained": False}
             )
             logits_fn = model.predict_logits
             if preprocessing["kind"] == "text":

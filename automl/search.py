@@ -287,26 +287,25 @@ class Trainers:
         from automl.progress import EpochLines
 
         def train(number: int, params: dict, callbacks: list, logger):
-            config = self.template_config(params, number)
+            config = self.template_config(params, number, template)
             shared = {k: v for k, v in params.items() if k in FitConfig.keys()}
             size, callbacks = self.sized(self.config.fit_config(**shared), callbacks, self.deadline, number)
             if size is not None:
                 config["epochs"], config["limit_train_batches"] = size.epochs, size.train_fraction
             extra = [*callbacks, fit.QuietLibraries(), EpochLines(f"{LIGHTNING} trial #{number}")]
-            with template.importable():  # a distributed trial's processes unpickle its classes by name
-                # the data read once for the run, not again by every trial
-                given = template.given(self.datamodule)
-                fit_template = template.train.fit
-                result = fit_template(config, extra_callbacks=extra, logger=logger, progress=self.progress, **given)
+            # the data read once for the run, not again by every trial
+            result = template.fit(
+                config, extra_callbacks=extra, logger=logger, progress=self.progress, samples=self.datamodule
+            )
             return tuning.TrialOutcome(result["best_score"], result["checkpoint"], result["best_epoch"])
 
         return train
 
-    def template_config(self, params: dict, number: int) -> dict:
+    def template_config(self, params: dict, number: int, template=None) -> dict:
         from escalation.train import template_config
 
         out = self.run_dir / "escalation" / str(number)
-        config = template_config(self.config.to_dict(), params, out, self.target.metric)
+        config = template_config(self.config.to_dict(), params, out, self.target.metric, template)
         config["strategy"] = self.config.trial_strategy  # Lightning's, as for the Flash tier's trials
         if self.config.precision:
             config["precision"] = self.config.precision

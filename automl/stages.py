@@ -272,7 +272,7 @@ def escalate(search: Search, flash: StudyResult, template, lines: TrialLines) ->
     better = score is not None and (score > flash.score if search.target.maximize else score < flash.score)
     result = EscalationResult(lightning, str(template.folder), better)
     if better:
-        config = trainers.template_config(lightning.params, lightning.best_trial)
+        config = trainers.template_config(lightning.params, lightning.best_trial, template)
         targets, probabilities, ids = predict_validation(template, lightning.checkpoint, config, search.datamodule)
         result.verdict = judge(search, LIGHTNING, lightning, targets, probabilities, ids)
         result.template_config = config
@@ -293,9 +293,9 @@ def finalise(
         fit_config = config.fit_config(**best.params)
         fit.save_best(best_dir, best.checkpoint, fit.data_for(fit_config, datamodule), fit_config)
     else:
-        from escalation.train import preprocessing
+        from escalation.train import load_template, preprocessing
 
-        template_config = search.trainers.template_config(best.params, best.best_trial)
+        template_config = search.trainers.template_config(best.params, best.best_trial, load_template(template))
         best_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy2(best.checkpoint, best_dir / CHECKPOINT_FILE)
         write_json(best_dir / LABELS_FILE, datamodule.labels)

@@ -6,47 +6,25 @@ parameters into its configuration, train it, and predict with what it trained.
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import importlib
+import shutil
 import sys
-from contextlib import contextmanager
+import tempfile
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from types import ModuleType
 
 from automl.errors import ConfigError
 
+TEMPLATE_PACKAGE = "escalation.template"
 TEMPLATE_DIR = Path(__file__).parent / "template"
-TEMPLATE_MODULES = ("datamodule", "module", "train")
-TEMPLATE_FILES = tuple(f"{name}.py" for name in TEMPLATE_MODULES)
-
-#: The template's own defaults: the recipe before any tuning. Every key is documented in the
-#: ejected README and can be set in its config.yaml.
-RECIPE = {
-    "learning_rate": 1e-3,
-    "backbone_lr_ratio": 0.1,  # backbone lr = learning_rate * ratio (discriminative learning rates)
-    "warmup_epochs": 1,  # linear warm-up, then cosine decay, stepped per batch
-    "weight_decay": 0.01,
-    "label_smoothing": 0.1,
-    "dropout": 0.1,
-    "epochs": 10,
-    "batch_size": 32,
-    "gradient_clip": 1.0,  # 0 turns clipping off
-    "weight_averaging": "none",  # none | ema | swa
-    "ema_decay": 0.99,
-    "class_weighted": True,  # inverse-frequency loss weights, used only when classes are imbalanced
-    "patience": 3,  # early stopping, in epochs without improvement
-    "limit_train_batches": 1.0,  # share of the training batches an epoch sees (a time budget may lower it)
-    "keep_bn_statistics": True,  # a pretrained backbone's BatchNorm layers keep their running statistics
-    # images
-    "image_size": 224,
-    "augment": "trivialaugment",  # none | trivialaugment | randaugment
-    "mix": "none",  # none | mixup | cutmix
-    "tta": True,  # average predictions with the horizontally flipped image
-    # text
-    "max_length": 128,
-    "pooling": "mean",  # mean | cls
-    "layer_decay": 0.9,  # each encoder layer below the top gets this factor of the one above
-}
+#: what automl calls in a template package (its ``__init__`` exports them)
+TEMPLATE_API = ("TemplateConfig", "fit", "make_datamodule", "model_class")
+#: the package's folder inside an ejected project
+EJECTED_PACKAGE = "template"
 #: Keys copied from the run's configuration (data, devices) into the template's.
 RUN_KEYS = (
     "task",
@@ -71,72 +49,91 @@ RUN_KEYS = (
 
 @dataclass
 class Template:
-    folder: Path
-    datamodule: ModuleType
-    module: ModuleType
-    train: ModuleType
+    folder: Path  # as named by --template (an ejected project or the package in it), or the built-in one
+    package: ModuleType
 
-    def given(self, samples) -> dict:
-        """``samples=`` for the template's ``fit`` and ``TemplateDataModule``, when they take it (a
-        template ejected before they did reads its data itself)."""
-        import inspect
+    @property
+    def source(self) -> Path:
+        """The package's own folder (the files to copy)."""
+        return Path(self.package.__file__).parent
 
-        takes = "samples" in inspect.signature(self.datamodule.TemplateDataModule).parameters
-        return {"samples": samples} if takes and samples is not None else {}
+    def config(self, values: dict):
+        """The template's typed configuration of ``values`` (its defaults for the rest)."""
+        return self.package.TemplateConfig.from_dict(values)
 
-    @contextmanager
-    def importable(self):
-        """While a fit runs, the template's files importable by their plain names (as ``python
-        train.py`` has them): the processes of a distributed fit unpickle ``module.TemplateModule``."""
-        saved = {name: sys.modules[name] for name in TEMPLATE_MODULES if name in sys.modules}
-        sys.modules.update({"datamodule": self.datamodule, "module": self.module, "train": self.train})
-        sys.path.insert(0, str(self.folder))
-        try:
-            yield
-        finally:
-            sys.path.remove(str(self.folder))
-            for name in TEMPLATE_MODULES:
-                sys.modules.pop(name, None)
-            sys.modules.update(saved)
+    def fit(self, config, **kwargs) -> dict:
+        return self.package.fit(config, **kwargs)
+
+    def datamodule(self, config, samples=None):
+        return self.package.make_datamodule(self.package.TemplateConfig.of(config), samples)
+
+    def model_class(self, config):
+        return self.package.model_class(config)
 
 
 def load_template(folder: str | Path | None = None) -> Template:
-    """Import a template's three files from ``folder`` (default: the built-in one)."""
-    folder = Path(folder or TEMPLATE_DIR).expanduser().resolve()
-    missing = [name for name in TEMPLATE_FILES if not (folder / name).is_file()]
+    """The template package in ``folder``: an ejected project (its ``template/`` package) or a package
+    folder; default: the built-in one (``escalation.template``)."""
+    if folder is None or Path(folder).expanduser().resolve() == TEMPLATE_DIR.resolve():
+        return Template(TEMPLATE_DIR, importlib.import_module(TEMPLATE_PACKAGE))
+    folder = Path(folder).expanduser().resolve()
+    package = folder / EJECTED_PACKAGE if (folder / EJECTED_PACKAGE / "__init__.py").is_file() else folder
+    if not (package / "__init__.py").is_file():
+        flat = all((folder / name).is_file() for name in ("datamodule.py", "module.py", "train.py"))
+        raise ConfigError(
+            f"'{folder}' holds a template in automl 0.1's layout (datamodule.py, module.py and train.py importing "
+            "each other by name), which this version does not load. Eject the run again (`automl eject RUN --to "
+            "DIR`) and carry your edits over to DIR/template/."
+            if flat
+            else f"'{folder}' holds no template package. Pass a folder written by `automl eject` (it holds "
+            "template/__init__.py, config.py, datamodule.py, module.py and train.py)."
+        )
+    try:
+        module = importlib.import_module(_importable_name(package))
+    except Exception as exc:
+        raise ConfigError(f"The template in '{package}' does not import: {type(exc).__name__}: {exc}") from exc
+    missing = [name for name in TEMPLATE_API if not hasattr(module, name)]
     if missing:
         raise ConfigError(
-            f"The template folder '{folder}' lacks {', '.join(missing)}. "
-            "Pass a folder written by `automl eject` (it holds datamodule.py, module.py and train.py)."
+            f"The template in '{package}' lacks {', '.join(missing)}: its __init__.py must export "
+            f"{', '.join(TEMPLATE_API)} (see the one `automl eject` writes)."
         )
-    # The files import each other by plain name, as they do when run as `python train.py`; the
-    # names are taken out of sys.modules again so that another template can be loaded later.
-    saved = {name: sys.modules.pop(name) for name in TEMPLATE_MODULES if name in sys.modules}
-    sys.path.insert(0, str(folder))
-    try:
-        loaded = {name: importlib.import_module(name) for name in TEMPLATE_MODULES}
-    except Exception as exc:
-        raise ConfigError(f"The template in '{folder}' does not import: {type(exc).__name__}: {exc}") from exc
-    finally:
-        sys.path.remove(str(folder))
-        for name in TEMPLATE_MODULES:
-            sys.modules.pop(name, None)
-        sys.modules.update(saved)
-    return Template(folder, loaded["datamodule"], loaded["module"], loaded["train"])
+    return Template(folder, module)
 
 
-def template_config(run: dict, params: dict, output_dir: str | Path, monitor: str) -> dict:
-    """The template's configuration: the recipe, the run's data and devices, then tuned ``params``."""
-    config = {**RECIPE, **{key: run.get(key) for key in RUN_KEYS if run.get(key) is not None}}
-    config["data"] = str(Path(config["data"]).resolve())
-    if not config.get("backbone"):
-        from automl.backbones import DEFAULT_IMAGE_BACKBONE, DEFAULT_TEXT_BACKBONE
+def _importable_name(package: Path) -> str:
+    """A name under which the package at ``package`` imports like any other: a link of that name in
+    a folder of this process's ``sys.path``. The name is unique to the folder and its files' times,
+    so two templates (or an edited one) never meet in ``sys.modules``; the processes a distributed
+    fit spawns inherit ``sys.path``, so they import the template's classes by the same name."""
+    stamp = "".join(f"{f.name}{f.stat().st_mtime_ns}" for f in sorted(package.glob("*.py")))
+    name = "automl_template_" + hashlib.sha1(f"{package}{stamp}".encode()).hexdigest()[:16]
+    link = _links_folder() / name
+    if not link.exists():
+        link.symlink_to(package, target_is_directory=True)
+    return name
 
-        config["backbone"] = DEFAULT_IMAGE_BACKBONE if run["task"] == "image_classification" else DEFAULT_TEXT_BACKBONE
-    config.update(params)
-    config["monitor"] = monitor
-    config["output_dir"] = str(output_dir)
-    return config
+
+@cache
+def _links_folder() -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="automl-templates-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    sys.path.append(str(folder))
+    return folder
+
+
+def template_config(
+    run: dict, params: dict, output_dir: str | Path, monitor: str, template: Template | None = None
+) -> dict:
+    """The template's configuration: its defaults, the run's data and devices, then tuned ``params``
+    (those the template has: an edited template may have dropped a setting)."""
+    template = template or load_template()
+    keys = template.package.TemplateConfig.keys()
+    values = {key: run[key] for key in RUN_KEYS if run.get(key) is not None and key in keys}
+    values["data"] = str(Path(values["data"]).resolve())
+    values.update({key: value for key, value in params.items() if key in keys})
+    values.update(monitor=monitor, output_dir=str(output_dir))
+    return template.config(values).to_dict()
 
 
 def predict_validation(template: Template, checkpoint: str | Path, config: dict, samples=None):
@@ -148,8 +145,8 @@ def predict_validation(template: Template, checkpoint: str | Path, config: dict,
 
     from automl import checkpoints
 
-    datamodule = template.datamodule.TemplateDataModule(config, **template.given(samples))
-    model = checkpoints.load_module(template.module.TemplateModule, checkpoint, config={**config, "pretrained": False})
+    datamodule = template.datamodule(config, samples)
+    model = checkpoints.load_module(template.model_class(config), checkpoint, config={**config, "pretrained": False})
     trainer = pl.Trainer(
         accelerator=config.get("accelerator", "auto"),
         devices=1,
@@ -167,13 +164,14 @@ def preprocessing(config: dict) -> dict:
     """What a deployed template model needs done to its inputs."""
     if config["task"] == "image_classification":
         from automl.backbones import image_normalization
+        from automl.data import CROP_PCT
 
         mean, std = image_normalization(config["backbone"])
         size = int(config["image_size"])
         return {
             "kind": "image",
             "image_size": size,
-            "resize": int(round(size / 0.875)),
+            "resize": int(round(size / CROP_PCT)),
             "crop": "center",
             "mean": list(mean),
             "std": list(std),

@@ -16,8 +16,6 @@ def modules() -> dict[str, Path]:
     found = {}
     for package in PACKAGES:
         for file in (ROOT / package).rglob("*.py"):
-            if "template" in file.relative_to(ROOT).parts:
-                continue  # the ejectable template imports its own files by name
             parts = file.relative_to(ROOT).with_suffix("").parts
             found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = file
     return found

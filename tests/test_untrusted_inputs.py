@@ -186,8 +186,7 @@ def test_the_service_does_not_start_on_a_checkpoint_that_carries_code(foreign):
 def test_a_run_folder_that_names_its_own_template_is_refused_and_it_never_runs(escalated_run, tmp_path, images):
     marker, template = tmp_path / "marker", tmp_path / "their-template"
     template.mkdir()
-    for name in ("datamodule.py", "module.py", "train.py"):
-        (template / name).write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    (template / "__init__.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")  # a template package
     folder = lightning_best(escalated_run, tmp_path / "foreign")
     (folder / "best" / "tier.json").write_text(json.dumps({"tier": "lightning", "template": str(template)}))
     predict = ["predict", str(folder), "--data", str(next(images.rglob("*.png")))]

@@ -6,8 +6,9 @@
 
 from __future__ import annotations
 
-from automl.data.image import ImageClassificationData, ImageFiles
+from automl.data.image import CROP_PCT, ImageClassificationData, ImageFiles
 from automl.data.text import TextClassificationData
 
-#: the public data API (the Lightning-tier template uses ImageFiles, a Dataset of image files)
-__all__ = ["ImageClassificationData", "ImageFiles", "TextClassificationData"]
+#: the public data API (the Lightning-tier template uses ImageFiles, a Dataset of image files, and
+#: CROP_PCT, the evaluation crop every image model shares)
+__all__ = ["CROP_PCT", "ImageClassificationData", "ImageFiles", "TextClassificationData"]

@@ -1,101 +1,68 @@
 """The data side of the Lightning tier: your files -> train / val / test / predict batches.
 
-Built on ``automl.data`` (which reads folders, CSV, Parquet and JSONL files and saved datasets, and
-makes the seeded, stratified split the Flash tier used, so scores compare), with a stronger training
-augmentation for images.
+``ClassificationData`` holds what images and texts share (the split, the loaders); ``ImageData``
+adds the transforms (a stronger training augmentation than the Flash tier's), ``TextData`` the
+tokenizer. The files are read by ``automl.data`` (folders, CSV, Parquet and JSONL files, saved
+datasets), which makes the seeded, stratified split the Flash tier used, so scores compare.
 Edit freely: this file is yours once ejected.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from automl.backbones import image_normalization, load_tokenizer
-from automl.data import ImageClassificationData, ImageFiles, TextClassificationData
+from automl.data import CROP_PCT, ImageClassificationData, ImageFiles, TextClassificationData
 
-AUGMENTATIONS = ("none", "trivialaugment", "randaugment")
-
-
-def load_split(config: dict):
-    """The automl datamodule holding the labelled samples of ``config["data"]``."""
-    path = Path(config["data"])
-    common = {"val_split": config.get("val_split", 0.2), "seed": config.get("seed", 42)}
-    fields = {
-        "input_field": config.get("input_field"),
-        "target_field": config.get("target_field"),
-        "header": config.get("header", True),
-    }
-    data = ImageClassificationData if config["task"] == "image_classification" else TextClassificationData
-    return data.from_path(path, **fields, **common)
+from .config import TemplateConfig
 
 
-class TemplateDataModule(pl.LightningDataModule):
-    """Batches for the template's LightningModule, images or texts, as ``config`` describes."""
+def read_split(config: TemplateConfig):
+    """The labelled samples of ``config.data``, split into training and validation."""
+    data = ImageClassificationData if config.is_image else TextClassificationData
+    return data.from_path(
+        config.data,
+        input_field=config.input_field,
+        target_field=config.target_field,
+        header=config.header,
+        val_split=config.val_split,
+        seed=config.seed,
+    )
 
-    def __init__(self, config: dict, samples=None):
-        """``samples``: the data already read and split (an ``automl.data`` datamodule of the same
-        ``data``, ``val_split`` and ``seed``), as ``automl run`` hands it to every escalation trial;
-        by default it is read here."""
+
+class ClassificationData(pl.LightningDataModule):
+    """Batches of (inputs, class index) for the template's model.
+
+    ``samples``: the data already read and split (an ``automl.data`` datamodule of the same ``data``,
+    ``val_split`` and ``seed``), as ``automl run`` hands it to every escalation trial; by default it
+    is read here.
+    """
+
+    def __init__(self, config: TemplateConfig, samples=None):
         super().__init__()
         self.config = config
-        self.is_image = config["task"] == "image_classification"
-        self.batch_size = int(config.get("batch_size", 32))
-        self.num_workers = int(config.get("num_workers", 0))
-        self.samples = samples if samples is not None else load_split(config)  # every loader serves these
+        self.samples = samples if samples is not None else read_split(config)  # every loader serves these
         self.labels = self.samples.labels
         self.predict_samples = []  # set by whoever wants predictions (see automl predict)
-        if self.is_image:
-            self.image_size = int(config.get("image_size", 224))
-            self.mean, self.std = image_normalization(config["backbone"])
-        else:
-            self.tokenizer = load_tokenizer(config["backbone"], config.get("weights"))
-            self.max_length = int(config.get("max_length", 128))
 
-    # ------------------------------------------------------------------ transforms (images)
-    def train_transform(self):
-        augment = self.config.get("augment", "trivialaugment")
-        steps = [v2.RandomResizedCrop(self.image_size, scale=(0.5, 1.0), antialias=True), v2.RandomHorizontalFlip()]
-        if augment == "trivialaugment":
-            steps.append(v2.TrivialAugmentWide())
-        elif augment == "randaugment":
-            steps.append(v2.RandAugment())
-        return v2.Compose([*steps, *self._to_tensor()])
+    def dataset(self, samples: list, train: bool) -> Dataset:
+        raise NotImplementedError
 
-    def eval_transform(self):
-        resize = int(round(self.image_size / 0.875))
-        return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(self.image_size), *self._to_tensor()])
+    def collate(self, batch):
+        return torch.utils.data.default_collate(batch)
 
-    def _to_tensor(self):
-        return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
-
-    # ------------------------------------------------------------------ batching (texts)
-    def collate_texts(self, batch):
-        texts, targets = zip(*batch, strict=True)
-        encoded = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
-        return dict(encoded), torch.tensor(targets, dtype=torch.long)
-
-    # ------------------------------------------------------------------ loaders
-    def _loader(self, samples, train: bool) -> DataLoader:
-        if self.is_image:
-            dataset = ImageFiles(samples, self.train_transform() if train else self.eval_transform())
-            collate = None
-        else:
-            dataset, collate = list(samples), self.collate_texts
+    def _loader(self, samples: list, train: bool) -> DataLoader:
         share = -(-len(samples) // (self.trainer.world_size if self.trainer is not None else 1))  # per process
         return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
+            self.dataset(samples, train),
+            batch_size=self.config.batch_size,
             shuffle=train,
-            drop_last=train and share > self.batch_size,  # a batch of one breaks BatchNorm
-            num_workers=self.num_workers,
-            collate_fn=collate,
+            drop_last=train and share > self.config.batch_size,  # a batch of one breaks BatchNorm
+            num_workers=self.config.num_workers,
+            collate_fn=self.collate,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -109,3 +76,51 @@ class TemplateDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.predict_samples or self.samples.val_samples, train=False)
+
+
+class ImageData(ClassificationData):
+    def __init__(self, config: TemplateConfig, samples=None):
+        super().__init__(config, samples)
+        self.mean, self.std = image_normalization(config.backbone)  # what the backbone's weights expect
+
+    def dataset(self, samples: list, train: bool) -> Dataset:
+        return ImageFiles(samples, self.train_transform() if train else self.eval_transform())
+
+    def train_transform(self):
+        steps = [
+            v2.RandomResizedCrop(self.config.image_size, scale=(0.5, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+        ]
+        if self.config.augment == "trivialaugment":
+            steps.append(v2.TrivialAugmentWide())
+        elif self.config.augment == "randaugment":
+            steps.append(v2.RandAugment())
+        return v2.Compose([*steps, *self._to_tensor()])
+
+    def eval_transform(self):
+        """Resize, centre-crop: what automl predict and serve do to an image (the Flash tier's too)."""
+        size = self.config.image_size
+        return v2.Compose([v2.Resize(round(size / CROP_PCT), antialias=True), v2.CenterCrop(size), *self._to_tensor()])
+
+    def _to_tensor(self) -> list:
+        return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)]
+
+
+class TextData(ClassificationData):
+    def __init__(self, config: TemplateConfig, samples=None):
+        super().__init__(config, samples)
+        self.tokenizer = load_tokenizer(config.backbone, config.weights)
+
+    def dataset(self, samples: list, train: bool) -> Dataset:
+        return list(samples)  # (text, class index) pairs; the tokenizer runs per batch
+
+    def collate(self, batch):
+        texts, targets = zip(*batch, strict=True)
+        encoded = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.config.max_length, return_tensors="pt"
+        )
+        return dict(encoded), torch.tensor(targets, dtype=torch.long)
+
+
+def make_datamodule(config: TemplateConfig, samples=None) -> ClassificationData:
+    return (ImageData if config.is_image else TextData)(config, samples)

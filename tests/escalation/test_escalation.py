@@ -76,9 +76,11 @@ def test_eject_writes_a_project_whose_train_py_reproduces_the_score(escalated, t
     project = tmp_path / "project"
     ejected = CliRunner().invoke(cli, ["eject", str(result.run_dir), "--to", str(project)])
     assert ejected.exit_code == 0, ejected.output
-    assert sorted(p.name for p in project.iterdir()) == [
-        "README.md",
-        "config.yaml",
+    assert sorted(p.name for p in project.iterdir()) == ["README.md", "config.yaml", "template"]
+    assert sorted(p.name for p in (project / "template").iterdir()) == [
+        "__init__.py",
+        "__main__.py",
+        "config.py",
         "datamodule.py",
         "module.py",
         "train.py",
@@ -87,11 +89,11 @@ def test_eject_writes_a_project_whose_train_py_reproduces_the_score(escalated, t
     expected = journal["stages"]["escalate"]["result"]["tier"]["score"]
     assert (
         f"{expected:.4f}" in ejected.output
-        and "python train.py --config config.yaml" in (project / "README.md").read_text()
+        and "python -m template --config config.yaml" in (project / "README.md").read_text()
     )
 
     typo = subprocess.run(  # a misspelt --set key stops before training, naming the valid keys
-        [sys.executable, "train.py", "--config", "config.yaml", "-q", "--set", "learnin_rate=0.1"],
+        [sys.executable, "-m", "template", "--config", "config.yaml", "-q", "--set", "learnin_rate=0.1"],
         cwd=project,
         capture_output=True,
         text=True,
@@ -101,7 +103,7 @@ def test_eject_writes_a_project_whose_train_py_reproduces_the_score(escalated, t
     assert "learning_rate" in typo.stderr and not (project / "outputs").exists()
 
     trained = subprocess.run(
-        [sys.executable, "train.py", "--config", "config.yaml", "-q"],
+        [sys.executable, "-m", "template", "--config", "config.yaml", "-q"],
         cwd=project,
         capture_output=True,
         text=True,
@@ -121,7 +123,7 @@ def test_an_edited_template_is_used_for_the_escalation(escalated, tmp_path, imag
     result, _, _ = escalated
     project = tmp_path / "mine"
     assert CliRunner().invoke(cli, ["eject", str(result.run_dir), "--to", str(project)]).exit_code == 0
-    module = project / "module.py"
+    module = project / "template" / "module.py"
     source = module.read_text()
     original = "    return nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, num_classes))"
     assert original in source
@@ -145,7 +147,7 @@ def test_an_edited_template_is_used_for_the_escalation(escalated, tmp_path, imag
     assert "head.3.weight" in state["state_dict"]  # the edited, two-layer head
     assert json.loads((run.run_dir / "journal.json").read_text())["template"] == str(project.resolve())
     # the built-in template is untouched, and loads again afterwards
-    assert "head.3" not in str(load_template().module.make_head(8, 2, 0.0))
+    assert "head.3" not in str(load_template().package.module.make_head(8, 2, 0.0))
 
 
 class Hook(BaseHTTPRequestHandler):
@@ -208,7 +210,7 @@ def test_a_broken_template_keeps_the_flash_tier(escalated, tmp_path, images, tra
     result, _, _ = escalated
     project = tmp_path / "broken"
     assert CliRunner().invoke(cli, ["eject", str(result.run_dir), "--to", str(project)]).exit_code == 0
-    train = project / "train.py"
+    train = project / "template" / "train.py"
     train.write_text(
         train.read_text().replace(
             '    """Train once; returns the best score',
@@ -237,10 +239,7 @@ def test_the_template_trains_on_the_samples_it_is_given_without_reading_the_data
     config = template_config(run.to_dict(), {"epochs": 1, "batch_size": 4}, tmp_path / "out", "val_accuracy")
     config["data"] = str(tmp_path / "nothing-here")
     template = load_template()
-    given = template.given(fit.load_data(run))
-    assert set(given) == {"samples"}
-    with template.importable():
-        result = template.train.fit(config, logger=False, progress=False, **given)
+    result = template.fit(config, logger=False, progress=False, samples=fit.load_data(run))
     assert result["best_score"] is not None and Path(result["checkpoint"]).exists()
     with pytest.raises(DataError, match="nothing-here"):  # without them, it reads the (missing) data
-        template.datamodule.TemplateDataModule(config)
+        template.datamodule(config)
