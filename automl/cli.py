@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from automl import __version__
-from automl.config import DEFAULT_MAX_PIXELS, TASKS, FitConfig, RunConfig, check_task, load_yaml
+from automl.config import DEFAULT_MAX_PIXELS, PRUNERS, TASKS, FitConfig, RunConfig, check_task, load_yaml
 from automl.errors import AutoMLError
 
 #: when this command started: a --time-budget counts from here, Python's imports included
@@ -195,7 +195,7 @@ def fit(config_file: Path | None, quiet: bool, no_pretrained: bool, no_header: b
 @click.option(
     "--tracking-uri", help="MLflow tracking URI.  [default: $MLFLOW_TRACKING_URI or sqlite:///OUTPUT/mlflow.db]"
 )
-@click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]), help="[default: median]")
+@click.option("--pruner", type=click.Choice(PRUNERS), help="[default: median]")
 @study_options
 @click.option("--backbones", help="Comma-separated backbones the search may pick.  [default: those available offline]")
 @click.option("--no-escalate", "no_escalate", is_flag=True, help="Stop at the tuned Flash tier, even when missed.")
@@ -489,7 +489,7 @@ def promote(run_dir: Path, alias: str) -> None:
 @click.option("--storage", help="The shared Optuna storage, e.g. postgresql://user:pass@host/db (required).")
 @click.option("--study", help="Study name; every worker and the final `automl run` use the same.")
 @click.option("--tracking-uri", help="MLflow tracking URI.")
-@click.option("--pruner", type=click.Choice(["median", "hyperband", "none"]))
+@click.option("--pruner", type=click.Choice(PRUNERS))
 @study_options
 def tune(config_file: Path | None, quiet: bool, no_pretrained: bool, no_header: bool, **options) -> None:
     """A tuning worker: join a shared study and run trials until it holds --trials finished ones.

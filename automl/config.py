@@ -174,8 +174,8 @@ class RunConfig(FitConfig):
             raise ConfigError(f"max_bad_share is a share between 0 and 1, got {self.max_bad_share}.")
         if self.heartbeat < 1:
             raise ConfigError(f"heartbeat must be at least 1 second, got {self.heartbeat}.")
-        if self.pruner not in ("median", "hyperband", "none"):
-            raise ConfigError(f"Unknown pruner '{self.pruner}'. Choose median, hyperband or none.")
+        if self.pruner not in PRUNERS:
+            raise ConfigError(f"Unknown pruner '{self.pruner}'. Choose {', '.join(PRUNERS)}.")
 
     @property
     def budget_seconds(self) -> float | None:
@@ -196,6 +196,8 @@ class RunConfig(FitConfig):
 
 
 TRIAL_STRATEGIES = ("auto", "single_device", "ddp", "ddp_spawn")
+#: Optuna pruners a study can use (``tuning.make_pruner`` builds them)
+PRUNERS = ("median", "hyperband", "none")
 
 
 def device_count(accelerator: str, devices: str) -> int:

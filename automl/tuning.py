@@ -21,7 +21,6 @@ import optuna
 from automl.errors import StoreUnavailable
 from automl.storage import schema_lock
 
-PRUNERS = ("median", "hyperband", "none")
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 BASELINE = "baseline"
 PROBE = "probe"  # a head on cached features of one more backbone, run right after the baseline
