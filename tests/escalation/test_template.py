@@ -95,3 +95,24 @@ def test_a_spawned_process_imports_an_edited_templates_classes_by_their_name(tmp
     process.start()
     process.join(timeout=120)
     assert process.exitcode == 0 and answer.get(timeout=5) == "ImageClassifier"
+
+
+def test_a_run_that_never_escalated_ejects_the_template_with_its_best_flash_settings(image_run, tmp_path):
+    """No Lightning-tier trial to reproduce: config.yaml starts from the best Flash-tier values the
+    template shares, and loads as the template's configuration."""
+    import json
+
+    from escalation.eject import eject
+
+    summary = json.loads((image_run / "metrics.json").read_text())
+    assert summary["tier"] == "flash"
+    project = eject(image_run, tmp_path / "project")
+    assert project.expected is None and "config.yaml starts from the Flash tier's" in (
+        project.folder / "README.md"
+    ).read_text()
+    template = load_template(project.folder)
+    config = template.package.TemplateConfig.load(project.folder / "config.yaml")
+    best = summary["best_params"]
+    assert config.learning_rate == pytest.approx(best["learning_rate"]) and config.batch_size == best["batch_size"]
+    assert config.backbone == best.get("backbone", config.backbone) and config.task == "image_classification"
+    assert config.augment == TemplateConfig().augment  # a setting the Flash tier has not: the template's default
