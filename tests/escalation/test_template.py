@@ -107,9 +107,10 @@ def test_a_run_that_never_escalated_ejects_the_template_with_its_best_flash_sett
     summary = json.loads((image_run / "metrics.json").read_text())
     assert summary["tier"] == "flash"
     project = eject(image_run, tmp_path / "project")
-    assert project.expected is None and "config.yaml starts from the Flash tier's" in (
-        project.folder / "README.md"
-    ).read_text()
+    assert (
+        project.expected is None
+        and "config.yaml starts from the Flash tier's" in (project.folder / "README.md").read_text()
+    )
     template = load_template(project.folder)
     config = template.package.TemplateConfig.load(project.folder / "config.yaml")
     best = summary["best_params"]
