@@ -161,21 +161,11 @@ def predict_validation(template: Template, checkpoint: str | Path, config: dict,
 
 
 def preprocessing(config: dict) -> dict:
-    """What a deployed template model needs done to its inputs."""
-    if config["task"] == "image_classification":
-        from automl.backbones import image_normalization
-        from automl.data import CROP_PCT
+    """What a deployed template model needs done to its inputs: what the Flash tier's data does at
+    the template's image size (or text length), and the template's test-time flip."""
+    from automl.data import ImageClassificationData, TextClassificationData
 
-        mean, std = image_normalization(config["backbone"])
-        size = int(config["image_size"])
-        return {
-            "kind": "image",
-            "image_size": size,
-            "resize": int(round(size / CROP_PCT)),
-            "crop": "center",
-            "mean": list(mean),
-            "std": list(std),
-            "color_mode": "RGB",
-            "tta": bool(config.get("tta")),
-        }
-    return {"kind": "text", "max_length": int(config["max_length"]), "padding": "longest", "truncation": True}
+    if config["task"] == "image_classification":
+        served = ImageClassificationData([], image_size=int(config["image_size"]), backbone=config["backbone"])
+        return {**served.preprocessing(), "tta": bool(config.get("tta"))}
+    return TextClassificationData([], max_length=int(config["max_length"])).preprocessing()
