@@ -12,6 +12,10 @@ The plan, in the order a run meets it:
    share of the training batches (``limit_train_batches``). The cost of a pass is estimated from the
    measured forward time (a training step costs about :data:`TRAIN_COST` forward passes) and corrected
    by what the finished fine-tuning trials really took.
+4. A head on a backbone or input size whose features are not cached yet pays for that pass over the
+   data, and gets the same half of the tuning time left. A pass that does not fit is not made: from
+   then on, as when a fine-tune no longer fits, every trial is a head on the features of the best
+   trial's backbone and size, which cost a second each.
 
 Without a budget nothing here applies: every trial trains the epochs it was given.
 """

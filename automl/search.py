@@ -236,17 +236,21 @@ class Trainers:
         return float((max if maximize else min)(heads, key=lambda t: t.value).params["weight_decay"])
 
     def _check_time_for_features(self, config, served) -> None:
-        """With a budget, a backbone that has not run over the data yet must fit the tuning time left."""
+        """With a budget, a backbone (or input size) that has not run over the data yet is a trial like
+        a fine-tune: its pass may take at most half the tuning time left, so that the heads on features
+        already cached, a second each, keep the other half rather than wait behind one new pass."""
         from automl import tuning
 
         if self.budget is None or self.features.has(config, served) or self.flash_tuner.best_trial() is None:
             return  # the first model trains whatever the budget says: without it there is nothing to judge
         examples = len(served.train_samples) + len(served.val_samples)
         needed = self.features.measure(config, served) * examples
-        left = self.tune_deadline - time.time()
-        if needed > left:
+        allowance = self.budget.trial_allowance(self.tune_deadline)
+        if needed > allowance:
+            size = f" at {config.image_size} px" if self.config.modality == "image" else ""
             raise tuning.NoTimeForTrial(
-                f"{config.backbone} would need about {minutes(needed)} to run over the data, {minutes(left)} left"
+                f"{config.backbone}{size} would need about {minutes(needed)} to run over the data, "
+                f"more than the {minutes(allowance)} a trial may take now"
             )
 
     def sized(self, config, callbacks: list, deadline: float | None, number: int):

@@ -108,6 +108,8 @@ def run_study(
     new = len(tuner.finished_trials()) - before
     counts = Counter(row["state"].lower() for row in summary)
     note = {"trials": "all trials done", "budget": "time budget reached", "interrupted": "interrupted"}.get(why, why)
+    if tuner.cheap_because:
+        note = f"{note}; then only heads on cached features, as {tuner.cheap_because}"
     if tuner.out_of_time:
         note = f"{note} ({tuner.out_of_time})"
     if new == 0 and why in ("budget", "trials"):

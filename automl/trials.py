@@ -120,8 +120,9 @@ class TrialLines:
     def started(self, p) -> None:
         left = "" if p.seconds_left is None else f", {minutes(p.seconds_left)} left"
         best = "" if p.best is None else f", best {p.best:.3f}"
-        # the count, and the trial's number as the epoch lines, study.csv and MLflow name it
-        self.say(f"{self.prefix}: trial {p.number + 1}/{p.total} (#{p.number}){best}{left}")
+        # the count (a trial closed unused, e.g. one that did not fit the time left, is not one), and
+        # the trial's number as the epoch lines, study.csv and MLflow name it
+        self.say(f"{self.prefix}: trial {p.finished + 1}/{p.total} (#{p.number}){best}{left}")
 
     def ended(self, trial) -> None:
         state = trial.state.name.lower()

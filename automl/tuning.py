@@ -433,6 +433,7 @@ class Tuner:
         #: (e.g. a head on cached features), or None to stop
         self.cheaper: Callable[[], dict | None] | None = None
         self.cheap_only = False  # since a trial did not fit, every new trial is of the cheaper kind
+        self.cheap_because: str | None = None  # what did not fit then
         self.recovered = self.recover_dead_trials()
         #: finished trials that count, when this process opened the study (earlier runs, other workers)
         self.finished_before = len(self.finished_trials())
@@ -643,7 +644,8 @@ class Tuner:
                     return "budget"
                 # what no longer fits is not tried again: the rest of the trials are the cheap kind
                 self.study.enqueue_trial(cheaper, user_attrs={"role": "tuning"})
-                self.cheap_only, fell_back, self.out_of_time = True, True, None
+                self.cheap_only, fell_back, self.cheap_because = True, True, self.out_of_time
+                self.out_of_time = None
 
     def _wait_for_others(self) -> None:
         """One pause while other workers run the last trials; a trial whose process or machine died

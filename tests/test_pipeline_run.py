@@ -395,6 +395,46 @@ def test_with_a_budget_the_baseline_and_a_probe_per_backbone_train_heads_on_cach
         assert any(line.startswith(f"trial {number}: fine-tunes ") for line in lines)
 
 
+def test_a_new_feature_pass_longer_than_half_the_tuning_time_left_is_not_made(
+    tmp_path, images, tracking_uri, monkeypatch
+):
+    """The probe's backbone measures as if one pass over the data took 70% of the tuning time: it
+    would leave the cheap heads on cached features too little, so from then on every trial is one."""
+    from automl import budget
+    from automl.flash.features import FeatureCache
+
+    real = FeatureCache.measure
+    slow = budget.TUNE_SHARE * 600 * 0.7  # seconds of one pass over the data, of the 10m budget
+
+    def measure(self, config, datamodule):
+        cost = real(self, config, datamodule)
+        if config.backbone != "test_efficientnet":
+            return cost
+        return slow / (len(datamodule.train_samples) + len(datamodule.val_samples))
+
+    monkeypatch.setattr(FeatureCache, "measure", measure)
+    lines = []
+    config = run_config(
+        images,
+        tmp_path,
+        tracking_uri,
+        trials=4,
+        time_budget="10m",
+        backbones=(TINY_IMAGE_BACKBONE, "test_efficientnet"),
+    )
+    result = pipeline.run(config, progress=False, report=lines.append)
+
+    study = pd.read_csv(result.run_dir / "study.csv").sort_values("number")
+    trained = study[study["state"] == "COMPLETE"]
+    assert len(trained) == 4  # the probe's place went to a head on the baseline's features
+    assert set(trained["param_backbone"]) == {TINY_IMAGE_BACKBONE}
+    assert set(trained["param_strategy"]) == {"freeze"}
+    assert len(list((result.run_dir / "features").glob("*.pt"))) == 1
+    (tune,) = [stage for stage in result.stages if stage.stage == "tune"]
+    assert "then only heads on cached features, as test_efficientnet at 32 px would need about 4m" in tune.note
+    assert [line for line in lines if "tuning: trial" in line][-1].startswith("[3/6] tuning: trial 4/4 (#4)")
+
+
 def test_text_max_length_follows_the_data_unless_given(text_csv, tmp_path):
     from automl.flash import fit
 
