@@ -28,6 +28,7 @@ C_GRID = tuple(float(c) for c in np.logspace(-4, 2, 7))
 FOLDS = 5
 #: ``automl run`` must end within the budget plus this share, not counting its final report
 BUDGET_SLACK = 0.05
+TIE = 1e-6  # accuracies closer than this are the same count of right examples
 
 
 # --------------------------------------------------------------------------- floors
@@ -376,13 +377,16 @@ def _result(name: str, run: dict, floors: dict[str, dict], details: dict) -> Res
     accuracies = {k: floor["accuracy"] for k, floor in floors.items()}
     best_floor = max(accuracies, key=accuracies.get)
     difference = run["accuracy"] - accuracies[best_floor]
+    # automl's accuracy is a float32 metric, the floors' a float64 count: the same number of right
+    # examples differs by ~1e-8, and a tie is no win
+    won = difference > TIE
     return Result(
         name,
         round(difference, 4),
         "difference",
         {f"{k}_accuracy": round(v, 4) for k, v in accuracies.items()},
         "> 0 (automl beats the best floor)",
-        difference > 0,
+        won,
         {
             "automl_accuracy": round(run["accuracy"], 4),
             "best_floor": best_floor,
