@@ -331,7 +331,7 @@ def _automl_run(task: str, data: Path, budget: str, extra: list[str]) -> dict:
     metrics = json.loads(metrics_path.read_text())
     journal = json.loads((metrics_path.parent / "journal.json").read_text())
     seconds = sum(stage.get("seconds", 0.0) for stage in journal["stages"].values())
-    return {
+    facts = {
         "accuracy": metrics["val_accuracy"],
         "tier": metrics["tier"],
         "seconds": round(seconds, 1),
@@ -339,6 +339,15 @@ def _automl_run(task: str, data: Path, budget: str, extra: list[str]) -> dict:
         "command": " ".join(command[1:]),
         "run_dir": str(metrics_path.parent),
     }
+    _slim(output)
+    return facts
+
+
+def _slim(output: Path) -> None:
+    """Keep what explains a figure (logs, study CSVs, journal, report), not the weights (checkpoints,
+    the logged model's, cached features): a text run's are a gigabyte, and every ``make bench`` leaves one."""
+    for path in [*output.glob("**/*.ckpt"), *output.glob("*/features/*.pt")]:
+        path.unlink()
 
 
 def run_facts(run_dir: Path, budget: str, wall_seconds: float) -> dict:
