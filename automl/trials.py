@@ -139,9 +139,17 @@ class TrialLines:
         workers = sorted({str(t.user_attrs.get("worker", "a starting worker")) for t in running})
         self.say(f"{self.prefix}: waiting for {len(running)} trial(s) running in other workers ({', '.join(workers)})")
 
+    def narrowed(self, reason: str) -> None:
+        self.say(f"{self.prefix}: from now on only heads on cached features: {reason}")
+
     def hooks(self) -> dict:
         """The keyword arguments of ``Tuner.run`` that show these lines."""
-        return {"on_trial": self.started, "on_trial_end": self.ended, "on_wait": self.waiting}
+        return {
+            "on_trial": self.started,
+            "on_trial_end": self.ended,
+            "on_wait": self.waiting,
+            "on_narrow": self.narrowed,
+        }
 
 
 def minutes(seconds: float) -> str:

@@ -589,6 +589,7 @@ class Tuner:
         max_new: int | None = None,
         on_wait: Callable[[list], None] | None = None,
         on_trial_end: Callable[[optuna.trial.FrozenTrial], None] | None = None,
+        on_narrow: Callable[[str], None] | None = None,
     ) -> str:
         """Run trials until the study holds ``total_trials`` finished ones (every trial counts, the
         baseline included), ``max_new`` were started here, or the time budget says stop.
@@ -596,8 +597,9 @@ class Tuner:
         When the trials still missing are all running in other workers, this one waits for them
         (``on_wait`` hears which) rather than starting more; a trial whose worker dies meanwhile is
         failed and retried here. ``on_trial_end`` hears each trial this worker finished (complete,
-        pruned or failed; not one closed unused). No new trial starts when the time left is below the median duration
-        of the finished trials. Returns why it stopped: "trials", "budget", "max_new" or
+        pruned or failed; not one closed unused). ``on_narrow`` hears why, when a trial did not fit the
+        time left and the rest turn to the cheaper kind. No new trial starts when the time left is
+        below the median duration of the finished trials. Returns why it stopped: "trials", "budget", "max_new" or
         "interrupted" (Ctrl-C).
         """
         started = 0
@@ -646,6 +648,8 @@ class Tuner:
                 self.study.enqueue_trial(cheaper, user_attrs={"role": "tuning"})
                 self.cheap_only, fell_back, self.cheap_because = True, True, self.out_of_time
                 self.out_of_time = None
+                if on_narrow is not None:
+                    on_narrow(self.cheap_because)
 
     def _wait_for_others(self) -> None:
         """One pause while other workers run the last trials; a trial whose process or machine died

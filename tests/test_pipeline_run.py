@@ -433,6 +433,8 @@ def test_a_new_feature_pass_longer_than_half_the_tuning_time_left_is_not_made(
     (tune,) = [stage for stage in result.stages if stage.stage == "tune"]
     assert "then only heads on cached features, as test_efficientnet at 32 px would need about 4m" in tune.note
     assert [line for line in lines if "tuning: trial" in line][-1].startswith("[3/6] tuning: trial 4/4 (#4)")
+    # said as it happens too, in the progress lines (run.log)
+    assert any(line.startswith("[3/6] tuning: from now on only heads on cached features: test_eff") for line in lines)
 
 
 def test_text_max_length_follows_the_data_unless_given(text_csv, tmp_path):
