@@ -432,8 +432,8 @@ class Tuner:
         #: when a trial does not fit the time left: the fixed part of cheaper trials to run instead
         #: (e.g. a head on cached features), or None to stop
         self.cheaper: Callable[[], dict | None] | None = None
-        self.cheap_only = False  # since a trial did not fit, every new trial is of the cheaper kind
-        self.cheap_because: str | None = None  # what did not fit then
+        #: since a trial did not fit, every new trial is of the cheaper kind: what did not fit then
+        self.cheap_because: str | None = None
         self.recovered = self.recover_dead_trials()
         #: finished trials that count, when this process opened the study (earlier runs, other workers)
         self.finished_before = len(self.finished_trials())
@@ -630,7 +630,7 @@ class Tuner:
                 self._wait_for_others()
                 continue
             waiting = False
-            if self.cheap_only and not any(t.state.name == "WAITING" for t in trials):
+            if self.cheap_because is not None and not any(t.state.name == "WAITING" for t in trials):
                 self.study.enqueue_trial(self.cheaper(), user_attrs={"role": "tuning"})
             if on_trial is not None:
                 best = self.best_trial()
@@ -646,8 +646,7 @@ class Tuner:
                     return "budget"
                 # what no longer fits is not tried again: the rest of the trials are the cheap kind
                 self.study.enqueue_trial(cheaper, user_attrs={"role": "tuning"})
-                self.cheap_only, fell_back, self.cheap_because = True, True, self.out_of_time
-                self.out_of_time = None
+                fell_back, self.cheap_because, self.out_of_time = True, self.out_of_time, None
                 if on_narrow is not None:
                     on_narrow(self.cheap_because)
 
