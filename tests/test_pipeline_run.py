@@ -368,19 +368,25 @@ def test_a_run_killed_during_tuning_resumes_without_losing_or_repeating_trials(t
     assert [t.user_attrs.get("role") for t in study.trials].count("baseline") == 1  # not repeated
 
 
-def test_with_a_budget_the_baseline_and_a_probe_per_backbone_train_heads_on_cached_features(
-    tmp_path, images, tracking_uri
-):
+def run_two_backbones(images, output, tracking_uri, trials: int):
+    """``automl run`` with a 10m budget over the tiny model and a second tiny backbone: the result
+    and the progress lines."""
     lines = []
     config = run_config(
         images,
-        tmp_path,
+        output,
         tracking_uri,
-        trials=3,
+        trials=trials,
         time_budget="10m",
         backbones=(TINY_IMAGE_BACKBONE, "test_efficientnet"),
     )
-    result = pipeline.run(config, progress=False, report=lines.append)
+    return pipeline.run(config, progress=False, report=lines.append), lines
+
+
+def test_with_a_budget_the_baseline_and_a_probe_per_backbone_train_heads_on_cached_features(
+    tmp_path, images, tracking_uri
+):
+    result, lines = run_two_backbones(images, tmp_path, tracking_uri, trials=3)
 
     study = pd.read_csv(result.run_dir / "study.csv")
     first = study.sort_values("number").head(2)
@@ -413,16 +419,7 @@ def test_a_new_feature_pass_longer_than_half_the_tuning_time_left_is_not_made(
         return slow / (len(datamodule.train_samples) + len(datamodule.val_samples))
 
     monkeypatch.setattr(FeatureCache, "measure", measure)
-    lines = []
-    config = run_config(
-        images,
-        tmp_path,
-        tracking_uri,
-        trials=4,
-        time_budget="10m",
-        backbones=(TINY_IMAGE_BACKBONE, "test_efficientnet"),
-    )
-    result = pipeline.run(config, progress=False, report=lines.append)
+    result, lines = run_two_backbones(images, tmp_path, tracking_uri, trials=4)
 
     study = pd.read_csv(result.run_dir / "study.csv").sort_values("number")
     trained = study[study["state"] == "COMPLETE"]
