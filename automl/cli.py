@@ -119,6 +119,17 @@ _STUDY_OPTIONS = [
         type=click.FloatRange(0.0, 1.0),
         help="The data doctor stops when more than this share of the examples is unusable.  [default: 0.2]",
     ),
+    click.option(
+        "--test-split",
+        type=click.FloatRange(0.0, 1.0, max_open=True),
+        help="Share of the labelled data held out to judge the final model, never used to fit or choose it "
+        "(a test/ folder or --test-data wins; 0: judge on the validation split that chose it).  [default: 0.15]",
+    ),
+    click.option(
+        "--test-data",
+        type=click.Path(path_type=Path),
+        help="Labelled data that only judges the final model (a folder, CSV/TSV, Parquet, JSONL or datasets folder).",
+    ),
 ]
 
 
@@ -199,6 +210,9 @@ def fit(config_file: Path | None, quiet: bool, no_pretrained: bool, no_header: b
 @study_options
 @click.option("--backbones", help="Comma-separated backbones the search may pick.  [default: those available offline]")
 @click.option("--no-escalate", "no_escalate", is_flag=True, help="Stop at the tuned Flash tier, even when missed.")
+@click.option(
+    "--no-refit", "no_refit", is_flag=True, help="Keep the chosen trial's weights (no retraining on train+val)."
+)
 @click.option("--escalation-trials", type=int, help="Trials of the Lightning-tier study.  [default: --trials]")
 @click.option(
     "--template",
@@ -212,13 +226,22 @@ def fit(config_file: Path | None, quiet: bool, no_pretrained: bool, no_header: b
     help="Register the final model in the MLflow Model Registry as NAME, with the alias 'challenger'.",
 )
 def run(
-    config_file: Path | None, quiet: bool, no_pretrained: bool, no_header: bool, no_escalate: bool, **options
+    config_file: Path | None,
+    quiet: bool,
+    no_pretrained: bool,
+    no_header: bool,
+    no_escalate: bool,
+    no_refit: bool,
+    **options,
 ) -> None:
     """Baseline, Optuna tuning, a verdict against --target and, when it is missed, escalation to
     the Lightning-tier template; tracked in MLflow.
 
-    Exit status: 0 when the target is met, 3 when it is missed, 2 for bad input, 130 after Ctrl-C
-    (which stops after the current epoch and still writes the report). Re-running the same command
+    The verdict is given on a test split that no trial saw (a test/ folder, --test-data, or
+    --test-split of the data), with a 95% interval. Exit status: 0 when the target is met (the whole
+    interval clears it), 3 when it is missed (the whole interval falls short), 4 when it is undecided
+    (the interval straddles it: more data decides), 2 for bad input, 130 after Ctrl-C (which stops
+    after the current epoch and still writes the report). Re-running the same command
     resumes: finished stages are skipped and the studies continue.
     """
     if options.get("backbones"):
@@ -226,6 +249,8 @@ def run(
     values = _values(config_file, no_pretrained, no_header, options)
     if no_escalate:
         values["escalate"] = False
+    if no_refit:
+        values["refit"] = False
     config = RunConfig.from_dict(values)
 
     from automl.pipeline import run as run_pipeline
@@ -331,7 +356,8 @@ def runs(output: Path) -> None:
                 config.get("task", ""),
                 config.get("data", ""),
                 summary.target,
-                summary.score,
+                summary.selection_score,
+                summary.score if summary.judged_on == "test" else None,
                 summary.verdict or "",
                 summary.tier or "",
                 journal.total_seconds(),
@@ -342,15 +368,16 @@ def runs(output: Path) -> None:
         click.echo(f"No finished runs under {output}/ (automl run writes them there).")
         return
     table = Table(title=f"runs in {output}/", title_justify="left")
-    for column in ("finished", "task", "data", "target", "score", "verdict", "tier", "time", "path"):
-        table.add_column(column, justify="right" if column in ("score", "time") else "left")
-    for finished, task, data, target, score, verdict, tier, seconds, path in sorted(rows, reverse=True):
+    for column in ("finished", "task", "data", "target", "val", "test", "verdict", "tier", "time", "path"):
+        table.add_column(column, justify="right" if column in ("val", "test", "time") else "left")
+    for finished, task, data, target, val, test, verdict, tier, seconds, path in sorted(rows, reverse=True):
         table.add_row(
             finished,
             task,
             data,
             target,
-            f"{score:.4f}" if score is not None else "",
+            f"{val:.4f}" if val is not None else "",
+            f"{test:.4f}" if test is not None else "",
             verdict,
             tier,
             f"{seconds:.0f}s",
@@ -425,6 +452,62 @@ def predict(
         )
     elif errors:
         click.echo(f"{errors} inputs could not be read; see their error column", err=True)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Labelled examples: a folder of class folders, or a CSV/TSV, Parquet, JSONL or datasets folder with a "
+    "label column (image paths relative to the table's folder). All of it is scored; nothing is split off.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print evaluation.json's content (one JSON object) on stdout.")
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for evaluation.json, evaluation.html and predictions.csv.  [default: RUN_DIR/evaluations/<data name>]",
+)
+@click.option(
+    "--input-field", help="Column of the texts or image paths (name or 0-based position).  [default: the run's]"
+)
+@click.option("--target-field", help="Column of the labels (name or 0-based position).  [default: the run's]")
+@click.option("--no-header", "no_header", is_flag=True, help="The CSV has no header row: name columns by position.")
+@_max_megapixels
+@_trust_checkpoint
+def evaluate(
+    run_dir: Path,
+    data: Path,
+    as_json: bool,
+    output: Path | None,
+    input_field: str | None,
+    target_field: str | None,
+    no_header: bool,
+    max_megapixels: float,
+    trust_checkpoint: bool,
+) -> None:
+    """Score a finished run's final model on labelled data and judge it against the run's target.
+
+    Writes evaluation.json, evaluation.html (metrics, per-class scores, confusion matrix, the most
+    confident mistakes, the inputs it could not read) and predictions.csv. Exit status: 0 when the
+    target is met on this data, 3 when it is missed, 4 when it is undecided (the 95% interval
+    straddles the target: more data decides), 2 for bad input.
+    """
+    import json
+
+    from automl.evaluate import evaluate_run
+
+    click.echo(f"evaluating the final model of {run_dir} on {data}", err=True)
+    evaluation = evaluate_run(
+        run_dir, data, output, input_field, target_field, not no_header, trust_checkpoint, _pixels(max_megapixels)
+    )
+    if as_json:
+        click.echo(json.dumps(evaluation.facts))
+    else:
+        for line in evaluation.lines():
+            click.echo(line)
+    sys.exit(evaluation.exit_code)
 
 
 @cli.command()
@@ -517,18 +600,13 @@ def _print_run(result) -> None:
 
     verdict = result.verdict
     table = Table(title=f"automl run: {result.run_dir}", title_justify="left")
-    for column in ("stage", "trials", "best score", "95% CI", "target", "verdict", "time"):
-        table.add_column(column, justify="right" if column in ("trials", "best score", "time") else "left")
-    final = max(i for i, line in enumerate(result.stages) if line.stage.startswith("verdict"))
-    for index, line in enumerate(result.stages):
-        judged = index == final  # the CI, target and verdict columns speak of the final model
+    for column in ("stage", "trials", "best val score", "time"):
+        table.add_column(column, justify="right" if column != "stage" else "left")
+    for line in result.stages:
         table.add_row(
             line.stage,
             "" if line.trials is None else str(line.trials),
             "" if line.best is None else f"{line.best:.4f}",
-            f"{verdict.ci_low:.3f}-{verdict.ci_high:.3f}" if judged else "",
-            result.target if judged else "",
-            verdict.verdict if judged else "",
             f"{line.seconds:.0f}s" if line.seconds else "",
         )
     console = Console()
@@ -536,10 +614,12 @@ def _print_run(result) -> None:
     for line in result.stages:
         if line.note:
             console.print(f"  {line.stage}: {line.note}", highlight=False)
-    ci = f"95% CI {verdict.ci_low:.4f}-{verdict.ci_high:.4f}"
+    for note in verdict.notes:
+        console.print(f"  {note}", highlight=False)
     console.print(
-        f"target {result.target}: {verdict.metric} {verdict.score:.4f} ({ci}) -> "
-        f"[bold]{verdict.verdict.upper()}[/bold]: {verdict.outcome}"
+        f"target {result.target}: [bold]{verdict.verdict.upper()}[/bold], {verdict.outcome} "
+        f"({verdict.interval or 'bootstrap'} interval)",
+        highlight=False,
     )
     console.print(f"best: {result.tier} tier, trial {verdict.best_trial}: {result.best_params}")
     console.print(f"model: {result.run_dir / 'best'}   total time: {result.seconds:.0f}s")

@@ -148,6 +148,11 @@ class RunConfig(FitConfig):
     template: str | None = None  # an edited, ejected template folder for the escalation
     notify_url: str | None = None  # webhook told of run start, each stage's end and run end
     register: str | None = None  # register the final model under this name (alias "challenger")
+    # the test split judges the final model and nothing else: a test/ folder, else --test-data, else
+    # this share carved from the labelled data (0: judged on the validation split that chose it)
+    test_split: float = 0.15
+    test_data: str | None = None  # labelled data that only judges (any input from_path reads)
+    refit: bool = True  # retrain the chosen configuration on train+val before the test verdict
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -176,6 +181,11 @@ class RunConfig(FitConfig):
             raise ConfigError(f"heartbeat must be at least 1 second, got {self.heartbeat}.")
         if self.pruner not in PRUNERS:
             raise ConfigError(f"Unknown pruner '{self.pruner}'. Choose {', '.join(PRUNERS)}.")
+        if not 0.0 <= self.test_split < 1.0 or self.test_split + self.val_split >= 1.0:
+            raise ConfigError(
+                f"test_split is a share in [0, 1) that leaves training data beside val_split {self.val_split:g}, "
+                f"got {self.test_split:g}."
+            )
 
     @property
     def budget_seconds(self) -> float | None:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from automl import stages
+from automl import evaluate, stages
 from automl.config import RunConfig, dump_yaml
 from automl.run_folder import (
     BEST_DIR,
@@ -36,8 +36,9 @@ from automl.trials import TrialLines
 #: the stages of ``automl run``, numbered in this order in its lines ("[3/6] tuning: ...")
 STAGES = ("inspect", "baseline", "tune", "verdict", "escalate", "finalise")
 NUMBER = {name: index for index, name in enumerate(STAGES, start=1)}
-#: exit status of ``automl run`` when the target is missed (0: met, 2: bad input)
-EXIT_MISSED = 3
+#: exit status of ``automl run`` (and ``automl evaluate``) for each verdict: met 0, missed 3 (the whole
+#: interval falls short), undecided 4 (the interval straddles the target); 2 is bad input
+EXIT_MISSED, EXIT_UNDECIDED = evaluate.EXIT_MISSED, evaluate.EXIT_UNDECIDED
 #: exit status of ``automl run`` stopped by Ctrl-C (after judging and reporting what finished)
 EXIT_INTERRUPTED = 130
 Report = Callable[[str], None]
@@ -73,7 +74,7 @@ class RunResult:
     def exit_code(self) -> int:
         if self.interrupted:
             return EXIT_INTERRUPTED
-        return 0 if self.met else EXIT_MISSED
+        return evaluate.exit_code(self.verdict.verdict)
 
 
 def _key(*parts) -> str:
@@ -182,11 +183,12 @@ class RunJob:
             final_tier, final, best = FLASH, verdict, flash
             if self.stop.requested:
                 self.lines.append(StageLine("escalate", note="skipped: interrupted (re-run the command to resume)"))
-            elif not verdict.met:
+            elif not self.target.met(verdict.score):  # the selection score decides; the test split judges
                 final_tier, final, best = self.escalate(flash, verdict)
             else:
                 self.lines.append(StageLine("escalate", note="not needed: the target is met"))
             model = self.finalise(final_tier, best, final)
+            final = model.final_verdict() or final
             self.tracker.set_tags(self.parent, {"stage": "finished", "verdict": final.verdict, "tier": final_tier})
             self.tracker.end(self.parent, "FINISHED")
         except BaseException as error:
@@ -224,7 +226,9 @@ class RunJob:
         return result
 
     def inspect(self) -> None:
-        key = _key(data_fingerprint(self.config.data), self.config.val_split, self.config.seed)
+        config = self.config
+        test_data = data_fingerprint(config.test_data) if config.test_data else None
+        key = _key(data_fingerprint(config.data), config.val_split, config.seed, config.test_split, test_data)
         report = self.stage(
             "inspect",
             key,
@@ -347,7 +351,7 @@ class RunJob:
     def finalise(self, tier: str, best: StudyResult, verdict: TierVerdict):
         template = self.journal.template if self.config.template else None
         say = self.stage_say("finalise")
-        key = _key(str(self.target), tier, best.best_trial, best.score, self.config.register)
+        key = _key(str(self.target), tier, best.best_trial, best.score, self.config.register, self.config.refit)
         final = self.stage(
             "finalise",
             key,

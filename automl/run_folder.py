@@ -8,8 +8,10 @@ export, eject, promote) goes through this module, so a file or key is named in o
       run.log                  stage, trial and epoch lines          (automl.progress)
       journal.json             finished stages and their results    Journal
       inspection.json          the data doctor's findings           INSPECTION_FILE
+      splits.csv               which example is train, val or test   SPLITS_FILE
       study.csv, study.lightning.csv                                 study_file(tier)
-      predictions_val.csv      the final model on validation         PREDICTIONS_FILE (+ .flash/.lightning)
+      predictions_val.csv      the chosen trial on validation        PREDICTIONS_FILE (+ .flash/.lightning)
+      predictions_test.csv     the final model on the test split     TEST_PREDICTIONS_FILE
       metrics.json             the final model's scores and verdict  Summary
       report.html, report.json
       best/                    the final model                       BestFolder
@@ -34,6 +36,8 @@ JOURNAL_FILE = "journal.json"
 INSPECTION_FILE = "inspection.json"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions_val.csv"
+TEST_PREDICTIONS_FILE = "predictions_test.csv"
+SPLITS_FILE = "splits.csv"
 STUDY_FILE = "study.csv"
 REPORT_HTML, REPORT_JSON = "report.html", "report.json"
 BEST_DIR = "best"
@@ -124,10 +128,13 @@ class DataReport(_Record):
     imbalance_ratio: float = 1.0
     class_weights: dict | None = None
     encoding: str | None = None
+    test_size: int = 0
+    holdout: dict = field(default_factory=dict)  # where the test split came from (automl.data.holdout)
 
     def line(self) -> str:
         return (
-            f"{len(self.labels)} classes, {self.train_size} + {self.val_size} examples"
+            f"{len(self.labels)} classes, {self.train_size} train + {self.val_size} val + "
+            f"{self.test_size} test examples"
             + (f", {len(self.skipped)} skipped" if self.skipped else "")
             + (f", {len(self.leaks)} train/val leaks" if self.leaks else "")
         )
@@ -169,10 +176,15 @@ class TierVerdict(_Record):
     ci_high: float
     verdict: str
     gap: float
-    scores: dict
+    scores: dict  # every metric on the validation split (the selection scores)
     best_trial: int | None
     tier: str
     outcome: str
+    interval: str = ""  # how ci_low-ci_high was computed (automl.target.interval)
+    examples: int = 0  # the examples it was judged on
+    split: str = "val"  # the split it was judged on: "test" for the run's verdict when it has one
+    test_scores: dict = field(default_factory=dict)  # test_accuracy, ...: every metric on the test split
+    notes: list = field(default_factory=list)  # what a reader of the verdict should know
 
     @property
     def met(self) -> bool:
@@ -213,10 +225,14 @@ class FinalModel(_Record):
     registered_model: str | None = None
     model_version: str | None = None
     model_alias: str | None = None
+    verdict: dict | None = None  # the run's verdict (a TierVerdict, on the test split when there is one)
 
     def mlflow(self) -> dict:
         """The MLflow fields that are set (what metrics.json and the run summary show)."""
-        return {k: v for k, v in self.to_json().items() if k not in ("best_dir", "tier") and v is not None}
+        return {k: v for k, v in self.to_json().items() if k not in ("best_dir", "tier", "verdict") and v is not None}
+
+    def final_verdict(self) -> TierVerdict | None:
+        return TierVerdict.from_json(self.verdict)
 
 
 STAGE_RESULTS = {
@@ -326,6 +342,14 @@ class Summary(_Record):
     best_params: dict
     labels: list
     scores: dict = field(default_factory=dict)  # val_accuracy, val_f1_macro, ... (flat in the file)
+    test_scores: dict = field(default_factory=dict)  # test_accuracy, ... (flat in the file)
+    judged_on: str = "val"  # the split the verdict, score and interval come from: "test" or "val"
+    examples: int = 0  # how many examples that split has
+    interval: str = ""  # how the interval was computed
+    selection_score: float | None = None  # the chosen trial's score on the validation split
+    notes: list = field(default_factory=list)
+    holdout: dict = field(default_factory=dict)  # where the test split came from (automl.data.holdout)
+    refit: str = ""  # what the refit on train+val did
     # the final model in MLflow (flat in the file too)
     model_uri: str | None = None
     tracking_uri: str | None = None
@@ -340,17 +364,25 @@ class Summary(_Record):
         return {k: getattr(self, k) for k in self.MODEL_FIELDS if getattr(self, k) is not None}
 
     def to_json(self) -> dict:
-        values = {k: v for k, v in dataclasses.asdict(self).items() if k != "scores"}
-        return {**self.scores, **{k: v for k, v in values.items() if k not in self.MODEL_FIELDS}, **self.model()}
+        values = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("scores", "test_scores")}
+        return {
+            **self.scores,
+            **self.test_scores,
+            **{k: v for k, v in values.items() if k not in self.MODEL_FIELDS},
+            **self.model(),
+        }
 
     @classmethod
     def from_json(cls, values: dict | None):
         if values is None:
             return None
-        names = {f.name for f in dataclasses.fields(cls)} - {"scores"}
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        required = {k for k, f in fields.items() if f.default is f.default_factory is dataclasses.MISSING}
+        given = {k: values[k] for k in fields if k in values and k not in ("scores", "test_scores")}
         return cls(
-            **{k: values.get(k) for k in names},
+            **{**{k: None for k in required}, **given},
             scores={k: v for k, v in values.items() if k.startswith("val_")},
+            test_scores={k: v for k, v in values.items() if k.startswith("test_")},
         )
 
 

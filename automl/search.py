@@ -17,8 +17,9 @@ from pathlib import Path
 
 from automl.budget import Budget
 from automl.config import FitConfig, RunConfig
+from automl.data.holdout import write_splits
 from automl.flash.features import FeatureCache
-from automl.run_folder import FLASH, LIGHTNING
+from automl.run_folder import FLASH, LIGHTNING, SPLITS_FILE
 from automl.trials import TrialLife, minutes
 
 #: the study's user attribute naming its MLflow parent run in each tracking store: {tracking URI: run id}
@@ -51,6 +52,7 @@ class Search:
         fit.quiet_library_logs()
         existing_path(config.data)
         self.datamodule = fit.load_data(config)
+        self.holdout = hold_out_test(config, self.datamodule)
         config = fit_to_data(config, self.datamodule)
         self.config, self.progress, self.say = config, progress, say
         self.pruner = pruner if pruner is not None else config.pruner
@@ -73,6 +75,7 @@ class Search:
 
         self.run_dir = self.output / self.name
         self.run_dir.mkdir(exist_ok=True)
+        write_splits(self.run_dir / SPLITS_FILE, self.datamodule)
         attach_run_log(self.run_dir, who)
         if self.flash_tuner.recovered:
             say(
@@ -326,7 +329,41 @@ class Trainers:
 
 # --------------------------------------------------------------------------- the search space and its first candidates
 def study_name(config: RunConfig) -> str:
-    return config.study or f"{config.task}-{data_fingerprint(config.data)}"
+    """The task and a fingerprint of the data and of how its test split is chosen: a run with another
+    test split is another study (its trials must never have trained on the new test examples)."""
+    if config.study:
+        return config.study
+    fingerprint = data_fingerprint(config.data)
+    if config.test_data is not None:
+        fingerprint = _hash(fingerprint, "test data", data_fingerprint(config.test_data))
+    elif config.test_split != 0.15:
+        fingerprint = _hash(fingerprint, "test split", config.test_split)
+    return f"{config.task}-{fingerprint}"
+
+
+def _hash(*parts) -> str:
+    import hashlib
+
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:10]
+
+
+def hold_out_test(config: RunConfig, datamodule):
+    """The run's test split (``automl.data.holdout``): a test/ folder, --test-data, else a carved share."""
+    from automl.data.holdout import hold_out, read_test_data
+
+    def read_test(path):
+        fields = {"input_field": config.input_field, "target_field": config.target_field, "header": config.header}
+        return read_test_data(config.task, path, datamodule.labels, **fields)
+
+    return hold_out(
+        datamodule,
+        config.test_split,
+        config.val_split,
+        config.seed,
+        config.test_data,
+        val_carved=datamodule.val_carved,
+        read_test=read_test,
+    )
 
 
 def data_fingerprint(path: str | Path) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from automl import metrics as m
 from automl.config import FitConfig, dump_yaml
+from automl.data.holdout import NONE
 from automl.errors import DataError
 from automl.run_folder import (
     BEST_DIR,
@@ -25,6 +26,7 @@ from automl.run_folder import (
     PREDICTIONS_FILE,
     PREPROCESSING_FILE,
     TEMPLATE_CONFIG_FILE,
+    TEST_PREDICTIONS_FILE,
     DataReport,
     EscalationResult,
     FinalModel,
@@ -51,7 +53,8 @@ def inspect(search: Search, say: Say) -> DataReport:
     config = search.config
     found = inspect_data(config, search.datamodule, config.max_bad_share)
     say(found.summary())
-    result = found.as_dict()
+    say(search.holdout.line())
+    result = {**found.as_dict(), "test_size": len(search.datamodule.test_samples), "holdout": search.holdout.to_json()}
     write_json(search.run_dir / INSPECTION_FILE, result)
     return DataReport.from_json(result)
 
@@ -204,14 +207,17 @@ def judge_flash(search: Search, flash: StudyResult) -> TierVerdict:
 
 
 def judge(search: Search, tier: str, best: StudyResult, targets, probabilities, ids) -> TierVerdict:
+    """A tier's best trial on the validation split: the *selection* score, which decides whether the
+    run escalates; the run's verdict comes from the test split (``judge_test``)."""
+    from automl.evaluate import safe_score
     from automl.target import judge as judged
 
     labels, target = search.datamodule.labels, search.target
     write_predictions(search.run_dir / tier_predictions_file(tier), ids, targets, probabilities, labels)
     verdict = judged(target, targets, probabilities, seed=search.config.seed)
     scores = {name: safe_score(name, targets, probabilities) for name in m.VALIDATION_METRICS}
-    if verdict.met:
-        outcome = f"met by the {tier} tier"
+    if target.met(verdict.score):
+        outcome = f"met by the {tier} tier on the validation split"
     elif tier == LIGHTNING or not search.config.escalate:
         outcome = f"missed{' after escalation' if tier == LIGHTNING else ''}, short by {verdict.gap:.4f}"
     else:
@@ -221,24 +227,15 @@ def judge(search: Search, tier: str, best: StudyResult, targets, probabilities, 
     )
 
 
-def safe_score(name: str, targets, probabilities) -> float | None:
-    from automl.target import score
-
-    try:
-        return score(name, targets, probabilities)
-    except ValueError:
-        return None
-
-
-def write_predictions(path: Path, inputs, targets, probabilities, labels: list[str]) -> None:
-    """One row per validation example: its file (images) or text, true and predicted label, confidence
+def write_predictions(path: Path, inputs, targets, probabilities, labels: list[str], split: str = "val") -> None:
+    """One row per example of ``split``: its file (images) or text, true and predicted label, confidence
     and every class probability."""
     import pandas as pd
 
     texts = bool(inputs) and isinstance(inputs[0], str)
     frame = pd.DataFrame(
         {
-            "id": [f"val {i}" for i in range(len(inputs))] if texts else [str(item) for item in inputs],
+            "id": [f"{split} {i}" for i in range(len(inputs))] if texts else [str(item) for item in inputs],
             "true": [labels[t] for t in targets],
             "predicted": [labels[i] for i in probabilities.argmax(axis=1)],
             "confidence": probabilities.max(axis=1),
@@ -285,18 +282,25 @@ def escalate(search: Search, flash: StudyResult, template, lines: TrialLines) ->
 def finalise(
     search: Search, tier: str, best: StudyResult, verdict: TierVerdict, template: str | None, say: Say
 ) -> FinalModel:
-    """best/ (the final model, whichever tier), metrics.json, the MLflow artifacts and model, the
-    report. ``template``: the edited template the escalation used (None: the built-in one)."""
+    """best/ (the final model, whichever tier, refitted on train+val when it can be), its verdict on the
+    test split, metrics.json, the MLflow artifacts and model, the report. ``verdict``: the chosen
+    trial's selection score (validation); ``template``: the edited template the escalation used (None:
+    the built-in one)."""
     from automl.flash import fit
 
     run_dir, config, datamodule = search.run_dir, search.config, search.datamodule
     best_dir = run_dir / BEST_DIR
     if tier == "flash":
         fit_config = config.fit_config(**best.params)
-        fit.save_best(best_dir, best.checkpoint, fit.data_for(fit_config, datamodule), fit_config)
+        try:
+            checkpoint, refit_note = refit(search, best, fit_config)
+        except Exception as error:  # a refit that fails costs the refit, never the run
+            checkpoint, refit_note = None, f"kept the chosen trial's weights: the refit failed ({error!r})"
+        fit.save_best(best_dir, checkpoint or best.checkpoint, fit.data_for(fit_config, datamodule), fit_config)
     else:
         from escalation.train import load_template, preprocessing
 
+        refit_note = "kept the chosen trial's weights: refitting a Lightning-tier trial on train+val is not built yet"
         template_config = search.trainers.template_config(best.params, best.best_trial, load_template(template))
         best_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy2(best.checkpoint, best_dir / CHECKPOINT_FILE)
@@ -306,35 +310,229 @@ def finalise(
             {**preprocessing(template_config), "task": config.task, "backbone": template_config["backbone"]},
         )
         dump_yaml(template_config, best_dir / TEMPLATE_CONFIG_FILE)
+    if search.holdout.source == NONE:
+        refit_note = "not done: with no test split, the validation split is all that is left to judge on"
+    elif not config.refit:
+        refit_note = "off (--no-refit): the chosen trial's own weights"
+    say(f"refit: {refit_note}")
     # the built-in template as None: the path differs on the machine that loads the run folder,
     # and a path there is code that `automl predict` runs only with --trust-checkpoint
     ModelTier(tier, template).write(best_dir)
     shutil.copy2(run_dir / tier_predictions_file(tier), run_dir / PREDICTIONS_FILE)
+    final = judge_test(search, tier, best_dir, verdict, refit_note, template)
+    say(f"verdict on the {final.split} split: {final.outcome}")
     summary = Summary(
         target=str(search.target),
-        verdict=verdict.verdict,
-        outcome=verdict.outcome,
+        verdict=final.verdict,
+        outcome=final.outcome,
         tier=tier,
-        score=verdict.score,
-        ci_low=verdict.ci_low,
-        ci_high=verdict.ci_high,
-        gap=verdict.gap,
+        score=final.score,
+        ci_low=final.ci_low,
+        ci_high=final.ci_high,
+        gap=final.gap,
         best_trial=best.best_trial,
         best_params=best.params,
         labels=datamodule.labels,
         scores=verdict.scores,
+        test_scores=final.test_scores,
+        judged_on=final.split,
+        examples=final.examples,
+        interval=final.interval,
+        selection_score=verdict.score,
+        notes=final.notes,
+        holdout=search.holdout.to_json(),
+        refit=refit_note,
     )
     folder = RunFolder(run_dir)
     folder.write_summary(summary)
     tracker, parent = search.tracker, search.parent
-    tracker.log_metrics(parent, {f"final_{k}": v for k, v in verdict.scores.items()})
-    tracker.set_tags(parent, {"verdict": verdict.verdict, "tier": tier, "best_trial": best.best_trial})
-    final = FinalModel(str(best_dir), tier, **log_model(search, best_dir, template, verdict, say))
-    folder.write_summary(dataclasses.replace(summary, **final.mlflow()))
+    tracker.log_metrics(parent, {f"final_{k}": v for k, v in verdict.scores.items() if v is not None})
+    tracker.log_metrics(parent, {k: v for k, v in final.test_scores.items() if v is not None})
+    tracker.set_tags(parent, {"verdict": final.verdict, "tier": tier, "best_trial": best.best_trial})
+    logged = log_model(search, best_dir, template, final, say)
+    model = FinalModel(str(best_dir), tier, verdict=final.to_json(), **logged)
+    folder.write_summary(dataclasses.replace(summary, **model.mlflow()))
     report = write_report(run_dir, say)
     for path in sorted(run_dir.glob("*.csv")) + [run_dir / n for n in (*LOGGED_FILES, *report)]:
         tracker.log_artifact(parent, path)
-    return final
+    return model
+
+
+def refit(search: Search, best: StudyResult, config: FitConfig) -> tuple[str | None, str]:
+    """(checkpoint, what was done): the chosen Flash-tier configuration trained again on train+val,
+    so that the judged model has seen all the labelled data the search could use. A head on cached
+    features refits in seconds; a fine-tune when its measured time fits in what is left of the budget.
+    None: the chosen trial's own weights are kept, and the text says why."""
+    from automl.flash import fit
+
+    if not search.config.refit or search.holdout.source == NONE:
+        return None, ""
+    datamodule = search.datamodule
+    served = fit.data_for(config, datamodule)
+    out = search.run_dir / "refit"
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.monotonic()
+    examples = len(datamodule.train_samples) + len(datamodule.val_samples)
+    if search.flash_tuner.space.head_only(best.params):
+        features = search.features.get(config, served)  # the study's cache: train and val, never test
+        both = dataclasses.replace(
+            features,
+            train=torch_cat(features.train, features.val),
+            train_targets=torch_cat(features.train_targets, features.val_targets),
+        )
+        trained = fit.train_head(config, served, out, both, search.target.metric)
+        if trained.checkpoint is None:
+            return None, "kept the chosen trial's weights: the refitted head did not train"
+        return trained.checkpoint, f"the head retrained on train+val ({examples} examples) in {_secs(started)}"
+    trial = search.flash_tuner.study.trials[best.best_trial]
+    seconds = trial.user_attrs.get("seconds") or (trial.duration.total_seconds() if trial.duration else None)
+    share = examples / max(len(datamodule.train_samples), 1)
+    needed = None if seconds is None else seconds * share
+    left = None if search.deadline is None else search.deadline - time.time()
+    if needed is not None and left is not None and needed > left:
+        return None, (
+            f"kept the chosen trial's weights: retraining on train+val would take about {minutes(needed)}, "
+            f"{minutes(max(left, 0))} of the budget is left"
+        )
+    epochs = _best_epochs(best.checkpoint) or config.epochs
+    refitted = dataclasses.replace(config, epochs=epochs)
+    samples = datamodule.train_samples + datamodule.val_samples
+    note = ""
+    try:
+        trained = _refit_once(refitted, served, samples, out, search)
+    except Exception as error:  # a refit that fails costs the refit, never the run
+        from automl import tuning
+
+        if not tuning.is_out_of_memory(error):
+            return None, f"kept the chosen trial's weights: the refit failed ({tuning.describe_error(error)})"
+        half = max(1, refitted.batch_size // 2)
+        note = f"; out of GPU memory at batch size {refitted.batch_size}, retrained with {half}"
+        refitted = dataclasses.replace(refitted, batch_size=half)
+        try:
+            trained = _refit_once(refitted, served.with_options(batch_size=half), samples, out, search)
+        except Exception as again:
+            return None, f"kept the chosen trial's weights: the refit failed ({tuning.describe_error(again)})"
+    if not trained.checkpoint:
+        return None, "kept the chosen trial's weights: the refit wrote no checkpoint"
+    return trained.checkpoint, (
+        f"fine-tuned again on train+val ({examples} examples, {epochs} epochs) in {_secs(started)}{note}"
+    )
+
+
+def _refit_once(config: FitConfig, served, samples: list, out: Path, search: Search):
+    """One fine-tune of ``config`` on ``samples`` (train+val); the validation split only feeds the
+    checkpoint callback, as every example in it is now a training example."""
+    from automl.flash import fit
+
+    shutil.rmtree(out, ignore_errors=True)
+    both = served.with_options(train_samples=samples)
+    return fit.train(config, both, out, search.target.metric, progress=search.progress)
+
+
+def _best_epochs(checkpoint: str | None) -> int | None:
+    """Epochs up to and including the chosen trial's best one (its checkpoint's name says which)."""
+    import re
+
+    found = re.search(r"best-epoch(\d+)", Path(checkpoint).name) if checkpoint else None
+    return int(found.group(1)) + 1 if found else None
+
+
+def torch_cat(first, second):
+    import torch
+
+    return torch.cat([first, second])
+
+
+def _secs(started: float) -> str:
+    return f"{time.monotonic() - started:.0f}s"
+
+
+def judge_test(
+    search: Search, tier: str, best_dir: Path, selection: TierVerdict, refit_note: str, template: str | None = None
+) -> TierVerdict:
+    """The run's verdict: the model in ``best_dir`` on the test split (the examples no trial saw), the
+    same computation as ``automl evaluate`` on those examples; with no test split, the selection
+    verdict, saying it was judged on the split that chose the model."""
+    from automl.evaluate import judge_inputs
+    from automl.predict import Predictor
+    from automl.target import describe
+
+    datamodule, target, holdout = search.datamodule, search.target, search.holdout
+    notes = [holdout.line()]
+    if refit_note:
+        notes.append(f"refit: {refit_note}")
+    if holdout.source == NONE:
+        outcome = (
+            f"{selection.verdict} by the {tier} tier on the validation split that chose the model (no test split: "
+            f"optimistic): {describe(_verdict_of(selection))}"
+        )
+        return dataclasses.replace(selection, split="val", outcome=outcome, notes=notes, tier=tier)
+    # this run wrote the checkpoint and already ran the user's edited template (--template): both trusted
+    predictor = Predictor.load_folder(best_dir, trust_checkpoint=template is not None, template=template)
+    samples = datamodule.test_samples
+    inputs, targets = [item for item, _ in samples], [t for _, t in samples]
+    scored = judge_inputs(predictor, inputs, targets, [str(item) for item in inputs], target, seed=search.config.seed)
+    write_predictions(
+        search.run_dir / TEST_PREDICTIONS_FILE,
+        scored.inputs,
+        scored.targets,
+        scored.probabilities,
+        datamodule.labels,
+        split="test",
+    )
+    verdict = scored.verdict
+    test_scores = {f"test_{name}": value for name, value in scored.scores.items()}
+    if scored.unreadable:
+        notes.append(f"{len(scored.unreadable)} test examples could not be read: {scored.unreadable[0][0]}, ...")
+    if holdout.leaked:
+        clean = [(item, t) for item, t in samples if str(item) not in set(holdout.leaked)]
+        if clean:
+            again = judge_inputs(
+                predictor, [i for i, _ in clean], [t for _, t in clean], [str(i) for i, _ in clean], target
+            )
+            notes.append(
+                f"{len(holdout.leaked)} of the {len(samples)} test examples have an exact copy in the training data: "
+                f"{target.metric.removeprefix('val_')} {verdict.score:.4f} with them, {again.verdict.score:.4f} "
+                f"without them ({len(clean)} examples)"
+            )
+    drop = selection.score - verdict.score if target.maximize else verdict.score - selection.score
+    beyond = selection.score > verdict.ci_high if target.maximize else selection.score < verdict.ci_low
+    if drop > 0 and beyond:
+        notes.append(
+            "the search may have overfitted its validation split: the chosen trial scored "
+            f"{selection.score:.4f} there, outside the test split's 95% interval "
+            f"{verdict.ci_low:.3f}-{verdict.ci_high:.3f}"
+        )
+    outcome = f"{verdict.verdict} {_story(tier, selection)} on {verdict.examples} test examples: {describe(verdict)}"
+    return TierVerdict(
+        **dataclasses.asdict(verdict),
+        scores=selection.scores,
+        best_trial=selection.best_trial,
+        tier=tier,
+        outcome=outcome,
+        split="test",
+        test_scores=test_scores,
+        notes=notes,
+    )
+
+
+def _story(tier: str, selection: TierVerdict) -> str:
+    """Which tier's model was judged, and whether the run escalated to get it (with the reason a
+    Lightning tier that did not win was not kept)."""
+    if tier == LIGHTNING:
+        return "by the lightning tier, after escalation"
+    if "after escalation" in selection.outcome:
+        start, end = selection.outcome.find("("), selection.outcome.rfind(")")
+        why = f" ({selection.outcome[start + 1 : end]})" if 0 <= start < end else ""
+        return f"after escalation{why}: by the flash tier"
+    return "by the flash tier"
+
+
+def _verdict_of(tier_verdict: TierVerdict):
+    from automl.target import Verdict
+
+    names = {f.name for f in dataclasses.fields(Verdict)}
+    return Verdict(**{k: v for k, v in tier_verdict.to_json().items() if k in names})
 
 
 def log_model(search: Search, best_dir: Path, template: str | None, verdict: TierVerdict, say: Say) -> dict:

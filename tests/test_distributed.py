@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -475,7 +476,9 @@ def test_a_run_trains_each_trial_on_two_processes_with_optuna_and_mlflow_in_one(
     )
     stdout, stderr = process.communicate(timeout=400)
     assert process.returncode == 3, stderr[-3000:]  # missed (as asked), after escalating: both tiers ran
-    assert stderr.count("Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2") == 3  # 2 Flash + 1 Lightning
+    refit = json.loads((output / "ddp" / "metrics.json").read_text())["refit"].startswith("fine-tuned again")
+    # 2 Flash + 1 Lightning trials, and the refit of the chosen Flash configuration on train+val
+    assert stderr.count("Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2") == 3 + refit
 
     trials = [
         t

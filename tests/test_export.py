@@ -29,7 +29,7 @@ def test_the_onnx_file_runs_without_automl(image_run):
 
     CliRunner().invoke(cli, ["export", str(image_run), "--format", "onnx"])
     predictor = Predictor.load(image_run)
-    frame = pd.read_csv(image_run / "predictions_val.csv")
+    frame = pd.read_csv(image_run / "predictions_test.csv")  # the final (refitted) model's predictions
     batch = np.stack([predictor.image_tensor(path).numpy() for path in frame["id"]])
     session = onnxruntime.InferenceSession(str(image_run / "best" / "model.onnx"))
     probabilities = session.run(None, {"images": batch})[0]

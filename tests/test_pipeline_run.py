@@ -92,21 +92,31 @@ def test_a_run_tunes_judges_tracks_and_writes_its_folder(tmp_path, images, track
     assert len(predictions) == 6 and set(predictions["true"]) == {"blue things", "green things", "red things"}
     accuracy = (predictions["true"] == predictions["predicted"]).mean()
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics[m.VAL_ACCURACY] == pytest.approx(accuracy)  # the verdict is taken on these predictions
-    assert metrics["score"] == pytest.approx(accuracy) and metrics["ci_low"] <= accuracy <= metrics["ci_high"]
+    assert metrics[m.VAL_ACCURACY] == pytest.approx(accuracy)  # the selection score, on these predictions
     study = pd.read_csv(run_dir / "study.csv")
-    assert metrics["score"] == pytest.approx(study["value"].max(), abs=1e-6)  # the best trial's model was judged
+    assert metrics["selection_score"] == pytest.approx(study["value"].max(), abs=1e-6)  # the best trial was chosen
+    # the verdict is given on the test split: 3 examples (1 of each class of 8) that no trial saw
+    tested = pd.read_csv(run_dir / "predictions_test.csv")
+    splits = pd.read_csv(run_dir / "splits.csv")
+    assert sorted(tested["id"]) == sorted(splits.loc[splits["split"] == "test", "id"]) and len(tested) == 3
+    assert not set(tested["id"]) & set(splits.loc[splits["split"] != "test", "id"])
+    test_accuracy = (tested["true"] == tested["predicted"]).mean()
+    assert metrics["judged_on"] == "test" and metrics["examples"] == 3
+    assert metrics["score"] == metrics["test_accuracy"] == pytest.approx(test_accuracy)
+    assert metrics["ci_low"] <= test_accuracy <= metrics["ci_high"] and metrics["interval"] == "Clopper-Pearson"
+    assert metrics["refit"].startswith("fine-tuned again on train+val (21 examples")
     assert (run_dir / "best" / "model.ckpt").exists() and (run_dir / "inspection.json").exists()
     kept = [p.parent.name for p in (run_dir / "trials").glob("*/checkpoints") if any(p.iterdir())]
     assert kept == [str(metrics["best_trial"])]  # the other trials' checkpoints are deleted
     assert any(line.startswith("[3/6] tuning: trial 2/3 (#1), best") for line in lines)
     # a met target does not escalate
     assert "escalate" not in journal["stages"] and not (run_dir / "study.lightning.csv").exists()
-    assert metrics["tier"] == "flash" and metrics["outcome"] == "met by the flash tier"
+    assert metrics["tier"] == "flash" and metrics["outcome"].startswith("met by the flash tier on 3 test examples")
 
     tracker = tracking.Tracker(tracking_uri, tmp_path / "artifacts")
     parent = tracker.client.get_run(journal["mlflow_run_id"])
     assert parent.data.tags["verdict"] == "met" and parent.info.status == "FINISHED"
+    assert parent.data.metrics["test_accuracy"] == pytest.approx(test_accuracy)
     children = tracker.runs(parent.info.run_id)
     assert sorted(c.data.tags["trial"] for c in children) == ["0", "1", "2"]
     for child in children:
@@ -181,10 +191,15 @@ def test_cli_run_prints_the_summary_and_exits_by_verdict(tmp_path, images, track
     ]
     missed = CliRunner().invoke(cli, [*args, "--target", "val_loss<=0.0"])
     assert missed.exit_code == pipeline.EXIT_MISSED, missed.output
-    assert "target loss<=0: val_loss" in missed.output and "MISSED" in missed.output
+    assert "target loss<=0: MISSED" in missed.output
     met = CliRunner().invoke(cli, [*args, "--target", "accuracy>=0"])
     assert met.exit_code == 0, met.output
-    assert "MET" in met.output
+    assert "target accuracy>=0: MET" in met.output
+    # 3 test examples (one of each class of 8) cannot decide 0.5 whatever the model does: 0 of 3 right
+    # is 0.000-0.708, 3 of 3 is 0.292-1.000 (Clopper-Pearson)
+    undecided = CliRunner().invoke(cli, [*args, "--target", "accuracy>=0.5", "--no-escalate"])
+    assert undecided.exit_code == pipeline.EXIT_UNDECIDED == 4, undecided.output
+    assert "target accuracy>=0.5: UNDECIDED" in undecided.output and "more data decides" in undecided.output
 
 
 @pytest.mark.parametrize(
@@ -257,8 +272,12 @@ def test_out_of_gpu_memory_retries_once_at_half_the_batch(tmp_path, images, trac
     lines = []
     result = pipeline.run(run_config(images, tmp_path, tracking_uri, trials=1), progress=False, report=lines.append)
     assert result.met and trial_states(result.run_dir, tmp_path) == ["COMPLETE"]
-    assert seen[0] == 4 and set(seen[1:]) == {2}  # batch size 4 failed, then every batch at 2
+    # batch size 4 failed, then every batch of the trial at 2; the refit on train+val did the same
+    refit = seen.index(4, 1)
+    assert seen[0] == 4 and set(seen[1:refit]) == {2} and set(seen[refit + 1 :]) == {2}
     assert "trial 0: out of GPU memory at batch size 4; trying once more with 2" in lines
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert metrics["refit"].endswith("out of GPU memory at batch size 4, retrained with 2")
 
 
 def test_out_of_gpu_memory_twice_fails_the_trial_with_both_sizes(tmp_path, images, tracking_uri, monkeypatch):

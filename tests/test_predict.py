@@ -36,9 +36,9 @@ def test_predict_writes_a_row_for_each_input_and_an_error_row_for_a_corrupt_file
     assert set(good["label"]) <= set(labels) and all(len(t.split(";")) == 2 for t in good["top_k"])
 
 
-def test_predictions_reproduce_the_validation_predictions(image_run, text_run):
+def test_predictions_reproduce_the_test_predictions_the_verdict_was_given_on(image_run, text_run):
     for run_dir in (image_run, text_run):
-        frame = pd.read_csv(run_dir / "predictions_val.csv", keep_default_na=False)
+        frame = pd.read_csv(run_dir / "predictions_test.csv", keep_default_na=False)
         predictor = Predictor.load(run_dir)
         if predictor.kind == "image":
             rows = predictor.predict_images(list(frame["id"]), top_k=1)

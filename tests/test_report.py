@@ -14,15 +14,21 @@ from automl.cli import cli
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
-def test_the_report_json_holds_the_journals_verdict(image_run):
+def test_the_report_json_holds_the_runs_verdict_and_its_selection_score(image_run):
     report = json.loads((image_run / "report.json").read_text())
     journal = json.loads((image_run / "journal.json").read_text())
-    verdict = journal["stages"]["verdict"]["result"]
-    assert report["verdict"]["score"] == pytest.approx(verdict["score"])
-    assert report["verdict"]["verdict"] == verdict["verdict"] == "met"
+    final = journal["stages"]["finalise"]["result"]["verdict"]  # on the test split
+    selection = journal["stages"]["verdict"]["result"]  # the chosen trial on validation
+    assert report["verdict"]["judged_on"] == final["split"] == "test"
+    assert report["verdict"]["score"] == pytest.approx(final["score"])
+    assert report["verdict"]["selection_score"] == pytest.approx(selection["score"])
+    assert report["verdict"]["verdict"] == final["verdict"] == "met"
+    assert report["test_metrics"]["test_accuracy"] == pytest.approx(final["score"])
     assert len(report["study"]["trials"]["flash"]) == 5
     assert set(report["study"]["importances"]) >= {"learning_rate"}  # 5 complete trials: importances exist
-    assert sum(map(sum, report["confusion"]["matrix"])) == report["data"]["val_size"]
+    # the errors by class are the judged model's, on the test split
+    assert report["predictions_split"] == "test"
+    assert sum(map(sum, report["confusion"]["matrix"])) == report["data"]["test_size"] == final["examples"]
     assert report["run"]["command"].startswith("automl run --task image_classification --data ")
 
 

@@ -115,8 +115,10 @@ def test_every_checkpoint_a_run_writes_loads_with_weights_only(flash_run, escala
         for p in root.rglob("*")
         if p.suffix in (".ckpt", ".pt")
     }
-    # heads on cached features and the features, Lightning's fine-tuning and template checkpoints, best/
-    assert {p.relative_to(root).parts[0] for p, root in files.items()} == {"best", "features", "trials", "escalation"}
+    # heads on cached features and the features, Lightning's fine-tuning and template checkpoints, the
+    # refit on train+val, best/
+    parts = {p.relative_to(root).parts[0] for p, root in files.items()}
+    assert parts == {"best", "features", "trials", "escalation", "refit"}
     for path in files:
         saved = torch.load(path, map_location="cpu", weights_only=True)  # PyTorch's rules, nothing allowed on top
         assert is_plain(saved.get("hyper_parameters", {})), path

@@ -268,6 +268,10 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.predict_samples = list(predict_samples)
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
+        # the validation split was carved from the same data (not a user's val/ folder): a test split
+        # is carved in proportion, and copies of training examples may be given back to training
+        self.val_carved = True
+        self.skipped = []  # inputs the reader left out (Findings), for the data doctor
 
     @property
     def num_classes(self) -> int:

@@ -19,7 +19,7 @@ from torchvision.transforms import v2
 
 from automl.backbones import IMAGENET_MEAN, IMAGENET_STD
 from automl.data import common
-from automl.data.files import IMAGE_SUFFIXES, check_image
+from automl.data.files import IMAGE_SUFFIXES, Finding, check_image
 from automl.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -121,19 +121,22 @@ class ImageClassificationData(common.ClassificationDataModule):
         splits = common.detect_splits(root) if val_folder is None and test_folder is None else {}
         if splits:
             root, val_folder, test_folder = splits["train"], splits.get("val"), splits.get("test")
-        paths, names = _scan_class_folders(root)
+        left_out: list[Finding] = []
+        paths, names = _scan_class_folders(root, left_out)
         labels = sorted(set(names))
         common.check_labels(labels, f"the folder '{root}'")
         samples = list(zip(paths, common.encode(names, labels), strict=True))
         if val_folder is not None:
-            val_samples = _labelled_samples(common.existing_path(val_folder), labels)
+            val_samples = _labelled_samples(common.existing_path(val_folder), labels, left_out)
             train_samples = samples
         else:
             train_idx, val_idx = common.stratified_split([t for _, t in samples], val_split, seed)
             train_samples = [samples[i] for i in train_idx]
             val_samples = [samples[i] for i in val_idx]
-        test_samples = _labelled_samples(common.existing_path(test_folder), labels) if test_folder else []
-        return cls(labels, train_samples, val_samples, test_samples, **kwargs)
+        test_samples = _labelled_samples(common.existing_path(test_folder), labels, left_out) if test_folder else []
+        data = cls(labels, train_samples, val_samples, test_samples, **kwargs)
+        data.val_carved, data.skipped = val_folder is None, left_out
+        return data
 
     @classmethod
     def from_path(
@@ -296,7 +299,9 @@ class ImageClassificationData(common.ClassificationDataModule):
         return ImageFiles(samples, self.train_transform() if train else self.eval_transform())
 
 
-def _scan_class_folders(root: Path) -> tuple[list[Path], list[str]]:
+def _scan_class_folders(root: Path, left_out: list[Finding] | None = None) -> tuple[list[Path], list[str]]:
+    """(image files, their class names) under ``root/<class>/``; files the reader leaves out (no image
+    extension, undecodable) are logged and added to ``left_out``."""
     paths, names = [], []
     folders = common.class_folders(root)
     if not folders:
@@ -311,6 +316,14 @@ def _scan_class_folders(root: Path) -> tuple[list[Path], list[str]]:
         readable = [file for file, _ in readable]
         for file, findings in unreadable:
             log.warning("Skipping '%s': %s.", file, findings[0].problem)
+            if left_out is not None:
+                left_out.append(findings[0])
+        for file in common.files_in(folder, None):
+            if file.suffix.lower() not in IMAGE_SUFFIXES:
+                problem = f"no image extension ({', '.join(IMAGE_SUFFIXES)}): left out; rename it to use it"
+                log.warning("Skipping '%s': %s.", file, problem)
+                if left_out is not None:
+                    left_out.append(Finding(str(file), problem, "skipped"))
         if not readable:
             raise DataError(
                 f"The class folder '{folder}' holds no readable image "
@@ -321,8 +334,8 @@ def _scan_class_folders(root: Path) -> tuple[list[Path], list[str]]:
     return paths, names
 
 
-def _labelled_samples(root: Path, labels: Sequence[str]) -> list[Sample]:
-    paths, names = _scan_class_folders(root)
+def _labelled_samples(root: Path, labels: Sequence[str], left_out: list[Finding] | None = None) -> list[Sample]:
+    paths, names = _scan_class_folders(root, left_out)
     unknown = sorted(set(names) - set(labels))
     if unknown:
         raise DataError(f"The folder '{root}' has classes the training folder lacks: {', '.join(unknown)}.")

@@ -82,6 +82,8 @@ def inspect_images(
             (converted if usable else skipped).extend(findings)
     if datamodule is None:
         datamodule = ImageClassificationData.from_path(path, val_split=val_split, seed=seed)
+    known = {finding.where for finding in skipped}
+    skipped.extend(f for f in datamodule.skipped if f.where not in known)  # what the reader left out
     samples = datamodule.train_samples + datamodule.val_samples
     if not path.is_dir() or common.is_hf_dataset(path):
         for file, _ in samples:

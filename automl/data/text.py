@@ -64,7 +64,6 @@ class TextClassificationData(common.ClassificationDataModule):
         num_workers: int = 0,
     ):
         super().__init__(labels, train_samples, val_samples, test_samples, predict_samples, batch_size, num_workers)
-        self.skipped = []  # rows left out (empty text or label), for the data doctor
         self.encoding = None  # the file's encoding, when read from one
         # None: not chosen; the model's when fitting starts (``configure``), else DEFAULT_MAX_LENGTH
         self.max_length = int(max_length) if max_length is not None else None

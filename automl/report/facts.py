@@ -13,7 +13,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from automl.run_folder import FLASH, LIGHTNING, PREDICTIONS_FILE, Journal, RunFolder, Summary, study_file
+from automl.run_folder import (
+    FLASH,
+    LIGHTNING,
+    PREDICTIONS_FILE,
+    TEST_PREDICTIONS_FILE,
+    Journal,
+    RunFolder,
+    Summary,
+    study_file,
+)
 
 MISTAKES = 12
 KEY_PARAMS = (
@@ -62,14 +71,25 @@ def collect(run_dir: str | Path) -> dict:
             "gap": summary.gap,
             "best_trial": summary.best_trial,
             "metric": _target_metric(summary.target),
+            "judged_on": summary.judged_on,
+            "examples": summary.examples,
+            "interval": summary.interval,
+            "selection_score": summary.selection_score,
+            "notes": summary.notes or [],
+            "refit": summary.refit,
         },
         "metrics": summary.scores,
+        "test_metrics": summary.test_scores,
         "model": summary.model(),
         "data": folder.inspection(),
         "tiers": tiers(journal),
         "study": study_facts(folder, config, journal),
     }
-    predictions = folder / PREDICTIONS_FILE
+    # the judged model's predictions: on the test split when the run has one, else on validation
+    predictions = folder / TEST_PREDICTIONS_FILE
+    if not predictions.exists():
+        predictions = folder / PREDICTIONS_FILE
+    facts["predictions_split"] = "test" if predictions.name == TEST_PREDICTIONS_FILE else "validation"
     if predictions.exists():
         frame = pd.read_csv(predictions, keep_default_na=False)
         frame["true"] = frame["true"].astype(str)
