@@ -318,12 +318,8 @@ def _scan_class_folders(root: Path, left_out: list[Finding] | None = None) -> tu
             log.warning("Skipping '%s': %s.", file, findings[0].problem)
             if left_out is not None:
                 left_out.append(findings[0])
-        for file in common.files_in(folder, None):
-            if file.suffix.lower() not in IMAGE_SUFFIXES:
-                problem = f"no image extension ({', '.join(IMAGE_SUFFIXES)}): left out; rename it to use it"
-                log.warning("Skipping '%s': %s.", file, problem)
-                if left_out is not None:
-                    left_out.append(Finding(str(file), problem, "skipped"))
+        if left_out is not None:
+            left_out.extend(_left_out(folder))
         if not readable:
             raise DataError(
                 f"The class folder '{folder}' holds no readable image "
@@ -332,6 +328,22 @@ def _scan_class_folders(root: Path, left_out: list[Finding] | None = None) -> tu
         paths.extend(readable)
         names.extend([folder.name] * len(readable))
     return paths, names
+
+
+def _left_out(folder: Path) -> list[Finding]:
+    """What the reader does not read in a class folder, said rather than dropped: files without an
+    image extension (skipped: an image there is a lost example) and hidden files (flagged)."""
+    found = []
+    for file in sorted(folder.rglob("*")):
+        if not file.is_file():
+            continue
+        if any(common.is_hidden(Path(part)) for part in file.relative_to(folder).parts):
+            found.append(Finding(str(file), "hidden file (its name starts with '.' or '__'): not read", "flagged"))
+        elif file.suffix.lower() not in IMAGE_SUFFIXES:
+            problem = f"no image extension ({', '.join(IMAGE_SUFFIXES)}): left out; rename it to use it"
+            log.warning("Skipping '%s': %s.", file, problem)
+            found.append(Finding(str(file), problem, "skipped"))
+    return found
 
 
 def _labelled_samples(root: Path, labels: Sequence[str], left_out: list[Finding] | None = None) -> list[Sample]:

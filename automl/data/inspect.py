@@ -83,7 +83,9 @@ def inspect_images(
     if datamodule is None:
         datamodule = ImageClassificationData.from_path(path, val_split=val_split, seed=seed)
     known = {finding.where for finding in skipped}
-    skipped.extend(f for f in datamodule.skipped if f.where not in known)  # what the reader left out
+    # what the reader left out: files without an image extension (skipped), hidden files (flagged)
+    skipped.extend(f for f in datamodule.skipped if f.action == "skipped" and f.where not in known)
+    hidden = [f for f in datamodule.skipped if f.action == "flagged"]
     samples = datamodule.train_samples + datamodule.val_samples
     if not path.is_dir() or common.is_hf_dataset(path):
         for file, _ in samples:
@@ -94,7 +96,7 @@ def inspect_images(
     val = {file for file, _ in datamodule.val_samples}
     duplicates = [sorted(map(str, files)) for files in groups.values() if len(files) > 1]
     leaks = [group for group in duplicates if {f in val for f in map(Path, group)} == {True, False}]
-    result = _summarise("image", datamodule, skipped, converted, [], duplicates, leaks)
+    result = _summarise("image", datamodule, skipped, converted, hidden, duplicates, leaks)
     _check_share(result, len(samples), max_bad_share, path)
     return result
 

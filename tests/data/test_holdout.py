@@ -77,13 +77,18 @@ def test_a_test_folder_is_the_test_split_and_its_copies_of_training_images_are_n
     assert len(data.train_samples) == 18  # nothing carved from a user's own split
 
 
-def test_a_file_without_an_image_extension_is_listed_not_dropped_silently(tmp_path):
+def test_files_the_reader_leaves_out_are_listed_not_dropped_silently(tmp_path):
+    from automl.data.inspect import inspect_images
+
     root = make_image_folder(tmp_path / "imgs", per_class=4)
-    odd = root / "red things" / "photo.jfif"
+    odd, hidden = root / "red things" / "photo.jfif", root / "red things" / ".DS_Store"
     shutil.copy(root / "red things" / "000.png", odd)
+    hidden.write_bytes(b"\0\0")
     data = ImageClassificationData.from_folders(root)
-    assert [(f.where, f.action) for f in data.skipped] == [(str(odd), "skipped")]
-    assert "no image extension" in data.skipped[0].problem
+    assert [(f.where, f.action) for f in data.skipped] == [(str(hidden), "flagged"), (str(odd), "skipped")]
+    assert "no image extension" in data.skipped[1].problem and "hidden file" in data.skipped[0].problem
+    found = inspect_images(root, datamodule=data)  # the data doctor (inspection.json) lists both
+    assert [f.where for f in found.skipped] == [str(odd)] and [f.where for f in found.flagged] == [str(hidden)]
 
 
 # --------------------------------------------------------------------------- in a run
