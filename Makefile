@@ -20,10 +20,12 @@ setup: $(STAMP)
 data/digits: | $(STAMP)
 	$(PY) examples/make_digits.py --out data/digits --size 64
 
-# exit status 3 means "target missed": a verdict the demo shows, not a failure of the demo
+# exit status 3 ("target missed") and 4 ("undecided": the test split's interval straddles the target)
+# are verdicts the demo shows, not failures of the demo. The target is judged on ~270 test digits: a
+# model must score above ~0.93 there for the whole 95% interval to clear 0.9.
 demo: setup data/digits
-	$(VENV)/bin/automl run --task image_classification --data data/digits --target "accuracy>=0.95" \
-		--trials 4 --time-budget 4m --image-size 96 --epochs 4 --output runs || test $$? -eq 3
+	$(VENV)/bin/automl run --task image_classification --data data/digits --target "accuracy>=0.9" \
+		--trials 4 --time-budget 4m --image-size 96 --epochs 4 --output runs || test $$? -eq 3 -o $$? -eq 4
 
 lint: setup
 	$(VENV)/bin/ruff check .
