@@ -377,8 +377,8 @@ def refit(search: Search, best: StudyResult, config: FitConfig) -> tuple[str | N
         features = search.features.get(config, served)  # the study's cache: train and val, never test
         both = dataclasses.replace(
             features,
-            train=torch_cat(features.train, features.val),
-            train_targets=torch_cat(features.train_targets, features.val_targets),
+            train=_cat(features.train, features.val),
+            train_targets=_cat(features.train_targets, features.val_targets),
         )
         trained = fit.train_head(config, served, out, both, search.target.metric)
         if trained.checkpoint is None:
@@ -421,12 +421,15 @@ def refit(search: Search, best: StudyResult, config: FitConfig) -> tuple[str | N
 
 def _refit_once(config: FitConfig, served, samples: list, out: Path, search: Search):
     """One fine-tune of ``config`` on ``samples`` (train+val); the validation split only feeds the
-    checkpoint callback, as every example in it is now a training example."""
+    checkpoint callback, as every example in it is now a training example. It stops at the budget's
+    deadline (a trial sized to a share of each epoch's batches costs more here), its validated epochs kept."""
+    from automl import tuning
     from automl.flash import fit
 
     shutil.rmtree(out, ignore_errors=True)
     both = served.with_options(train_samples=samples)
-    return fit.train(config, both, out, search.target.metric, progress=search.progress)
+    callbacks = [tuning.Deadline(search.deadline)] if search.deadline is not None else []
+    return fit.train(config, both, out, search.target.metric, callbacks, progress=search.progress)
 
 
 def _best_epochs(checkpoint: str | None) -> int | None:
@@ -437,7 +440,7 @@ def _best_epochs(checkpoint: str | None) -> int | None:
     return int(found.group(1)) + 1 if found else None
 
 
-def torch_cat(first, second):
+def _cat(first, second):
     import torch
 
     return torch.cat([first, second])

@@ -81,6 +81,12 @@ def _table(results: list[Result]) -> None:
         met = {True: "yes", False: "NO", None: "-"}[r.met]
         reference = ", ".join(f"{k}={v}" for k, v in r.reference.items() if not isinstance(v, list))
         value = "-" if r.value is None else f"{r.value}"
+        if r.details.get("automl_accuracy") is not None:  # a quality benchmark: held-out beside selection
+            low, high = r.details["automl_ci95"]
+            reference = (
+                f"automl={r.details['automl_accuracy']} [{low}-{high}] on {r.details['test_size']} held out "
+                f"(selection {r.details['selection_accuracy']}); {reference}"
+            )
         if r.details.get("skipped"):
             reference = f"skipped: {r.details['skipped']}"
         if r.details.get("error"):
