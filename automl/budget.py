@@ -9,9 +9,10 @@ The plan, in the order a run meets it:
    of it otherwise; the Lightning tier gets the rest.
 3. A trial that fine-tunes the backbone gets at most half of the tuning time left, so at least two
    of them fit; its epochs are cut to what fits, and when not even one full pass fits, it trains on a
-   share of the training batches (``limit_train_batches``). The cost of a pass is estimated from the
-   measured forward time (a training step costs about :data:`TRAIN_COST` forward passes) and corrected
-   by what the finished fine-tuning trials really took.
+   share of the training batches (``limit_train_batches``). The cost of a pass comes from a few real
+   training steps timed before the first fine-tune of each backbone and input size
+   (``fit.measure_training_step``), else from the measured forward time (a training step costing about
+   :data:`TRAIN_COST` forward passes), and is corrected by what the finished fine-tuning trials really took.
 4. A head on a backbone or input size whose features are not cached yet pays for that pass over the
    data, and gets the same half of the tuning time left. A pass that does not fit is not made: from
    then on, as when a fine-tune no longer fits, every trial is a head on the features of the best
@@ -76,14 +77,17 @@ def size_trial(
     train_examples: int,
     val_examples: int,
     correction: float = 1.0,
+    train_seconds: float | None = None,
 ) -> TrialSize | None:
     """The largest trial of at most ``epochs`` epochs whose estimated time fits ``allowance``.
 
-    ``forward_seconds`` is one example's forward pass; ``correction`` the ratio of real to estimated
-    time seen in finished trials. None when not even :data:`MIN_TRAIN_FRACTION` of one epoch fits.
+    ``forward_seconds`` is one example's forward pass; ``train_seconds`` one example's training step
+    as measured (None: :data:`TRAIN_COST` forward passes); ``correction`` the ratio of real to
+    estimated time seen in finished trials. None when not even :data:`MIN_TRAIN_FRACTION` of one epoch fits.
     """
     validate = val_examples * forward_seconds * correction
-    train = train_examples * forward_seconds * TRAIN_COST * correction
+    step = train_seconds if train_seconds is not None else forward_seconds * TRAIN_COST
+    train = train_examples * step * correction
     epoch = validate + train
     if epochs * epoch <= allowance:
         return TrialSize(epochs, 1.0, epochs * epoch)

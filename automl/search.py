@@ -161,6 +161,7 @@ class Trainers:
         self.target, self.run_dir, self.say, self.progress = search.target, search.run_dir, search.say, search.progress
         self.flash_tuner = search.flash_tuner
         self.correction = 1.0  # real / estimated time of the last fine-tuning trial
+        self.step_costs: dict[tuple[str, int], float | None] = {}  # measured training step, by (backbone, size)
 
     def flash(self, number: int, params: dict, callbacks: list, logger):
         from automl import tuning
@@ -265,10 +266,11 @@ class Trainers:
 
         if self.budget is None:
             return None, callbacks
-        allowance = self.budget.trial_allowance(deadline)
         forward = self.features.forward_seconds(config)
         if forward is None:  # no backbone has run over the data yet: measure this one on a few examples
             forward = self.features.measure(config, self.datamodule)
+        step = self._training_step(config)
+        allowance = self.budget.trial_allowance(deadline)  # what is left once the step was measured
         size = budget.size_trial(
             config.epochs,
             allowance,
@@ -276,17 +278,37 @@ class Trainers:
             len(self.datamodule.train_samples),
             len(self.datamodule.val_samples),
             self.correction,
+            train_seconds=step,
         )
         if size is None:
             raise tuning.NoTimeForTrial(
                 f"fine-tuning {config.backbone} needs more than the {minutes(allowance)} a trial may take now"
             )
+        priced = (
+            f"a training step measured at {step * 1000:.0f} ms an example, where {budget.TRAIN_COST:g} forward "
+            f"passes estimate {forward * budget.TRAIN_COST * 1000:.0f} ms"
+            if step is not None
+            else f"a training step estimated at {budget.TRAIN_COST:g} forward passes"
+        )
         self.say(
             f"trial {number}: fine-tunes {size.epochs} epoch(s)"
             + (f" on {size.train_fraction:.0%} of the training batches" if size.cut else "")
-            + f", about {minutes(size.seconds)} of the {minutes(allowance)} it may take"
+            + f", about {minutes(size.seconds)} of the {minutes(allowance)} it may take ({priced})"
         )
         return size, [*callbacks, tuning.Deadline(time.time() + 1.25 * allowance)]
+
+    def _training_step(self, config) -> float | None:
+        """Seconds of one example's training step for ``config``'s backbone and input size, timed on a
+        few real batches the first time a trial fine-tunes them (``fit.measure_training_step``)."""
+        from automl.backbones import default_backbone
+        from automl.config import IMAGE_CLASSIFICATION
+        from automl.flash import fit
+
+        size = config.image_size if config.task == IMAGE_CLASSIFICATION else config.max_length
+        key = (default_backbone(config), size)
+        if key not in self.step_costs:
+            self.step_costs[key] = fit.measure_training_step(config, self.datamodule)
+        return self.step_costs[key]
 
     def lightning(self, template):
         from automl import tuning

@@ -74,3 +74,13 @@ def test_a_loss_takes_the_inner_decision():
     trial = study.ask()
     trial.report(2.6, step=1)
     assert trial.should_prune()
+
+
+def test_a_measured_training_step_prices_the_epochs_instead_of_three_forward_passes():
+    # estimated: 100 x 0.01 x 3 = 3 s of training an epoch; measured: 100 x 0.05 = 5 s
+    guessed = budget.size_trial(4, allowance=8, forward_seconds=0.01, train_examples=100, val_examples=50)
+    measured = budget.size_trial(
+        4, allowance=8, forward_seconds=0.01, train_examples=100, val_examples=50, train_seconds=0.05
+    )
+    assert guessed.epochs == 2 and measured.epochs == 1
+    assert measured.seconds == pytest.approx(50 * 0.01 + 100 * 0.05)

@@ -420,6 +420,17 @@ def test_with_a_budget_the_baseline_and_a_probe_per_backbone_train_heads_on_cach
         assert any(line.startswith(f"trial {number}: fine-tunes ") for line in lines)
 
 
+def test_with_a_budget_a_fine_tune_is_priced_from_training_steps_timed_before_it(tmp_path, images, tracking_uri):
+    lines = []
+    config = run_config(images, tmp_path, tracking_uri, trials=1, time_budget="10m", strategy="no_freeze")
+    pipeline.run(config, progress=False, report=lines.append)
+    (sized,) = [line for line in lines if line.startswith("trial 0: fine-tunes ")]
+    found = re.search(
+        r"a training step measured at (\d+) ms an example, where 3 forward passes estimate (\d+) ms", sized
+    )
+    assert found and int(found.group(1)) > 0, sized
+
+
 def test_a_new_feature_pass_longer_than_half_the_tuning_time_left_is_not_made(
     tmp_path, images, tracking_uri, monkeypatch
 ):

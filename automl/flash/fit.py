@@ -254,6 +254,49 @@ def _fit_head(head, features, datamodule, config: FitConfig, best, callbacks, lo
     )
 
 
+def measure_training_step(config: FitConfig, datamodule, steps: int = 2) -> float | None:
+    """Seconds per training example of fine-tuning ``config`` on this machine: ``steps`` real steps
+    (batches read and augmented, forward, backward, optimiser step) at its batch size and input size,
+    after one untimed step; every parameter trains (the dearest phase of any strategy). None when
+    the training split holds fewer than two batches."""
+    import time
+
+    import torch
+
+    served = data_for(config, datamodule)
+    few = served.with_options(train_samples=datamodule.train_samples[: config.batch_size * (steps + 1)])
+    pl.seed_everything(config.seed, verbose=False)
+    model = build_model(config, datamodule.labels)
+    serve_for(model, few)
+    cuda = config.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
+
+    def step(batch) -> int:
+        inputs, targets = batch
+        inputs = {k: v.to(device) for k, v in inputs.items()} if isinstance(inputs, dict) else inputs.to(device)
+        loss = torch.nn.functional.cross_entropy(model(inputs), targets.to(device))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return len(targets)
+
+    batches = iter(few.train_dataloader())
+    first = next(batches, None)
+    if first is None:
+        return None
+    step(first)  # untimed: lazy initialisation, caches
+    if cuda:
+        torch.cuda.synchronize()
+    started, examples = time.perf_counter(), 0
+    for batch in batches:
+        examples += step(batch)
+    if cuda:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - started) / examples if examples else None
+
+
 def save_checkpoint(model: pl.LightningModule, path: Path, epoch: int) -> None:
     """A checkpoint ``load_from_checkpoint`` reads, for a model no ``Trainer`` fitted as a whole."""
     import torch

@@ -138,3 +138,14 @@ def test_a_head_on_cached_features_is_the_logistic_regression_scikit_learn_fits(
     np.testing.assert_allclose(ours, expected, atol=0.02)
     assert (ours.argmax(1) == expected.argmax(1)).mean() > 0.98
     np.testing.assert_allclose(raw_logits.softmax(dim=-1).numpy(), ours, atol=1e-4)
+
+
+def test_a_training_step_is_timed_on_real_batches_and_leaves_the_data_as_it_was(colour_images):
+    config = head_config(colour_images, strategy="no_freeze", augment=True, batch_size=4)
+    data = fit.load_data(config)
+    before = (list(data.train_samples), list(data.val_samples))
+    seconds = fit.measure_training_step(config, data)
+    assert seconds is not None and 0 < seconds < 5  # per example: a tiny net on 32 px images
+    assert (data.train_samples, data.val_samples) == before and data.mean is None
+    too_few = data.with_options(train_samples=data.train_samples[:4])  # one batch: nothing left to time
+    assert fit.measure_training_step(config, too_few) is None
