@@ -18,6 +18,9 @@ The plan, in the order a run meets it:
    then on, as when a fine-tune no longer fits, every trial is a head on the features of the best
    trial's backbone and size, which cost a second each.
 
+5. The run's end (judging on validation and test, the MLflow model, the report) is kept out of the
+   last stage's time (``Search.finish_reserve``): the run ends within its budget.
+
 Without a budget nothing here applies: every trial trains the epochs it was given.
 """
 

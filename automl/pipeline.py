@@ -248,7 +248,7 @@ class RunJob:
             why = tuner.run(
                 self.search.flash_train,
                 total_trials=1,
-                deadline=self.search.tune_deadline or self.search.deadline,
+                deadline=self.search.tuning_deadline(),
                 **self.trial_lines("baseline", "baseline").hooks(),
             )
             # trial 0, or its retry when the process running it died
@@ -277,7 +277,7 @@ class RunJob:
             self.config.trials,
             self.trial_lines("tune", "tuning"),
             "tune",
-            search.tune_deadline or search.deadline,
+            search.tuning_deadline(),
         )
         flash = study.result
         self.lines.append(StageLine("tune", len(study.summary), flash.score, study.seconds, study.note))

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from automl.budget import Budget
+from automl.budget import TRAIN_COST, Budget
 from automl.config import FitConfig, RunConfig
 from automl.data.holdout import write_splits
 from automl.flash.features import FeatureCache
@@ -24,6 +24,9 @@ from automl.trials import TrialLife, minutes
 
 #: the study's user attribute naming its MLflow parent run in each tracking store: {tracking URI: run id}
 PARENT_RUNS_ATTR = "mlflow_parent_runs"
+#: seconds the end of a run takes besides its passes over the data (the MLflow model, the report),
+#: planned inside the budget: 6-8 s measured here
+FINISH_SECONDS = 10.0
 
 
 class Search:
@@ -91,6 +94,21 @@ class Search:
         )
         self.trainers = Trainers(self)
         self.flash_train = self.life.tracked(FLASH, self.trainers.flash)
+
+    def finish_reserve(self) -> float:
+        """Seconds a run needs after its last trial, kept out of the trials' time: judging the chosen
+        trial on validation (up to three passes, with test-time augmentation), the final model on the
+        test split, and :data:`FINISH_SECONDS` for the MLflow model and the report."""
+        forward = self.features.forward_seconds(self.config.fit_config()) or 0.0
+        examples = 3 * len(self.datamodule.val_samples) + len(self.datamodule.test_samples)
+        return forward * examples + FINISH_SECONDS
+
+    def tuning_deadline(self) -> float | None:
+        """When the Flash tier's trials must end: its share of the budget, and early enough for the
+        run's end (``finish_reserve``) when it has the whole budget (``--no-escalate``)."""
+        if self.budget is None:
+            return None
+        return min(self.budget.tune_deadline, self.budget.deadline - self.finish_reserve())
 
     def tuner(self, name: str, space):
         from automl import tuning
@@ -187,7 +205,7 @@ class Trainers:
         config, head = self._warm_head(config, served, out)
         # after a head trained on cached features for the first epochs, the lines count on from them
         callbacks = [*callbacks, EpochLines(f"trial #{number}", first=epochs - config.epochs)]
-        size, callbacks = self.sized(config, callbacks, self.tune_deadline, number)
+        size, callbacks = self.sized(config, callbacks, self.search.tuning_deadline(), number)
         limit = 1.0
         if size is not None:
             config = dataclasses.replace(config, epochs=size.epochs)
@@ -249,7 +267,7 @@ class Trainers:
             return  # the first model trains whatever the budget says: without it there is nothing to judge
         examples = len(served.train_samples) + len(served.val_samples)
         needed = self.features.measure(config, served) * examples
-        allowance = self.budget.trial_allowance(self.tune_deadline)
+        allowance = self.budget.trial_allowance(self.search.tuning_deadline())
         if needed > allowance:
             size = f" at {config.image_size} px" if self.config.modality == "image" else ""
             raise tuning.NoTimeForTrial(
@@ -269,17 +287,15 @@ class Trainers:
         forward = self.features.forward_seconds(config)
         if forward is None:  # no backbone has run over the data yet: measure this one on a few examples
             forward = self.features.measure(config, self.datamodule)
-        step = self._training_step(config)
-        allowance = self.budget.trial_allowance(deadline)  # what is left once the step was measured
-        size = budget.size_trial(
-            config.epochs,
-            allowance,
-            forward,
-            len(self.datamodule.train_samples),
-            len(self.datamodule.val_samples),
-            self.correction,
-            train_seconds=step,
-        )
+        examples = (len(self.datamodule.train_samples), len(self.datamodule.val_samples))
+        allowance = self.budget.trial_allowance(deadline)
+        # a training step is never cheaper than its forward pass: when the guess does not fit, nothing does
+        size = budget.size_trial(config.epochs, allowance, forward, *examples, self.correction)
+        step = None
+        if size is not None and self._affordable_step(config, forward, allowance):
+            step = self._training_step(config)
+            allowance = self.budget.trial_allowance(deadline)  # what is left once the step was timed
+            size = budget.size_trial(config.epochs, allowance, forward, *examples, self.correction, train_seconds=step)
         if size is None:
             raise tuning.NoTimeForTrial(
                 f"fine-tuning {config.backbone} needs more than the {minutes(allowance)} a trial may take now"
@@ -297,15 +313,25 @@ class Trainers:
         )
         return size, [*callbacks, tuning.Deadline(time.time() + 1.25 * allowance)]
 
+    def _affordable_step(self, config, forward: float, allowance: float) -> bool:
+        """Whether timing training steps for ``config`` is cheap enough to do: already done, or its
+        three batches (estimated) cost at most a quarter of the trial's allowance."""
+        if self._step_key(config) in self.step_costs:
+            return True
+        return 3 * config.batch_size * forward * TRAIN_COST <= allowance / 4
+
+    def _step_key(self, config) -> tuple[str, int]:
+        from automl.backbones import default_backbone
+        from automl.config import IMAGE_CLASSIFICATION
+
+        return default_backbone(config), config.image_size if config.task == IMAGE_CLASSIFICATION else config.max_length
+
     def _training_step(self, config) -> float | None:
         """Seconds of one example's training step for ``config``'s backbone and input size, timed on a
         few real batches the first time a trial fine-tunes them (``fit.measure_training_step``)."""
-        from automl.backbones import default_backbone
-        from automl.config import IMAGE_CLASSIFICATION
         from automl.flash import fit
 
-        size = config.image_size if config.task == IMAGE_CLASSIFICATION else config.max_length
-        key = (default_backbone(config), size)
+        key = self._step_key(config)
         if key not in self.step_costs:
             self.step_costs[key] = fit.measure_training_step(config, self.datamodule)
         return self.step_costs[key]
@@ -341,12 +367,10 @@ class Trainers:
         return config
 
     def escalation_deadline(self) -> float | None:
-        """The budget's end, less the time the better tier's model takes to be judged after the study
-        (a pass over the validation set, twice with test-time augmentation, and a margin)."""
+        """The budget's end, less what the run's end takes after the study (``Search.finish_reserve``)."""
         if self.deadline is None:
             return None
-        forward = self.features.forward_seconds(self.config.fit_config()) or 0.0
-        return self.deadline - 3 * forward * len(self.datamodule.val_samples)
+        return self.deadline - self.search.finish_reserve()
 
 
 # --------------------------------------------------------------------------- the search space and its first candidates

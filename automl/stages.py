@@ -167,7 +167,8 @@ def no_time_left(search: Search, after: str = "", deadline: float | None = None)
     text += f" ({minutes(spent)} of the {minutes(budget.seconds)} budget spent"
     if deadline is not None and deadline < budget.deadline - 1:
         share = deadline - budget.started
-        text += f"; tuning may use {minutes(share)} of it, the rest is the escalation's"
+        rest = "the escalation's" if search.config.escalate else "kept to judge the model and write the report"
+        text += f"; tuning may use {minutes(share)} of it, the rest is {rest}"
     return text + ")"
 
 
