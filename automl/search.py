@@ -62,8 +62,6 @@ class Search:
         started = time.time() if started is None else started
         self.deadline = None if config.budget_seconds is None else started + config.budget_seconds
         self.budget = None if self.deadline is None else Budget(started, config.budget_seconds, config.escalate)
-        # the Flash tier leaves the Lightning tier its share of the budget
-        self.tune_deadline = None if self.budget is None else self.budget.tune_deadline
         self.target = parse_target(config.target)
 
         self.output = Path(config.output)
@@ -104,8 +102,9 @@ class Search:
         return forward * examples + FINISH_SECONDS
 
     def tuning_deadline(self) -> float | None:
-        """When the Flash tier's trials must end: its share of the budget, and early enough for the
-        run's end (``finish_reserve``) when it has the whole budget (``--no-escalate``)."""
+        """When the Flash tier's trials must end: its share of the budget (it leaves the Lightning tier
+        the rest), and early enough for the run's end (``finish_reserve``) when it has the whole budget
+        (``--no-escalate``)."""
         if self.budget is None:
             return None
         return min(self.budget.tune_deadline, self.budget.deadline - self.finish_reserve())
@@ -175,7 +174,7 @@ class Trainers:
     def __init__(self, search: Search):
         self.search = search
         self.config, self.datamodule, self.features = search.config, search.datamodule, search.features
-        self.budget, self.deadline, self.tune_deadline = search.budget, search.deadline, search.tune_deadline
+        self.budget, self.deadline = search.budget, search.deadline
         self.target, self.run_dir, self.say, self.progress = search.target, search.run_dir, search.say, search.progress
         self.flash_tuner = search.flash_tuner
         self.correction = 1.0  # real / estimated time of the last fine-tuning trial
