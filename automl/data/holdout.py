@@ -14,6 +14,7 @@ own splits leak, ``HoldOut.leaked`` names the test examples that have a copy in 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -64,8 +65,20 @@ class HoldOut:
 def content_key(item) -> str:
     """What makes two inputs the same example: an image file's bytes, a text's characters."""
     if isinstance(item, Path):
-        return hashlib.sha1(item.read_bytes()).hexdigest()
+        return file_digest(item)
     return "text:" + str(item).strip()
+
+
+def file_digest(path: Path) -> str:
+    """The digest of a file's bytes, read once per process while the file is unchanged (the data
+    doctor's duplicate groups and the test split both need it)."""
+    stat = Path(path).stat()
+    return _digest(Path(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.cache
+def _digest(path: Path, mtime_ns: int, size: int) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def hold_out(

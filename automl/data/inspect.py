@@ -8,7 +8,6 @@ that need care are listed with how they are converted, and the run stops only wh
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
@@ -65,7 +64,9 @@ class Inspection:
 
 # --------------------------------------------------------------------------- images
 def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    from automl.data.holdout import file_digest
+
+    return file_digest(path)
 
 
 def inspect_images(
