@@ -171,3 +171,15 @@ def test_a_test_split_that_leaves_no_room_is_refused():
         data = texts({"a": 1, "b": 1})
         data.train_samples = []
         hold_out(data, 0.15, 0.2, 0)  # nothing to carve from: no training example left
+
+
+def test_no_refit_keeps_the_trials_weights_and_test_split_0_judges_on_validation_saying_so(
+    tmp_path, images, tracking_uri
+):
+    kept = pipeline.run(tiny_run_config(images, tmp_path / "a", tracking_uri=tracking_uri, trials=1, refit=False))
+    metrics = pd.read_json(kept.run_dir / "metrics.json", typ="series")
+    assert metrics["refit"].startswith("off (--no-refit)") and not (kept.run_dir / "refit").exists()
+    assert metrics["judged_on"] == "test"
+    on_val = pipeline.run(tiny_run_config(images, tmp_path / "b", tracking_uri=tracking_uri, trials=1, test_split=0))
+    assert on_val.verdict.split == "val" and "validation split that chose the model" in on_val.verdict.outcome
+    assert not (on_val.run_dir / "predictions_test.csv").exists()
