@@ -31,5 +31,9 @@ su postgres -c "psql -qtAc \"select 1 from pg_roles where rolname='automl'\"" | 
   || su postgres -c "psql -qc \"create role automl login password 'automl'\""
 su postgres -c "psql -qtAc \"select 1 from pg_roles where rolname='automl' and rolcreatedb\"" | grep -q 1 \
   || su postgres -c "psql -qc 'alter role automl createdb'"
+# Dropping a test database "with (force)" terminates whatever is still connected to it, and that can be
+# an autovacuum worker, which only a member of pg_signal_backend may stop (CI failed on it once).
+su postgres -c "psql -qtAc \"select 1 where pg_has_role('automl', 'pg_signal_backend', 'member')\"" | grep -q 1 \
+  || su postgres -c "psql -qc 'grant pg_signal_backend to automl'"
 su postgres -c "psql -qtAc \"select 1 from pg_database where datname='automl'\"" | grep -q 1 \
   || su postgres -c "createdb -O automl automl"
