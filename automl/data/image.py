@@ -32,6 +32,20 @@ TARGET_COLUMNS = ("label", "target", "class", "category")
 Sample = tuple[Path, int]
 
 
+def eval_resize(image_size: int) -> int:
+    """The side the evaluation transform resizes an image's shorter side to, for ``image_size``."""
+    return int(round(int(image_size) / CROP_PCT))
+
+
+def eval_pixels(image_size: int):
+    """The evaluation transform up to the pixels: resize, centre crop, uint8 tensor (C, H, W). The
+    feature cache keeps these, so a backbone's pass from them gives what ``eval_transform`` gives
+    from the file, to the bit."""
+    return v2.Compose(
+        [v2.Resize(eval_resize(image_size), antialias=True), v2.CenterCrop(int(image_size)), v2.PILToTensor()]
+    )
+
+
 def load_rgb(path: Path) -> Image.Image:
     """Decode ``path`` as an upright RGB image (EXIF orientation applied)."""
     with Image.open(path) as image:
@@ -261,11 +275,16 @@ class ImageClassificationData(common.ClassificationDataModule):
 
     @property
     def resize_size(self) -> int:
-        return int(round(self.image_size / CROP_PCT))
+        return eval_resize(self.image_size)
 
     def _to_tensor(self) -> list:
         mean, std = self.normalization
         return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels (``eval_pixels``; one image or a batch) -> the network's input, as the
+        transforms here make it."""
+        return v2.Compose(self._to_tensor())(pixels).as_subclass(torch.Tensor)
 
     def train_transform(self):
         if not self.augment:

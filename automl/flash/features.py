@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from automl.backbones import default_backbone
 from automl.config import IMAGE_CLASSIFICATION, FitConfig
+from automl.flash.pixels import PixelCache
 from automl.flash.tasks import ClassificationTask
 
 #: L-BFGS iterations a head on cached features runs in all (spread over its epochs): a logistic
@@ -64,13 +65,24 @@ class Features:
 
 class FeatureCache:
     """Features by (backbone, weights, input size), in memory and, when ``folder`` is given, on disk
-    (a resumed run, or an ``automl tune`` worker on the same machine, does not compute them again)."""
+    (a resumed run, or an ``automl tune`` worker on the same machine, does not compute them again).
 
-    def __init__(self, folder: Path | None = None):
+    Images are decoded once for all backbones (``pixels``, :mod:`automl.flash.pixels`): a pass of a
+    second backbone only normalises the crops the first pass kept for its input size (``plan_images``)."""
+
+    def __init__(self, folder: Path | None = None, pixels: PixelCache | None = None):
         self.folder = Path(folder) if folder is not None else None
         self._memory: dict[str, Features] = {}
         #: seconds of one example's forward pass, by (backbone, input size)
         self.costs: dict[tuple[str, int], float] = {}
+        self.pixels = pixels if pixels is not None else PixelCache()
+
+    def plan_images(self, sizes, say=None) -> None:
+        """The input sizes the search's backbones will run at: each image file, decoded once, is
+        cropped for all of them; ``say`` hears when the memory limit sends the rest back to their files."""
+        self.pixels.plan(sizes)
+        if say is not None:
+            self.pixels.say = say
 
     def key(self, config: FitConfig, datamodule) -> str:
 
@@ -105,11 +117,13 @@ class FeatureCache:
     def measure(self, config: FitConfig, datamodule) -> float:
         """Time ``config``'s backbone on a batch of training examples (a first, untimed pass warms it up)."""
 
-        encode = _encoder(config, datamodule)
+        encode = _encoder(config, datamodule, self.pixels)
         examples = 16 if config.task == IMAGE_CLASSIFICATION else FEATURE_BATCH_SIZE
         few = datamodule.train_samples[:examples]
+        # warmed up on other examples: those timed are read as the pass will read them (decoded or kept)
+        warm = datamodule.train_samples[examples : examples + max(1, examples // 4)] or few[: max(1, examples // 4)]
         with torch.inference_mode():
-            encode(few[: max(1, examples // 4)])
+            encode(warm)
             started = time.monotonic()
             encode(few)
         cost = (time.monotonic() - started) / max(len(few), 1)
@@ -131,7 +145,7 @@ class FeatureCache:
             stored = torch.load(path, map_location="cpu", weights_only=True)
             features = Features(**{**stored, "seconds": 0.0})
         else:
-            features = extract(config, datamodule)
+            features = extract(config, datamodule, self.pixels)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(".tmp")
@@ -144,10 +158,11 @@ class FeatureCache:
         return features
 
 
-def extract(config: FitConfig, datamodule) -> Features:
-    """Run ``config``'s pretrained backbone once over the training and validation examples."""
+def extract(config: FitConfig, datamodule, pixels: PixelCache | None = None) -> Features:
+    """Run ``config``'s pretrained backbone once over the training and validation examples (images:
+    from ``pixels`` when given, else from their files)."""
     started = time.monotonic()
-    encode = _encoder(config, datamodule)
+    encode = _encoder(config, datamodule, pixels)
     with torch.inference_mode():
         train = encode(datamodule.train_samples)
         val = encode(datamodule.val_samples)
@@ -162,26 +177,46 @@ def extract(config: FitConfig, datamodule) -> Features:
     )
 
 
-def _encoder(config: FitConfig, datamodule):
+def _encoder(config: FitConfig, datamodule, pixels: PixelCache | None = None):
     """A function from samples to their backbone outputs (one row each)."""
     torch.manual_seed(config.seed)  # --no-pretrained: the same random backbone the trial's model gets
-    return _image_encoder(config, datamodule) if config.task == IMAGE_CLASSIFICATION else _text_encoder(config)
+    if config.task == IMAGE_CLASSIFICATION:
+        return _image_encoder(config, datamodule, pixels)
+    return _text_encoder(config)
 
 
-def _image_encoder(config: FitConfig, datamodule):
+def _image_encoder(config: FitConfig, datamodule, pixels: PixelCache | None = None):
     from automl import backbones as bb
 
     built = bb.create_image_backbone(default_backbone(config), pretrained=config.pretrained, weights=config.weights)
     model = built.model.eval()
     served = datamodule.with_options(image_size=config.image_size, augment=False, mean=built.mean, std=built.std)
+    if not _reads_files_plainly(served):
+        pixels = None  # a datamodule of its own making serves its own images
 
     def encode(samples) -> torch.Tensor:
         if not samples:
             return torch.empty(0, built.num_features)
+        if pixels is not None:  # the same batches as from the files, of images decoded once for every backbone
+            batches = range(0, len(samples), FEATURE_BATCH_SIZE)
+            inputs = (pixels.inputs(served, samples[start : start + FEATURE_BATCH_SIZE]) for start in batches)
+            return torch.cat([model(images).float() for images in inputs])
         loader = DataLoader(served.make_dataset(samples, train=False), batch_size=FEATURE_BATCH_SIZE)
         return torch.cat([model(images).float() for images, _ in loader])
 
     return encode
+
+
+def _reads_files_plainly(served) -> bool:
+    """Whether ``served`` makes its evaluation inputs as ``ImageClassificationData`` does, from files:
+    what the pixel cache reproduces."""
+    from automl.data.image import ImageClassificationData as Plain
+
+    kind = type(served)
+    return isinstance(served, Plain) and all(
+        getattr(kind, name) is getattr(Plain, name)
+        for name in ("eval_transform", "make_dataset", "normalise", "_to_tensor", "resize_size")
+    )
 
 
 def _text_encoder(config: FitConfig):
