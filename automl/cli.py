@@ -147,7 +147,7 @@ study_options = _options(_STUDY_OPTIONS)
 
 
 def _stage_reporter(quiet: bool):
-    """Stage lines (``[3/6] tuning: trial 7/20 ...``) on stderr, or nowhere with -q. When stderr is not
+    """Stage lines (``[3/7] tuning: trial 7/20 ...``) on stderr, or nowhere with -q. When stderr is not
     a terminal (a log file, CI, nohup), a line per epoch and per trial too, instead of a live bar."""
     _plain_progress(quiet)
 
@@ -213,6 +213,12 @@ def fit(config_file: Path | None, quiet: bool, no_pretrained: bool, no_header: b
 @click.option(
     "--no-refit", "no_refit", is_flag=True, help="Keep the chosen trial's weights (no retraining on train+val)."
 )
+@click.option(
+    "--no-ensemble",
+    "no_ensemble",
+    is_flag=True,
+    help="Keep the chosen model alone (no weighted ensemble of the candidates after tuning).",
+)
 @click.option("--escalation-trials", type=int, help="Trials of the Lightning-tier study.  [default: --trials]")
 @click.option(
     "--template",
@@ -232,6 +238,7 @@ def run(
     no_header: bool,
     no_escalate: bool,
     no_refit: bool,
+    no_ensemble: bool,
     **options,
 ) -> None:
     """Baseline, Optuna tuning, a verdict against --target and, when it is missed, escalation to
@@ -251,6 +258,8 @@ def run(
         values["escalate"] = False
     if no_refit:
         values["refit"] = False
+    if no_ensemble:
+        values["ensemble"] = False
     config = RunConfig.from_dict(values)
 
     from automl.pipeline import run as run_pipeline
@@ -519,6 +528,8 @@ def export(run_dir: Path, fmt: str, trust_checkpoint: bool) -> None:
     from automl.export import export as do_export
 
     exported = do_export(run_dir, fmt, trust_checkpoint)
+    if exported.warning:
+        click.echo(f"warning: {exported.warning}", err=True)
     click.echo(
         f"wrote {exported.path} (+ export.json with its preprocessing); max difference from PyTorch on "
         f"{exported.checked} validation examples: {exported.max_abs_diff:.2e}"

@@ -153,6 +153,7 @@ class RunConfig(FitConfig):
     test_split: float = 0.15
     test_data: str | None = None  # labelled data that only judges (any input from_path reads)
     refit: bool = True  # retrain the chosen configuration on train+val before the test verdict
+    ensemble: bool = True  # a weighted ensemble of the candidates, kept when validation resolves its gain
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -46,24 +46,17 @@ def probabilities(
 ) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
     """(class probabilities of the readable inputs, float64, n_readable x classes; their indices in
     ``inputs``; (index, error) of each input the predictor could not read), in batches."""
-    import torch
-
-    from automl.predict import _text
-
-    image = predictor.kind == "image"
-    prepare = predictor.image_tensor if image else _text
     batches, readable, unreadable = [], [], []
     for start in range(0, len(inputs), batch_size):
         ready = []
         for index in range(start, min(start + batch_size, len(inputs))):
             try:
-                ready.append(prepare(inputs[index]))
+                ready.append(predictor.prepare(inputs[index]))
                 readable.append(index)
             except DataError as error:
                 unreadable.append((index, str(error)))
         if ready:
-            batch = torch.stack(ready) if image else predictor.encode(ready)
-            batches.append(predictor.probabilities(batch).double().cpu().numpy())
+            batches.append(predictor.batch_probabilities(ready).double().cpu().numpy())
     found = np.concatenate(batches) if batches else np.zeros((0, len(predictor.labels)), dtype=np.float64)
     return found, readable, unreadable
 

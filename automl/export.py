@@ -52,11 +52,77 @@ class TextNetwork(nn.Module):
         return self.logits({"input_ids": input_ids, "attention_mask": attention_mask}).softmax(dim=-1)
 
 
+class EnsembleNetwork(nn.Module):
+    """An ensemble's networks in one graph: each member's probabilities, weighted and summed; members
+    that share a frozen backbone run it once. Only for members that take the same input."""
+
+    def __init__(self, predictor):
+        super().__init__()
+        members = predictor.members
+        self.weights = [member.weight for member in members]
+        self.shares = [member.shares for member in members]
+        # the networks' parts as submodules, as ImageNetwork and TextNetwork hold them
+        self.backbones = nn.ModuleList([member.predictor.model.backbone for member in members])
+        self.heads = nn.ModuleList([member.predictor.model.head for member in members])
+        object.__setattr__(self, "features", [member.predictor.model.features for member in members])
+        object.__setattr__(self, "logits", [member.predictor.logits_fn for member in members])
+        self.text = predictor.kind == "text"
+        # images come in resized and cropped but not normalised: each member normalises as it was trained
+        for index, member in enumerate(members):
+            p = member.predictor.preprocessing
+            shape = (1, -1, 1, 1)
+            self.register_buffer(f"mean{index}", torch.tensor(p.get("mean") or [0.0]).view(shape), persistent=False)
+            self.register_buffer(f"std{index}", torch.tensor(p.get("std") or [1.0]).view(shape), persistent=False)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        shared: dict[str, torch.Tensor] = {}
+        total = None
+        for index, weight in enumerate(self.weights):
+            if self.text:
+                batch = {"input_ids": inputs[0], "attention_mask": inputs[1]}
+            else:
+                batch = (inputs[0] - getattr(self, f"mean{index}")) / getattr(self, f"std{index}")
+            share = self.shares[index]
+            if share is None:
+                logits = self.logits[index](batch)
+            else:
+                if share not in shared:
+                    shared[share] = self.features[index](batch)
+                logits = self.heads[index](shared[share])
+            part = weight * logits.softmax(dim=-1)
+            total = part if total is None else total + part
+        return total
+
+
+def one_graph_problem(predictor) -> str | None:
+    """Why an ensemble's members cannot be one exported graph (None: they can)."""
+    members = getattr(predictor, "members", None)
+    if not members:
+        return None
+    apart = [member.name for member in members if member.predictor is None]
+    if apart:
+        return f"{', '.join(apart)} is no network (a TF-IDF model)"
+    geometry = ("kind", "image_size", "resize", "crop", "color_mode")
+    keys = {json.dumps([member.predictor.preprocessing.get(k) for k in geometry]) for member in members}
+    keys = keys if predictor.kind == "image" else {predictor._input_key(member.predictor) for member in members}
+    if len(keys) > 1:
+        return "its members take differently prepared inputs (input size or tokenizer)"
+    return None
+
+
+def unnormalised(preprocessing: dict) -> dict:
+    """An image model's preprocessing without the normalisation (which an ensemble's graph does per member)."""
+    if preprocessing.get("kind") != "image":
+        return preprocessing
+    return {**preprocessing, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+
+
 @dataclass
 class Exported:
     path: Path
     max_abs_diff: float
     checked: int  # examples compared
+    warning: str | None = None  # what was exported instead of the final model, and why
 
 
 def check_inputs(predictor: Predictor, run_dir: Path) -> tuple:
@@ -64,9 +130,15 @@ def check_inputs(predictor: Predictor, run_dir: Path) -> tuple:
     import pandas as pd
 
     frame = pd.read_csv(run_dir / PREDICTIONS_FILE, keep_default_na=False).head(CHECK_BATCH)
+    import dataclasses
+
+    members = getattr(predictor, "members", None)
+    single = members[0].predictor if members else predictor  # an exportable ensemble's inputs are one kind
+    if members:
+        single = dataclasses.replace(single, preprocessing=unnormalised(single.preprocessing))
     if predictor.kind == "image":
-        return (torch.stack([predictor.image_tensor(path) for path in frame["id"]]),)
-    encoded = predictor.encode(list(frame["text"]))
+        return (torch.stack([single.image_tensor(path) for path in frame["id"]]),)
+    encoded = single.encode(list(frame["text"]))
     return encoded["input_ids"], encoded["attention_mask"]
 
 
@@ -75,7 +147,18 @@ def export(run_dir: str | Path, fmt: str, trust_checkpoint: bool = False) -> Exp
         raise ConfigError(f"Unknown export format '{fmt}'. Choose one of: {', '.join(FORMATS)}.")
     run_dir = Path(run_dir)
     predictor = Predictor.load(run_dir, trust_checkpoint=trust_checkpoint)
-    network = (ImageNetwork if predictor.kind == "image" else TextNetwork)(predictor).eval()
+    warning = one_graph_problem(predictor)
+    if warning:
+        warning = (
+            f"the final model is an ensemble that cannot be one {fmt} graph ({warning}); exported its best "
+            "single member instead: its probabilities differ from `automl predict`'s"
+        )
+        predictor = Predictor.load_folder(run_dir / BEST_DIR, trust_checkpoint, members=False)
+    members = getattr(predictor, "members", None)
+    if members:
+        network = EnsembleNetwork(predictor).eval()
+    else:
+        network = (ImageNetwork if predictor.kind == "image" else TextNetwork)(predictor).eval()
     inputs = check_inputs(predictor, run_dir)
     names = ["images"] if predictor.kind == "image" else ["input_ids", "attention_mask"]
     path = run_dir / BEST_DIR / FORMATS[fmt]
@@ -102,16 +185,20 @@ def export(run_dir: str | Path, fmt: str, trust_checkpoint: bool = False) -> Exp
                 "inputs": names,
                 "output": "probabilities",
                 "labels": predictor.labels,
-                "preprocessing": predictor.preprocessing,
+                "preprocessing": unnormalised(predictor.preprocessing) if members else predictor.preprocessing,
                 "checked_examples": len(expected),
                 "max_abs_diff": difference,
                 "tolerance": TOLERANCE,
+                "ensemble": [
+                    {"name": member.name, "weight": member.weight} for member in getattr(predictor, "members", [])
+                ],
+                "warning": warning,
             },
             indent=2,
         )
         + "\n"
     )
-    return Exported(path, difference, len(expected))
+    return Exported(path, difference, len(expected), warning)
 
 
 def _onnx(network: nn.Module, inputs: tuple, names: list[str], path: Path):

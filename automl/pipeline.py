@@ -24,6 +24,7 @@ from automl.run_folder import (
     FLASH,
     JOURNAL_FILE,
     LIGHTNING,
+    EnsembleResult,
     Journal,
     StudyResult,
     TierVerdict,
@@ -33,8 +34,8 @@ from automl.run_folder import (
 from automl.search import Search, data_fingerprint
 from automl.trials import TrialLines
 
-#: the stages of ``automl run``, numbered in this order in its lines ("[3/6] tuning: ...")
-STAGES = ("inspect", "baseline", "tune", "verdict", "escalate", "finalise")
+#: the stages of ``automl run``, numbered in this order in its lines ("[3/7] tuning: ...")
+STAGES = ("inspect", "baseline", "tune", "verdict", "escalate", "ensemble", "finalise")
 NUMBER = {name: index for index, name in enumerate(STAGES, start=1)}
 #: exit status of ``automl run`` (and ``automl evaluate``) for each verdict: met 0, missed 3 (the whole
 #: interval falls short), undecided 4 (the interval straddles the target); 2 is bad input
@@ -165,7 +166,7 @@ class RunJob:
         self.report(line)
 
     def stage_say(self, name: str, role: str | None = None) -> Callable[[str], None]:
-        """``say`` for the lines of one stage: ``[3/6] tuning: ...``."""
+        """``say`` for the lines of one stage: ``[3/7] tuning: ...``."""
         return lambda text: self.say(f"[{NUMBER[name]}/{self.total}] {role or name}: {text}")
 
     def trial_lines(self, name: str, role: str) -> TrialLines:
@@ -187,7 +188,8 @@ class RunJob:
                 final_tier, final, best = self.escalate(flash, verdict)
             else:
                 self.lines.append(StageLine("escalate", note="not needed: the target is met"))
-            model = self.finalise(final_tier, best, final)
+            ensembled = self.ensemble(final_tier, best)
+            model = self.finalise(final_tier, best, final, ensembled)
             final = model.final_verdict() or final
             self.tracker.set_tags(self.parent, {"stage": "finished", "verdict": final.verdict, "tier": final_tier})
             self.tracker.end(self.parent, "FINISHED")
@@ -348,14 +350,25 @@ class RunJob:
         self._show_verdict("escalate", result.verdict, time.monotonic() - t0)
         return LIGHTNING, result.verdict, lightning
 
-    def finalise(self, tier: str, best: StudyResult, verdict: TierVerdict):
+    def ensemble(self, tier: str, best: StudyResult) -> EnsembleResult:
+        key = _key(str(self.target), tier, best.best_trial, best.score, self.config.ensemble)
+        say = self.stage_say("ensemble")
+        t0 = time.monotonic()
+        result = self.stage("ensemble", key, lambda: stages.ensemble(self.search, tier, best, say), lambda r: r.why)
+        score = result.scores.get("ensemble") if result.kept else None
+        note = f"{'kept' if result.kept else 'not kept'}: {result.why}"
+        self.lines.append(StageLine("ensemble", len(result.members) or None, score, time.monotonic() - t0, note))
+        return result
+
+    def finalise(self, tier: str, best: StudyResult, verdict: TierVerdict, ensembled: EnsembleResult):
         template = self.journal.template if self.config.template else None
         say = self.stage_say("finalise")
         key = _key(str(self.target), tier, best.best_trial, best.score, self.config.register, self.config.refit)
+        key = _key(key, ensembled.kept, [(m["name"], m["weight"]) for m in ensembled.chosen()])
         final = self.stage(
             "finalise",
             key,
-            lambda: stages.finalise(self.search, tier, best, verdict, template, say),
+            lambda: stages.finalise(self.search, tier, best, verdict, template, say, ensembled),
             lambda r: f"model in {r.best_dir}",
         )
         self.lines.append(StageLine("finalise", note=f"{BEST_DIR}/ from the {tier} tier, artifacts and model logged"))

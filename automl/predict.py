@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,6 +22,7 @@ from automl.errors import DataError
 from automl.run_folder import (
     BEST_DIR,
     CHECKPOINT_FILE,
+    ENSEMBLE_FILE,
     LABELS_FILE,
     LIGHTNING,
     PREPROCESSING_FILE,
@@ -71,9 +72,12 @@ class Predictor:
         trust_checkpoint: bool = False,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         template: str | Path | None = None,
+        members: bool = True,
     ) -> Predictor:
         """The model in a run's ``best/`` folder (or a copy of it, as inside an MLflow model);
-        ``template``: where its Lightning-tier template is now, when not where ``tier.json`` says."""
+        ``template``: where its Lightning-tier template is now, when not where ``tier.json`` says.
+        An ensemble (``ensemble.json``) loads as an :class:`EnsemblePredictor`, unless ``members`` is
+        False: then only the folder's own model, the ensemble's best single member."""
         import yaml
 
         from automl import checkpoints
@@ -113,7 +117,10 @@ class Predictor:
 
                 tokenizer = AutoTokenizer.from_pretrained(model.tokenizer_source)
         model.eval()
-        return cls(model, logits_fn, labels, preprocessing, tier.tier, tokenizer, max_pixels)
+        single = cls(model, logits_fn, labels, preprocessing, tier.tier, tokenizer, max_pixels)
+        if members and (best / ENSEMBLE_FILE).exists():
+            return EnsemblePredictor.around(single, best, trust_checkpoint)
+        return single
 
     @property
     def kind(self) -> str:
@@ -137,6 +144,10 @@ class Predictor:
     def image_tensor(self, source) -> torch.Tensor:
         """A path, raw bytes or PIL image -> the network's input; raises ``DataError`` for non-images
         and ``ImageTooLarge`` for an image over ``max_pixels`` (before decoding it)."""
+        return self.image_transform()(self.decode(source))
+
+    def decode(self, source):
+        """A path, raw bytes or PIL image -> an RGB PIL image (the checks of :meth:`image_tensor`)."""
         from PIL import Image
 
         from automl.data.image import to_rgb
@@ -145,10 +156,9 @@ class Predictor:
             image = self._open(source)
             if not isinstance(source, Image.Image):
                 image.load()
-            image = to_rgb(image)
+            return to_rgb(image)
         except _UNREADABLE as exc:
             raise DataError(f"not a readable image ({type(exc).__name__}: {exc})") from exc
-        return self.image_transform()(image)
 
     def check_pixels(self, source) -> None:
         """Raise ``ImageTooLarge`` when ``source`` (a path, bytes or PIL image) claims more than
@@ -198,6 +208,15 @@ class Predictor:
     def probabilities(self, inputs) -> torch.Tensor:
         return self.logits_fn(inputs).float().softmax(dim=-1)
 
+    def prepare(self, item):
+        """One input (an image source, or a text) made ready for :meth:`batch_probabilities`; raises
+        ``DataError`` for one the model cannot read."""
+        return self.image_tensor(item) if self.kind == "image" else _text(item)
+
+    def batch_probabilities(self, ready: list) -> torch.Tensor:
+        """Class probabilities of inputs :meth:`prepare` readied, one row each."""
+        return self.probabilities(torch.stack(ready) if self.kind == "image" else self.encode(ready))
+
     def rows(self, ids: Sequence[str], probabilities: torch.Tensor, top_k: int) -> list[dict]:
         k = max(1, min(top_k, len(self.labels)))
         values, indices = probabilities.topk(k, dim=-1)
@@ -223,11 +242,7 @@ class Predictor:
         """Predict images (paths, bytes or PIL images); an unreadable one gets a row with its error."""
         sources = list(sources)
         ids = list(ids) if ids is not None else [str(s) for s in sources]
-
-        def score(tensors: list) -> torch.Tensor:
-            return self.probabilities(torch.stack(tensors))
-
-        return self._predict(sources, ids, self.image_tensor, score, top_k, batch_size, on_batch)
+        return self._predict(sources, ids, self.prepare, self.batch_probabilities, top_k, batch_size, on_batch)
 
     def predict_texts(
         self,
@@ -240,11 +255,7 @@ class Predictor:
         """Predict texts; an empty or non-text entry gets a row with its error."""
         texts = list(texts)
         ids = list(ids) if ids is not None else [str(i) for i in range(len(texts))]
-
-        def score(good: list[str]) -> torch.Tensor:
-            return self.probabilities(self.encode(good))
-
-        return self._predict(texts, ids, _text, score, top_k, batch_size, on_batch)
+        return self._predict(texts, ids, self.prepare, self.batch_probabilities, top_k, batch_size, on_batch)
 
     def _predict(
         self, inputs: list, ids: list, prepare, batch_probabilities, top_k, batch_size, on_batch
@@ -267,6 +278,99 @@ class Predictor:
             if on_batch:
                 on_batch(min(batch_size, len(inputs) - start))
         return rows
+
+
+@dataclass
+class Member:
+    """One member of an ensemble: a network (``predictor``) or a TF-IDF model (``tfidf``), its weight,
+    and ``shares``: members with the same key run one frozen backbone, whose output each head maps."""
+
+    name: str
+    weight: float
+    predictor: Predictor | None = None
+    tfidf: object = None  # automl.ensemble.TfidfMember
+    shares: str | None = None
+
+
+@dataclass
+class EnsemblePredictor(Predictor):
+    """A weighted average of its members' class probabilities, with the interface of a ``Predictor``
+    (its own ``model``, ``preprocessing``, ``tier`` are its best single member's). An image is decoded
+    once, then each distinct preprocessing of the members is applied to it; members that share a
+    frozen backbone share its forward pass."""
+
+    members: list[Member] = field(default_factory=list)
+
+    @classmethod
+    def around(cls, single: Predictor, best: Path, trust_checkpoint: bool = False) -> EnsemblePredictor:
+        from automl.ensemble import TfidfMember
+
+        spec = read_json(best / ENSEMBLE_FILE)
+        members = []
+        for entry in spec["members"]:
+            folder = best / entry["folder"]
+            if entry["kind"] == "tfidf":
+                members.append(Member(entry["name"], entry["weight"], tfidf=TfidfMember.load(folder)))
+                continue
+            predictor = (
+                single
+                if entry["folder"] == "."
+                else Predictor.load_folder(folder, trust_checkpoint, single.max_pixels, members=False)
+            )
+            members.append(Member(entry["name"], entry["weight"], predictor, shares=entry.get("shares")))
+        fields = {name: getattr(single, name) for name in single.__dataclass_fields__}
+        return cls(**fields, members=members)
+
+    def _networks(self) -> list[Member]:
+        return [member for member in self.members if member.predictor is not None]
+
+    @staticmethod
+    def _input_key(predictor: Predictor) -> str:
+        import json
+
+        p = predictor.preprocessing
+        keys = ("resize", "image_size", "mean", "std") if p["kind"] == "image" else ("max_length",)
+        source = getattr(predictor.tokenizer, "name_or_path", None)
+        return json.dumps([source, *[p.get(k) for k in keys]])
+
+    def prepare(self, item):
+        if self.kind != "image":
+            return _text(item)
+        image = self.decode(item)
+        ready = {}
+        for member in self._networks():
+            key = self._input_key(member.predictor)
+            if key not in ready:
+                ready[key] = member.predictor.image_transform()(image)
+        return ready
+
+    @torch.inference_mode()
+    def batch_probabilities(self, ready: list) -> torch.Tensor:
+        inputs: dict[str, object] = {}
+        shared: dict[str, torch.Tensor] = {}
+        total = None
+        for member in self.members:
+            if member.tfidf is not None:
+                probabilities = torch.as_tensor(member.tfidf.probabilities(ready), dtype=torch.float32)
+            else:
+                predictor = member.predictor
+                key = self._input_key(predictor)
+                if key not in inputs:
+                    inputs[key] = (
+                        torch.stack([r[key] for r in ready]) if self.kind == "image" else predictor.encode(ready)
+                    )
+                if member.shares:
+                    if member.shares not in shared:
+                        shared[member.shares] = predictor.model.features(inputs[key])
+                    logits = predictor.model.head(shared[member.shares])
+                else:
+                    logits = predictor.logits_fn(inputs[key])
+                probabilities = logits.float().softmax(dim=-1)
+            total = member.weight * probabilities if total is None else total + member.weight * probabilities
+        return total
+
+    def probabilities(self, inputs) -> torch.Tensor:
+        raise TypeError("an ensemble's members take different inputs: use prepare() and batch_probabilities()")
 
 
 #: what PIL raises for a file that is not an image it can decode

@@ -15,7 +15,7 @@ export, eject, promote) goes through this module, so a file or key is named in o
       metrics.json             the final model's scores and verdict  Summary
       report.html, report.json
       best/                    the final model                       BestFolder
-      trials/, escalation/, features/
+      trials/, escalation/, features/  (escalation/warm_start/: the Flash weights its first trial starts from)
 
 ``journal.json`` keeps the shape automl 0.1 wrote (``{"stages": {name: {"key", "result", "seconds",
 "finished_at"}}, ...}``): old run folders load, and a folder that is not a run gets a clear error.
@@ -47,6 +47,9 @@ PREPROCESSING_FILE = "preprocessing.json"
 TIER_FILE = "tier.json"
 TEMPLATE_CONFIG_FILE = "template_config.yaml"
 EXPORT_FILE = "export.json"
+#: in best/ when the final model is an ensemble: its members (folders under best/) and their weights
+ENSEMBLE_FILE = "ensemble.json"
+MEMBERS_DIR = "members"
 FLASH, LIGHTNING = "flash", "lightning"
 #: the run's own records, logged to its MLflow parent run at the end (with the CSVs and the report)
 LOGGED_FILES = (CONFIG_FILE, JOURNAL_FILE, INSPECTION_FILE, METRICS_FILE)
@@ -200,6 +203,9 @@ class EscalationResult(_Record):
     better: bool
     verdict: TierVerdict | None = None
     template_config: dict | None = None
+    #: the template settings naming the Flash model's weights the warm-start trial started from
+    #: (``escalation/warm_start/``) and that trial's number (its retries' too); empty: a random head
+    warm_start: dict = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, values: dict | None):
@@ -211,7 +217,31 @@ class EscalationResult(_Record):
             values["better"],
             TierVerdict.from_json(values.get("verdict")),
             values.get("template_config"),
+            values.get("warm_start") or {},
         )
+
+    def best_start(self) -> dict:
+        """The settings the best trial started from (``init_head``, ``init_backbone``): empty unless
+        it was the warm-start trial and that one started from the Flash model."""
+        settings = {key: value for key, value in self.warm_start.items() if key != "trials"}
+        return settings if self.tier.best_trial in self.warm_start.get("trials", ()) else {}
+
+
+@dataclass
+class EnsembleResult(_Record):
+    """The ensemble stage: whether the ensemble of the candidates is the final model, why, each
+    candidate (``name``, ``kind``: the chosen trial's tier, ``head`` or ``tfidf``; ``trial``, ``params``,
+    ``weight``, ``score`` on the selection split, ``cv_mean``/``cv_std`` for heads) and the evidence
+    (``scores``: the ensemble on the whole split, cross-fitted ensemble and single model, gain, resolution)."""
+
+    kept: bool
+    why: str
+    members: list = field(default_factory=list)
+    scores: dict = field(default_factory=dict)
+
+    def chosen(self) -> list[dict]:
+        """The members the final model uses (weight above zero), when the ensemble is kept."""
+        return [member for member in self.members if member.get("weight")] if self.kept else []
 
 
 @dataclass
@@ -241,6 +271,7 @@ STAGE_RESULTS = {
     "tune": StudyResult,
     "verdict": TierVerdict,
     "escalate": EscalationResult,
+    "ensemble": EnsembleResult,
     "finalise": FinalModel,
 }
 
@@ -350,6 +381,9 @@ class Summary(_Record):
     notes: list = field(default_factory=list)
     holdout: dict = field(default_factory=dict)  # where the test split came from (automl.data.holdout)
     refit: str = ""  # what the refit on train+val did
+    # the ensemble stage (EnsembleResult's fields), and when kept the best single member on the test
+    # split and the prediction time per example of both
+    ensemble: dict = field(default_factory=dict)
     # the final model in MLflow (flat in the file too)
     model_uri: str | None = None
     tracking_uri: str | None = None

@@ -199,7 +199,8 @@ class Trainers:
                     tuning.Deadline(self.deadline)
                 ]
             trained = fit.train_head(config, served, out, features, self.target.metric, callbacks, logger)
-            return tuning.TrialOutcome(trained.best_score, trained.checkpoint, trained.best_epoch)
+            extra = self._cross_validate(config, features) if trained.checkpoint else {}
+            return tuning.TrialOutcome(trained.best_score, trained.checkpoint, trained.best_epoch, extra=extra)
         epochs = config.epochs
         config, head = self._warm_head(config, served, out)
         # after a head trained on cached features for the first epochs, the lines count on from them
@@ -215,6 +216,42 @@ class Trainers:
         if size is not None and size.seconds:
             self.correction = max(0.2, min(5.0, self.correction * (time.time() - started) / size.seconds))
         return tuning.TrialOutcome(trained.best_score, trained.checkpoint, trained.best_epoch)
+
+    def rebuild_head(self, number: int, params: dict) -> str | None:
+        """Head trial ``number``'s checkpoint again: the same fit on the same cached features (seconds).
+        The study may choose a head by its cross-validated score that was not the best on validation,
+        whose checkpoint ``keep_only_best`` removed."""
+        from automl.flash import fit
+
+        config = self.config.fit_config(**params)
+        served = fit.data_for(config, self.datamodule)
+        features = self.features.get(config, served)
+        out = self.run_dir / "trials" / str(number)
+        return fit.train_head(config, served, out, features, self.target.metric).checkpoint
+
+    def _cross_validate(self, config, features) -> dict:
+        """A head's score over k folds of train+val (``automl.flash.heads``): what ranks the heads,
+        where one validation split cannot (its ``value`` stays the validation score, the yardstick
+        a fine-tuning trial is compared on). Seconds; recorded as the trial's ``cv_*`` attributes."""
+        import torch
+
+        from automl import tuning
+        from automl.flash import heads
+
+        x = torch.cat([features.train, features.val])
+        y = torch.cat([features.train_targets, features.val_targets])
+        folds = heads.cross_validate(
+            x,
+            y,
+            len(self.datamodule.labels),
+            config.weight_decay,
+            self.target.metric,
+            config.label_smoothing,
+            seed=self.config.seed,
+        )
+        if not folds.scores:
+            return {}
+        return {tuning.CV_MEAN: folds.mean, tuning.CV_STD: folds.std, tuning.CV_FOLDS: len(folds.scores)}
 
     def _warm_head(self, config, served, out: Path):
         """``freeze_unfreeze:K``: the K frozen epochs train only the head, on the same inputs each
@@ -258,17 +295,40 @@ class Trainers:
 
     def _check_time_for_features(self, config, served) -> None:
         """With a budget, a backbone (or input size) that has not run over the data yet is a trial like
-        a fine-tune: its pass may take at most half the tuning time left, so that the heads on features
-        already cached, a second each, keep the other half rather than wait behind one new pass."""
+        a fine-tune, with one exception. A backbone's first look (no trial of it finished yet: the
+        probes enqueued right after the baseline) may take all the tuning time left, so that every
+        backbone of the search is looked at before the penalties and fine-tunes use the time; one that
+        does not fit even so is skipped, and said. Another input size of a backbone already seen may
+        take half the tuning time left, so that the heads on features already cached, a second each,
+        keep the other half rather than wait behind one new pass.
+
+        First, the feature cache hears the input sizes the search's backbones run at: each image file
+        is decoded once and cropped for all of them, so a later backbone's pass does not read it again."""
         from automl import tuning
 
+        if self.config.modality == "image":
+            self.features.plan_images({self.config.image_size, *self.flash_tuner.space.image_sizes}, self.say)
         if self.budget is None or self.features.has(config, served) or self.flash_tuner.best_trial() is None:
             return  # the first model trains whatever the budget says: without it there is nothing to judge
         examples = len(served.train_samples) + len(served.val_samples)
         needed = self.features.measure(config, served) * examples
+        size = f" at {config.image_size} px" if self.config.modality == "image" else ""
+        seen = any(
+            t.state.name == "COMPLETE" and t.params.get("backbone") == config.backbone
+            for t in self.flash_tuner.study.get_trials(deepcopy=False)
+        )
+        if not seen:
+            left = max(0.0, self.search.tuning_deadline() - time.time())
+            if needed > left:
+                skipped = (
+                    f"{config.backbone} skipped: its pass over the data{size} would take about "
+                    f"{minutes(needed)}, {minutes(left)} is left"
+                )
+                self.say(skipped)
+                raise tuning.NoTimeForTrial(skipped)
+            return
         allowance = self.budget.trial_allowance(self.search.tuning_deadline())
         if needed > allowance:
-            size = f" at {config.image_size} px" if self.config.modality == "image" else ""
             raise tuning.NoTimeForTrial(
                 f"{config.backbone}{size} would need about {minutes(needed)} to run over the data, "
                 f"more than the {minutes(allowance)} a trial may take now"

@@ -19,15 +19,19 @@ from automl.errors import DataError
 from automl.run_folder import (
     BEST_DIR,
     CHECKPOINT_FILE,
+    ENSEMBLE_FILE,
+    FLASH,
     INSPECTION_FILE,
     LABELS_FILE,
     LIGHTNING,
     LOGGED_FILES,
+    MEMBERS_DIR,
     PREDICTIONS_FILE,
     PREPROCESSING_FILE,
     TEMPLATE_CONFIG_FILE,
     TEST_PREDICTIONS_FILE,
     DataReport,
+    EnsembleResult,
     EscalationResult,
     FinalModel,
     ModelTier,
@@ -127,12 +131,16 @@ def run_study(
         raise DataError(
             f"No {lines.role} trial finished with a score; see the reasons in {search.run_dir / study_file('flash')}."
         )
+    checkpoint = best.user_attrs["checkpoint"] if best else None
+    rebuild = tuner is search.flash_tuner and best is not None and tuner.space.head_only(best.params)
+    if checkpoint and not Path(checkpoint).exists() and rebuild:  # chosen by its cross-validated score
+        checkpoint = search.trainers.rebuild_head(best.number, best.params)
     result = StudyResult(
         study=tuner.study.study_name,
         best_trial=best.number if best else None,
         score=best.value if best else None,  # None: no trial finished (e.g. the budget ran out)
         params=best.params if best else {},
-        checkpoint=best.user_attrs["checkpoint"] if best else None,
+        checkpoint=checkpoint,
         stopped=why,
         trials=len(summary),
     )
@@ -254,16 +262,41 @@ def write_predictions(path: Path, inputs, targets, probabilities, labels: list[s
 # --------------------------------------------------------------------------- escalate
 def escalate(search: Search, flash: StudyResult, template, lines: TrialLines) -> tuple[EscalationResult, StudyRun]:
     """The Lightning tier: a second study over the template, warm-started from the best Flash
-    parameters, under what is left of the budget; its best model judged when it beats the Flash tier."""
+    parameters, under what is left of the budget; its best model judged when it beats the Flash tier.
+    The warm-start trial also starts from the best Flash model's weights (``escalation.train.warm_start``):
+    its head, and its backbone unless that stayed the pretrained one (frozen), so its first epoch
+    starts at the Flash score rather than at chance."""
     from automl import tuning
     from automl.search import search_space
-    from escalation.train import predict_validation
+    from escalation.train import WARM_START_DIR, predict_validation, warm_start
 
     trainers = search.trainers
     space = search_space(search.config, LIGHTNING)
     tuner = search.tuner(f"{search.name}-{LIGHTNING}", space)
-    train = search.life.tracked(LIGHTNING, trainers.lightning(template))
-    tuner.enqueue_baseline(tuning.warm_start_params(space, flash.params), role="warm start")
+    warm = tuning.warm_start_params(space, flash.params)
+    frozen = search.config.pretrained and str(flash.params.get("strategy")) == "freeze"
+    start = warm_start(
+        template,
+        flash.checkpoint,
+        search.config.to_dict(),
+        warm,
+        search.target.metric,
+        search.datamodule.labels,
+        search.run_dir / "escalation" / WARM_START_DIR,
+        backbone=not frozen,
+    )
+    lines.say(f"{lines.prefix}: {start.note}")
+    tracked = search.life.tracked(LIGHTNING, trainers.lightning(template))
+
+    def warm_trials() -> list[int]:  # the enqueued warm-start trial, and any retry of it
+        return [t.number for t in tuner.study.get_trials(deepcopy=False) if t.user_attrs.get("role") == "warm start"]
+
+    def train(number: int, params: dict, callbacks: list):
+        if start.settings and number in warm_trials():
+            params = {**params, **start.settings}  # logged with the trial's parameters
+        return tracked(number, params, callbacks)
+
+    tuner.enqueue_baseline({**warm, **start.params}, role="warm start")
     trials = search.config.escalation_trials or search.config.trials
     study = run_study(search, tuner, train, trials, lines, "escalate", trainers.escalation_deadline())
     write_study(search.run_dir / study_file(LIGHTNING), study.summary)
@@ -271,6 +304,8 @@ def escalate(search: Search, flash: StudyResult, template, lines: TrialLines) ->
     score = lightning.score
     better = score is not None and (score > flash.score if search.target.maximize else score < flash.score)
     result = EscalationResult(lightning, str(template.folder), better)
+    if start.settings:
+        result.warm_start = {**start.settings, "trials": warm_trials()}
     if better:
         config = trainers.template_config(lightning.params, lightning.best_trial, template)
         targets, probabilities, ids = predict_validation(template, lightning.checkpoint, config, search.datamodule)
@@ -279,9 +314,107 @@ def escalate(search: Search, flash: StudyResult, template, lines: TrialLines) ->
     return result, study
 
 
+# --------------------------------------------------------------------------- ensemble
+#: the ensemble's name for the chosen trial's model (best/ itself)
+CHOSEN = "chosen"
+
+
+def ensemble(search: Search, tier: str, best: StudyResult, say: Say) -> EnsembleResult:
+    """Caruana's greedy ensemble (``automl.ensemble``) of the chosen model, the best head on cached
+    features of each other backbone and input size (refitted here in a second each) and, for texts, a
+    TF-IDF + logistic regression, on the selection split; kept only when its gain is more than that
+    split resolves. ``finalise`` builds the kept one into best/."""
+    import numpy as np
+    import pandas as pd
+
+    from automl import ensemble as ens
+    from automl.flash import fit, heads
+
+    config, datamodule, labels = search.config, search.datamodule, search.datamodule.labels
+    if not config.ensemble:
+        return EnsembleResult(False, "off (--no-ensemble)")
+    targets = np.array([t for _, t in datamodule.val_samples])
+    frame = pd.read_csv(search.run_dir / tier_predictions_file(tier), keep_default_na=False)
+    truth = np.array([labels.index(str(value)) for value in frame["true"]])
+    if len(truth) != len(targets) or not np.array_equal(truth, targets):
+        return EnsembleResult(False, "the chosen model's validation predictions are not in the split's order")
+    probabilities = {CHOSEN: frame[[f"p_{label}" for label in labels]].to_numpy(dtype=np.float64)}
+    members = {CHOSEN: {"name": CHOSEN, "kind": tier, "trial": best.best_trial, "params": best.params}}
+    for trial in head_candidates(search, tier, best):
+        fit_config = config.fit_config(**trial.params)
+        features = search.features.get(fit_config, fit.data_for(fit_config, datamodule))
+        head = heads.fit_linear(
+            features.train, features.train_targets, len(labels), fit_config.weight_decay, fit_config.label_smoothing
+        )
+        name = f"head #{trial.number}"
+        probabilities[name] = head.probabilities(features.val).astype(np.float64)
+        members[name] = {
+            "name": name,
+            "kind": "head",
+            "trial": trial.number,
+            "params": trial.params,
+            "cv_mean": trial.user_attrs.get("cv_mean"),
+            "cv_std": trial.user_attrs.get("cv_std"),
+        }
+    if config.modality == "text" and datamodule.train_samples:
+        texts, train_targets = zip(*datamodule.train_samples, strict=True)
+        tfidf = ens.TfidfMember.fit(list(texts), list(train_targets), labels, config.seed)
+        probabilities[ens.TFIDF_MEMBER] = tfidf.probabilities([text for text, _ in datamodule.val_samples])
+        members[ens.TFIDF_MEMBER] = {"name": ens.TFIDF_MEMBER, "kind": "tfidf", "trial": None, "params": {}}
+    target = search.target
+    decision = ens.decide(probabilities, targets, target.metric, target.maximize, config.seed)
+    rows = [
+        {**member, "weight": decision.weights.get(name, 0.0), "score": decision.single_scores.get(name)}
+        for name, member in members.items()
+    ]
+    scores = {
+        "ensemble": decision.ensemble_score,
+        "crossfit_ensemble": decision.crossfit_ensemble,
+        "crossfit_single": decision.crossfit_single,
+        "gain": decision.gain,
+        "resolution": decision.resolution,
+        "examples": len(targets),
+    }
+    weights = ", ".join(f"{name} {weight:.2f}" for name, weight in decision.weights.items())
+    outcome = "kept" if decision.kept else "not kept"
+    say(f"{len(members)} candidate(s), greedy weights {weights}: {outcome}, {decision.why}")
+    return EnsembleResult(decision.kept, decision.why, rows, scores)
+
+
+def head_candidates(search: Search, tier: str, best: StudyResult) -> list:
+    """The best head on cached features (by cross-validated score) of each backbone and input size,
+    but the chosen trial's own when the chosen trial is such a head."""
+    tuner = search.flash_tuner
+    size = "image_size" if search.config.modality == "image" else "max_length"
+
+    def group(params: dict) -> tuple:
+        return params.get("backbone"), params.get(size)
+
+    complete = [
+        t
+        for t in tuner.study.get_trials(deepcopy=False)
+        if t.state.name == "COMPLETE" and t.value is not None and tuner.space.head_only(t.params)
+    ]
+    skip = group(best.params) if tier != LIGHTNING and tuner.space.head_only(best.params) else None
+    sign = 1.0 if search.target.maximize else -1.0
+    chosen: dict[tuple, object] = {}
+    for trial in complete:
+        key = group(trial.params)
+        rank = sign * (trial.user_attrs.get("cv_mean") if trial.user_attrs.get("cv_mean") is not None else trial.value)
+        if key != skip and (key not in chosen or rank > chosen[key][0]):
+            chosen[key] = (rank, trial)
+    return [trial for _, trial in chosen.values()]
+
+
 # --------------------------------------------------------------------------- finalise
 def finalise(
-    search: Search, tier: str, best: StudyResult, verdict: TierVerdict, template: str | None, say: Say
+    search: Search,
+    tier: str,
+    best: StudyResult,
+    verdict: TierVerdict,
+    template: str | None,
+    say: Say,
+    ensembled: EnsembleResult | None = None,
 ) -> FinalModel:
     """best/ (the final model, whichever tier, refitted on train+val when it can be), its verdict on the
     test split, metrics.json, the MLflow artifacts and model, the report. ``verdict``: the chosen
@@ -291,6 +424,8 @@ def finalise(
 
     run_dir, config, datamodule = search.run_dir, search.config, search.datamodule
     best_dir = run_dir / BEST_DIR
+    (best_dir / ENSEMBLE_FILE).unlink(missing_ok=True)  # a resumed run's earlier ensemble
+    shutil.rmtree(best_dir / MEMBERS_DIR, ignore_errors=True)
     if tier == "flash":
         fit_config = config.fit_config(**best.params)
         try:
@@ -320,8 +455,16 @@ def finalise(
     # and a path there is code that `automl predict` runs only with --trust-checkpoint
     ModelTier(tier, template).write(best_dir)
     shutil.copy2(run_dir / tier_predictions_file(tier), run_dir / PREDICTIONS_FILE)
+    single = judge_test(search, tier, best_dir, verdict, refit_note, template) if ensembled else None
+    if ensembled is not None and ensembled.kept:
+        build_ensemble(search, best_dir, tier, best, ensembled, say)
+        say(f"the ensemble of {len(ensembled.chosen())} members is the final model")
     final = judge_test(search, tier, best_dir, verdict, refit_note, template)
     say(f"verdict on the {final.split} split: {final.outcome}")
+    ensemble_facts = ensembled.to_json() if ensembled is not None else {}
+    if ensembled is not None and ensembled.kept and single is not None:
+        ensemble_facts.update(single_test_score=single.score, single_test_split=single.split)
+        ensemble_facts.update(prediction_seconds(search, best_dir, template))
     summary = Summary(
         target=str(search.target),
         verdict=final.verdict,
@@ -343,6 +486,7 @@ def finalise(
         notes=final.notes,
         holdout=search.holdout.to_json(),
         refit=refit_note,
+        ensemble=ensemble_facts,
     )
     folder = RunFolder(run_dir)
     folder.write_summary(summary)
@@ -357,6 +501,86 @@ def finalise(
     for path in sorted(run_dir.glob("*.csv")) + [run_dir / n for n in (*LOGGED_FILES, *report)]:
         tracker.log_artifact(parent, path)
     return model
+
+
+def build_ensemble(search: Search, best_dir: Path, tier: str, best: StudyResult, ensembled: EnsembleResult, say: Say):
+    """best/ becomes the ensemble: its own model is the chosen member; each other member goes under
+    best/members/ (heads and the TF-IDF model refitted on train+val when the run refits, as the
+    chosen one is; their weights stay those chosen on validation); ensemble.json lists them."""
+    import torch
+
+    from automl import ensemble as ens
+    from automl.flash import fit, heads
+
+    config, datamodule, labels = search.config, search.datamodule, search.datamodule.labels
+    both = config.refit and search.holdout.source != NONE
+    entries = []
+    for member in ensembled.chosen():
+        name, weight = member["name"], member["weight"]
+        if member["kind"] == "tfidf":
+            samples = datamodule.train_samples + (datamodule.val_samples if both else [])
+            folder = best_dir / MEMBERS_DIR / ens.TFIDF_MEMBER
+            texts, targets = zip(*samples, strict=True)
+            ens.TfidfMember.fit(list(texts), list(targets), labels, config.seed).save(folder)
+            entries.append(
+                {"name": name, "kind": "tfidf", "folder": str(folder.relative_to(best_dir)), "weight": weight}
+            )
+            continue
+        head_only = tier != LIGHTNING and search.flash_tuner.space.head_only(member["params"])
+        fit_config = config.fit_config(**member["params"])
+        shares = frozen_backbone(fit_config) if head_only else None
+        if name == CHOSEN:
+            entries.append({"name": name, "kind": tier, "folder": ".", "weight": weight, "shares": shares})
+            continue
+        served = fit.data_for(fit_config, datamodule)
+        features = search.features.get(fit_config, served)
+        x = torch.cat([features.train, features.val]) if both else features.train
+        y = torch.cat([features.train_targets, features.val_targets]) if both else features.train_targets
+        head = heads.fit_linear(x, y, len(labels), fit_config.weight_decay, fit_config.label_smoothing)
+        torch.manual_seed(fit_config.seed)  # --no-pretrained: the random backbone the features came from
+        model = fit.build_model(fit_config, labels)
+        model.head.load_state_dict(head.state_dict())
+        checkpoint = search.run_dir / "ensemble" / f"trial-{member['trial']}.ckpt"
+        fit.save_checkpoint(model, checkpoint, 0)
+        folder = best_dir / MEMBERS_DIR / f"trial-{member['trial']}"
+        fit.save_best(folder, str(checkpoint), served, fit_config)
+        ModelTier(FLASH, None).write(folder)
+        entries.append(
+            {
+                "name": name,
+                "kind": "head",
+                "folder": str(folder.relative_to(best_dir)),
+                "weight": weight,
+                "shares": shares,
+            }
+        )
+    write_json(best_dir / ENSEMBLE_FILE, {"members": entries, "why": ensembled.why})
+
+
+def frozen_backbone(config: FitConfig) -> str:
+    """What makes two heads on cached features share their backbone's forward pass."""
+    from automl.backbones import default_backbone
+
+    size = config.image_size if config.task == "image_classification" else config.max_length
+    return f"{default_backbone(config)}|{config.weights}|{config.pretrained}|{size}"
+
+
+def prediction_seconds(search: Search, best_dir: Path, template: str | None) -> dict:
+    """Seconds per example of the ensemble and of its best single member, on up to 32 test (else
+    validation) inputs, one batch each after a warm-up."""
+    from automl.evaluate import probabilities
+    from automl.predict import Predictor
+
+    samples = (search.datamodule.test_samples or search.datamodule.val_samples)[:32]
+    inputs = [item for item, _ in samples]
+    timings = {}
+    for key, members in (("ensemble_seconds_per_example", True), ("single_seconds_per_example", False)):
+        predictor = Predictor.load_folder(best_dir, template is not None, template=template, members=members)
+        probabilities(predictor, inputs[:2])
+        started = time.perf_counter()
+        probabilities(predictor, inputs)
+        timings[key] = (time.perf_counter() - started) / max(len(inputs), 1)
+    return timings
 
 
 def refit(search: Search, best: StudyResult, config: FitConfig) -> tuple[str | None, str]:

@@ -110,7 +110,7 @@ def keep_only_best(trials_dir: Path, number: int, score: float, maximize: bool) 
 
 
 class TrialLines:
-    """What a person reads about the trials of one stage: ``[3/6] tuning: trial 7/20 (#6), best 0.913,
+    """What a person reads about the trials of one stage: ``[3/7] tuning: trial 7/20 (#6), best 0.913,
     6m left`` as each starts, a line with its result when it ends (``run.log``; stderr when it is no
     terminal), and who is running the trials it waits for."""
 

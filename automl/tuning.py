@@ -31,6 +31,23 @@ UNNAMED_TRIAL_SECONDS = 10
 HEARTBEAT_SECONDS = 30  # a shared database's running trials say they are alive this often
 
 
+def chosen(trials: list, maximize: bool):
+    """The trial a study chooses: heads on cached features ranked by their cross-validated mean
+    (:data:`CV_MEAN`; one validation split cannot rank candidates a few points apart), then the best
+    head against the best other trial (a fine-tune, which has one split only) on the validation split
+    they share. Trials without a cross-validated score (every one of the Lightning tier) by their value."""
+    complete = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None]
+    if not complete:
+        return None
+    pick = max if maximize else min
+    heads = [t for t in complete if t.user_attrs.get(CV_MEAN) is not None]
+    others = [t for t in complete if t.user_attrs.get(CV_MEAN) is None]
+    finalists = [pick(others, key=lambda t: (t.value, -t.number))] if others else []
+    if heads:
+        finalists.append(pick(heads, key=lambda t: (t.user_attrs[CV_MEAN], t.value, -t.number)))
+    return pick(finalists, key=lambda t: (t.value, -t.number))
+
+
 @dataclass
 class TrialOutcome:
     """What one training run gives back to the study."""
@@ -43,6 +60,9 @@ class TrialOutcome:
 
 
 TrainFn = Callable[[int, dict, list], TrialOutcome]
+#: a head trial's score over k folds of train+val (``automl.search.Trainers``), its spread and its
+#: number of folds: user attributes of its trial
+CV_MEAN, CV_STD, CV_FOLDS = "cv_mean", "cv_std", "cv_folds"
 
 
 # --------------------------------------------------------------------------- search space
@@ -536,8 +556,8 @@ class Tuner:
         return recovered
 
     def best_trial(self):
-        complete = [t for t in self.study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-        return self.study.best_trial if complete else None
+        """The study's choice (:func:`chosen`), None before any trial completed."""
+        return chosen(self.study.get_trials(deepcopy=False), self.study.direction.name == "MAXIMIZE")
 
     def enqueue_baseline(self, params: dict, role: str = BASELINE) -> None:
         """Trial 0 runs ``params`` (once per study, however often the run resumes): the Flash-tier
@@ -575,6 +595,9 @@ class Tuner:
                     or trial.user_attrs.get("pruned_reason")
                     or retried.get(trial.number),
                     "params": trial.params,
+                    # a head's cross-validated score and spread (empty for other trials)
+                    CV_MEAN: trial.user_attrs.get(CV_MEAN),
+                    CV_STD: trial.user_attrs.get(CV_STD),
                 }
             )
         return rows
@@ -703,6 +726,8 @@ class Tuner:
             finally:
                 # measured on the same clock as the deadline; the budget logic uses it
                 trial.set_user_attr("seconds", time.time() - started)
+            for key, value in outcome.extra.items():
+                trial.set_user_attr(key, value)
             if outcome.checkpoint:
                 trial.set_user_attr("checkpoint", outcome.checkpoint)
             if outcome.best_epoch is not None:

@@ -563,6 +563,8 @@ def _automl_run(task: str, split: HeldOut, budget: str, extra: list[str]) -> dic
         "reported_test_scores": {k: v for k, v in metrics.items() if k.startswith("test_")},
         "reported_holdout": holdout,
         "tier": metrics.get("tier"),
+        # the ensemble stage: kept or not and why; when kept, its best single member on the same test split
+        "ensemble": _ensemble_facts(metrics.get("ensemble") or {}),
         "seconds": round(seconds, 1),
         **run_facts(metrics_path.parent, budget, wall),
         "command": " ".join(command[1:]),
@@ -570,6 +572,23 @@ def _automl_run(task: str, split: HeldOut, budget: str, extra: list[str]) -> dic
     }
     _slim(output)
     return facts
+
+
+def _ensemble_facts(ensemble: dict) -> dict:
+    if not ensemble:
+        return {}
+    return {
+        "kept": ensemble.get("kept"),
+        "why": ensemble.get("why"),
+        "weights": {m["name"]: m["weight"] for m in ensemble.get("members", []) if m.get("weight")},
+        "candidates_selection_accuracy": {m["name"]: m.get("score") for m in ensemble.get("members", [])},
+        "best_single_member_test_accuracy": ensemble.get("single_test_score"),
+        "seconds_per_example": {
+            "ensemble": ensemble.get("ensemble_seconds_per_example"),
+            "best_single": ensemble.get("single_seconds_per_example"),
+        },
+        "selection_evidence": ensemble.get("scores"),
+    }
 
 
 def _slim(output: Path) -> None:

@@ -11,7 +11,7 @@ import yaml
 
 from automl.errors import ConfigError
 from automl.run_folder import FLASH, LIGHTNING, RunFolder
-from escalation.train import EJECTED_PACKAGE, load_template, template_config
+from escalation.train import EJECTED_PACKAGE, WARM_START_DIR, load_template, template_config
 
 
 @dataclass
@@ -33,8 +33,10 @@ def eject(run_dir: str | Path, destination: str | Path, force: bool = False) -> 
     config = folder.config()
     monitor = parse_target(summary.target).metric
     escalated = journal.result("escalate")
+    start = {}  # the best trial's init_head / init_backbone files, when it was the warm start
     if escalated:
         tier, params, expected = LIGHTNING, escalated.tier.params, escalated.tier.score
+        start = escalated.best_start()
     else:
         # never escalated: the template starts from the best Flash-tier parameters it shares
         from automl.tuning import SearchSpace
@@ -49,11 +51,20 @@ def eject(run_dir: str | Path, destination: str | Path, force: bool = False) -> 
     destination.mkdir(parents=True, exist_ok=True)
     package = destination / EJECTED_PACKAGE
     shutil.copytree(template.source, package, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+    copied = []
+    for setting, path in start.items():  # relative to the project: train.py runs from its folder
+        source = run_dir / "escalation" / WARM_START_DIR / Path(path).name  # wherever the run folder is now
+        if not source.is_file():
+            raise ConfigError(f"'{source}', which the best Lightning-tier trial started from ({setting}), is gone.")
+        copied.append(f"{WARM_START_DIR}/{source.name}")
+        (destination / WARM_START_DIR).mkdir(exist_ok=True)
+        shutil.copy2(source, destination / copied[-1])
+        params = {**params, setting: copied[-1]}
     project_config = template_config(config, params, "outputs", monitor, template)
     (destination / "config.yaml").write_text(yaml.safe_dump(project_config, sort_keys=False))
     (destination / "README.md").write_text(_readme(run_dir, project_config, monitor, expected, tier))
     files = [f"{EJECTED_PACKAGE}/{p.name}" for p in sorted(package.glob("*.py"))]
-    return EjectedProject(destination, [*files, "config.yaml", "README.md"], monitor, expected, tier)
+    return EjectedProject(destination, [*files, *copied, "config.yaml", "README.md"], monitor, expected, tier)
 
 
 def _readme(run_dir: Path, config: dict, monitor: str, expected: float | None, tier: str) -> str:
@@ -64,6 +75,11 @@ def _readme(run_dir: Path, config: dict, monitor: str, expected: float | None, t
         else "The run met its target with the Flash tier, so this template was never trained by it; "
         "config.yaml starts from the Flash tier's best parameters."
     )
+    if config.get("init_head"):
+        score += (
+            f" That trial was the warm start: it started from the Flash tier's best model, whose weights are in "
+            f"`{WARM_START_DIR}/` (`init_head`, `init_backbone`); set them to `null` to start from a random head."
+        )
     settings = "\n".join(f"| `{key}` | `{value}` |" for key, value in config.items())
     return f"""# Lightning-tier project ejected from `{run_dir}`
 

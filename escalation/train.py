@@ -25,6 +25,10 @@ TEMPLATE_DIR = Path(__file__).parent / "template"
 TEMPLATE_API = ("TemplateConfig", "fit", "make_datamodule", "model_class")
 #: the package's folder inside an ejected project
 EJECTED_PACKAGE = "template"
+#: the folder (in the run's escalation/ and in an ejected project) of the weights the warm-start trial starts from
+WARM_START_DIR = "warm_start"
+#: the template's settings that name them, and the part of the model each one is
+WARM_START_PARTS = {"init_head": "head", "init_backbone": "backbone"}
 #: Keys copied from the run's configuration (data, devices) into the template's.
 RUN_KEYS = (
     "task",
@@ -134,6 +138,85 @@ def template_config(
     values.update({key: value for key, value in params.items() if key in keys})
     values.update(monitor=monitor, output_dir=str(output_dir))
     return template.config(values).to_dict()
+
+
+@dataclass
+class WarmStart:
+    """Where the Lightning tier's warm-start trial starts: ``settings`` name the files of the Flash
+    model's weights it starts from (empty: a random head, as every other trial), ``params`` are what it
+    must share with that model for them to fit, ``note`` says which in one line."""
+
+    settings: dict
+    params: dict
+    note: str
+
+
+def warm_start(
+    template: Template,
+    checkpoint: str | None,
+    run: dict,
+    params: dict,
+    monitor: str,
+    labels: list[str],
+    folder: Path,
+    backbone: bool,
+) -> WarmStart:
+    """The best Flash-tier model's head (and its backbone too when ``backbone``: it is not the pretrained
+    one the template builds) written to ``folder`` as state dicts, for the template's ``init_head`` and
+    ``init_backbone``. ``run``, ``params`` and ``monitor`` make the warm-start trial's configuration
+    (``template_config``), from which the template's model is built once (random weights) to check that
+    the files fit; when they do not (another backbone, an edited head, a template without the settings),
+    the trial starts as any other, and the note says why."""
+    try:
+        return _warm_start(
+            template, checkpoint, template_config(run, params, folder, monitor, template), labels, folder, backbone
+        )
+    except Exception as error:  # an edited template that breaks here fails its own trials, not the stage
+        shutil.rmtree(folder, ignore_errors=True)
+        return _random_head(f"the template's model does not take the Flash tier's best one ({_first_line(error)})")
+
+
+def _warm_start(template: Template, checkpoint, config: dict, labels, folder: Path, backbone: bool) -> WarmStart:
+    import torch
+
+    from automl import checkpoints
+
+    keys = template.package.TemplateConfig.keys()
+    if "init_head" not in keys:
+        return _random_head("the template has no init_head setting (an edited copy of an older one)")
+    if not checkpoint or not Path(checkpoint).exists():
+        return _random_head(f"the Flash tier's best checkpoint ({checkpoint}) is gone")
+    saved = checkpoints.load(checkpoint)
+    hyper_parameters, state = saved.get("hyper_parameters", {}), saved.get("state_dict", {})
+    if hyper_parameters.get("backbone") != config["backbone"]:
+        return _random_head(
+            f"the Flash tier's best model has the backbone {hyper_parameters.get('backbone')}, this trial "
+            f"{config['backbone']}"
+        )
+    params = {}
+    if "pooling" in hyper_parameters and "pooling" in keys:  # texts: the head reads the pooled encoder output
+        params["pooling"] = hyper_parameters["pooling"]
+    parts = ["init_head", *(["init_backbone"] if backbone and "init_backbone" in keys else [])]
+    folder.mkdir(parents=True, exist_ok=True)
+    settings = {}
+    for setting in parts:
+        prefix = f"{WARM_START_PARTS[setting]}."
+        path = folder / f"{WARM_START_PARTS[setting]}.pt"
+        torch.save({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}, path)
+        settings[setting] = str(path)
+    trial = template.config({**config, **params, **settings, "pretrained": False})
+    template.model_class(trial)(trial, list(labels))  # raises when the files do not fit its model
+    what = "model (head and backbone)" if "init_backbone" in settings else "head (on the same pretrained backbone)"
+    return WarmStart(settings, params, f"the warm-start trial starts from the Flash tier's best {what}")
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _random_head(why: str) -> WarmStart:
+    return WarmStart({}, {}, f"the warm-start trial starts from a random head: {why}")
 
 
 def predict_validation(template: Template, checkpoint: str | Path, config: dict, samples=None):

@@ -252,6 +252,14 @@ class WordCounter:
     def probabilities(self, batch):
         return torch.cat([3.0 - batch, batch - 3.0], dim=1).softmax(dim=-1)
 
+    def prepare(self, text):  # as Predictor: one input readied, or DataError
+        from automl.predict import _text
+
+        return _text(text)
+
+    def batch_probabilities(self, ready):
+        return self.probabilities(self.encode(ready))
+
 
 def test_probabilities_are_batched_and_an_unreadable_input_is_left_out(tmp_path):
     texts = ["one", "", "four words in here", 7, "two words", "a b c d e f"]

@@ -17,7 +17,7 @@ from automl import pipeline, search
 from automl.progress import RUN_LOG
 
 EPOCH_LINE = re.compile(r"^trial #(\d+) epoch (\d+)/(\d+): (.*) \(\d+\.\d+s\)$")
-TRIAL_LINE = re.compile(r"^\[[23]/6\] (baseline|tuning): trial #(\d+) complete in \d+s: val_accuracy=[\d.]+; .*$")
+TRIAL_LINE = re.compile(r"^\[[23]/7\] (baseline|tuning): trial #(\d+) complete in \d+s: val_accuracy=[\d.]+; .*$")
 
 
 def run_command(images, output, study: str, trials: int = 3) -> list[str]:
@@ -70,7 +70,7 @@ def test_with_stderr_in_a_file_each_epoch_and_trial_is_one_plain_line_also_in_ru
     stages = [line for line in lines if line.startswith("[")]
     assert progress and [line for line in logged if line in progress] == progress
     assert [line for line in logged if line in stages] == stages
-    assert "[4/6] verdict: val_accuracy" in "\n".join(logged)
+    assert "[4/7] verdict: val_accuracy" in "\n".join(logged)
 
 
 def test_on_a_terminal_the_live_bar_stays_and_run_log_still_gets_the_lines(images, tmp_path):
@@ -106,7 +106,7 @@ def test_on_a_terminal_the_live_bar_stays_and_run_log_still_gets_the_lines(image
     logged = logged_lines(tmp_path / "terminal")
     assert sum(1 for line in logged if EPOCH_LINE.match(line)) >= 2
     assert sum(1 for line in logged if TRIAL_LINE.match(line)) == 2
-    assert any(line.startswith("[1/6] inspect:") for line in logged)
+    assert any(line.startswith("[1/7] inspect:") for line in logged)
 
 
 def test_a_baseline_that_uses_up_the_budget_says_so_in_the_tuning_line(images, tmp_path, tracking_uri, monkeypatch):
@@ -127,9 +127,9 @@ def test_a_baseline_that_uses_up_the_budget_says_so_in_the_tuning_line(images, t
     config = tiny_run_config(images, tmp_path, tracking_uri=tracking_uri, trials=4, time_budget="60s")
     result = pipeline.run(config, progress=False, report=lines.append)
 
-    (tuning,) = [line for line in lines if line.startswith("[3/6] tuning: ")]
+    (tuning,) = [line for line in lines if line.startswith("[3/7] tuning: ")]
     assert re.fullmatch(
-        r"\[3/6\] tuning: no time left after the baseline \(\d+s of the 60s budget spent; "
+        r"\[3/7\] tuning: no time left after the baseline \(\d+s of the 60s budget spent; "
         r"tuning may use 36s of it, the rest is the escalation's\)",
         tuning,
     ), lines
@@ -144,7 +144,7 @@ def test_a_study_whose_trials_are_done_says_who_did_them(images, tmp_path, track
     config = tiny_run_config(images, tmp_path, tracking_uri=tracking_uri, trials=1)
     first, again = [], []
     pipeline.run(config, progress=False, report=first.append)
-    assert "[3/6] tuning: no new trial: --trials 1 is reached with the baseline" in first, first
+    assert "[3/7] tuning: no new trial: --trials 1 is reached with the baseline" in first, first
 
     pipeline.run(config, progress=False, report=again.append)
-    assert "[3/6] tuning: no new trial: 1 of 1 trials finished in earlier runs or by other workers" in again, again
+    assert "[3/7] tuning: no new trial: 1 of 1 trials finished in earlier runs or by other workers" in again, again

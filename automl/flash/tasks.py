@@ -199,8 +199,13 @@ class ImageClassifier(ClassificationTask):
         """What a datamodule should do to images for this model (its ``configure``)."""
         return {"mean": self.normalization[0], "std": self.normalization[1]}
 
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The backbone's output, which the head maps to logits (what ensemble members that share a
+        frozen backbone compute once)."""
+        return self.backbone(images)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(images))
+        return self.head(self.features(images))
 
 
 class TextClassifier(ClassificationTask):
@@ -244,12 +249,14 @@ class TextClassifier(ClassificationTask):
         """What a datamodule should do to texts for this model (its ``configure``)."""
         return {"tokenizer": self.tokenizer_source, "max_length": self.max_length}
 
-    def forward(self, encoded: dict) -> torch.Tensor:
+    def features(self, encoded: dict) -> torch.Tensor:
+        """The pooled encoder output, which the head maps to logits."""
         hidden = self.backbone(**encoded).last_hidden_state
         if self.pooling == "cls":
-            pooled = hidden[:, 0]
-        else:
-            # Mean over real tokens only: how sentence-transformers models were trained.
-            mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        return self.head(pooled)
+            return hidden[:, 0]
+        # Mean over real tokens only: how sentence-transformers models were trained.
+        mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+
+    def forward(self, encoded: dict) -> torch.Tensor:
+        return self.head(self.features(encoded))

@@ -80,6 +80,7 @@ def collect(run_dir: str | Path) -> dict:
         },
         "metrics": summary.scores,
         "test_metrics": summary.test_scores,
+        "ensemble": summary.ensemble or {},
         "model": summary.model(),
         "data": folder.inspection(),
         "tiers": tiers(journal),
@@ -192,8 +193,9 @@ def study_facts(folder: RunFolder, config: dict, journal: Journal) -> dict:
         path = folder / study_file(tier)
         if path.exists():
             frame = pd.read_csv(path, keep_default_na=False)  # parameter values such as "None" stay text
-            for column in ("value", "seconds"):  # empty for a failed trial, which made the column text
-                frame[column] = pd.to_numeric(frame[column], errors="coerce")
+            for column in ("value", "seconds", "cv_mean", "cv_std"):  # empty cells made the column text
+                if column in frame:
+                    frame[column] = pd.to_numeric(frame[column], errors="coerce")
             studies[tier] = json.loads(frame.to_json(orient="records"))
     importances = {}
     try:

@@ -46,6 +46,8 @@ class TemplateConfig:
     pretrained: bool = True
     weights: str | None = None  # a local weights file or folder, instead of the packaged or cached ones
     dropout: float = 0.1  # before the head's linear layer
+    init_head: str | None = None  # a state dict (.pt) of make_head's head to start from; None: a random one
+    init_backbone: str | None = None  # a state dict (.pt) of the backbone to start from; None: the pretrained one
 
     # ------------------------------------------------------------------ the recipe
     epochs: int = 10

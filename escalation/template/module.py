@@ -19,6 +19,7 @@ from torchvision.transforms import v2
 
 from automl.backbones import create_image_backbone, create_text_backbone
 from automl.checkpoints import plain
+from automl.errors import ConfigError
 from automl.metrics import VAL_LOSS, build_metric_collection
 
 from .config import TemplateConfig
@@ -27,6 +28,27 @@ from .config import TemplateConfig
 def make_head(num_features: int, num_classes: int, dropout: float) -> nn.Module:
     """The classification head. Change it here (e.g. add a hidden layer) and escalation uses it."""
     return nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, num_classes))
+
+
+def load_start(part: nn.Module, path: str, setting: str) -> None:
+    """``part``'s tensors replaced by the state dict saved at ``path`` (the ``init_head`` or
+    ``init_backbone`` setting): it must hold every tensor of ``part``, each of the same shape."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"{setting} is '{path}', which does not exist.") from None
+    own = part.state_dict()
+    differences = [f"{key} is missing" for key in own if key not in state]
+    differences += [f"{key} has no place in it" for key in state if key not in own]
+    differences += [
+        f"{key} is {tuple(state[key].shape)}, the model's {tuple(own[key].shape)}"
+        for key in own
+        if key in state and state[key].shape != own[key].shape
+    ]
+    if differences:
+        more = f" (and {len(differences) - 3} more)" if len(differences) > 3 else ""
+        raise ConfigError(f"{setting} '{path}' does not fit this model: {'; '.join(differences[:3])}{more}.")
+    part.load_state_dict(state)
 
 
 class Classifier(pl.LightningModule):
@@ -39,6 +61,12 @@ class Classifier(pl.LightningModule):
         self.labels = list(labels)
         self.backbone, num_features = self.make_backbone()
         self.head = make_head(num_features, len(self.labels), config.dropout)
+        # where training starts: saved weights when the config names them (automl's warm-start trial:
+        # the Flash tier's best model), else the pretrained backbone and a random head
+        if config.init_backbone:
+            load_start(self.backbone, config.init_backbone, "init_backbone")
+        if config.init_head:
+            load_start(self.head, config.init_head, "init_head")
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
         self.val_metrics = build_metric_collection(len(self.labels), prefix="val_")
@@ -63,7 +91,10 @@ class Classifier(pl.LightningModule):
         return inputs, targets
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["hyper_parameters"] = plain(checkpoint.get("hyper_parameters", {}))
+        hyper_parameters = plain(checkpoint.get("hyper_parameters", {}))
+        if "config" in hyper_parameters:  # it holds its own weights: loading it reads no other file
+            hyper_parameters["config"].update(init_head=None, init_backbone=None)
+        checkpoint["hyper_parameters"] = hyper_parameters
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch, batch_idx: int):
@@ -136,7 +167,9 @@ class ImageClassifier(Classifier):
 
     def make_backbone(self) -> tuple[nn.Module, int]:
         config = self.config
-        built = create_image_backbone(config.backbone, pretrained=config.pretrained, weights=config.weights)
+        # init_backbone replaces every tensor: no pretrained weights to read first
+        pretrained = config.pretrained and not config.init_backbone
+        built = create_image_backbone(config.backbone, pretrained=pretrained, weights=config.weights)
         return built.model, built.num_features
 
     def mix(self, inputs, targets):
@@ -161,7 +194,8 @@ class ImageClassifier(Classifier):
 class TextClassifier(Classifier):
     def make_backbone(self) -> tuple[nn.Module, int]:
         config = self.config
-        built = create_text_backbone(config.backbone, pretrained=config.pretrained, weights=config.weights)
+        pretrained = config.pretrained and not config.init_backbone  # init_backbone replaces every tensor
+        built = create_text_backbone(config.backbone, pretrained=pretrained, weights=config.weights)
         return built.model.train(), built.hidden_size
 
     def features(self, inputs) -> torch.Tensor:

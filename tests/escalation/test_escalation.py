@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -13,6 +14,7 @@ import optuna
 import pandas as pd
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 from conftest import TINY_IMAGE_BACKBONE, tiny_run_config
 
@@ -36,13 +38,18 @@ def escalated(tmp_path_factory, images, tracking_uri):
     """One run whose target is unreachable: it escalates. Shared by the tests that read it."""
     output = tmp_path_factory.mktemp("escalated")
     lines = []
-    result = pipeline.run(config(images, output, tracking_uri), progress=False, report=lines.append)
+    # no test split: an ejected project reads and splits the data itself, without the run's test split
+    # (it trains on those examples too), so only then does it train on exactly what the run's trial did
+    run = config(images, output, tracking_uri, test_split=0.0)
+    result = pipeline.run(run, progress=False, report=lines.append)
     return result, output, lines
 
 
 def test_a_missed_target_escalates_from_the_best_flash_parameters(escalated, tracking_uri):
     result, output, lines = escalated
-    assert result.exit_code == pipeline.EXIT_MISSED and result.verdict["outcome"].startswith("missed after escalation")
+    # missed by whichever tier was better (the warm-started Lightning tier may beat the Flash tier)
+    assert result.exit_code == pipeline.EXIT_MISSED and result.verdict["outcome"].startswith("missed")
+    assert any("missed after escalation" in line for line in lines)
     storage = f"sqlite:///{output / 'optuna.db'}"
     flash = optuna.load_study(study_name=result.run_dir.name, storage=storage)
     lightning = optuna.load_study(study_name=f"{result.run_dir.name}-lightning", storage=storage)
@@ -64,11 +71,22 @@ def test_a_missed_target_escalates_from_the_best_flash_parameters(escalated, tra
     better = lightning.best_value < flash.best_value  # the loss: lower is better
     assert metrics["tier"] == ("lightning" if better else "flash") == result.tier
     assert metrics["model_uri"] == f"runs:/{journal['mlflow_run_id']}/model"  # whichever tier won
-    assert any(line.startswith("[5/6] escalate") for line in lines)
+    assert any(re.match(r"\[5/\d\] escalate", line) for line in lines)
 
     tracker = tracking.Tracker(tracking_uri, output / "artifacts")
     children = tracker.runs(journal["mlflow_run_id"])
     assert sorted(c.data.tags["tier"] for c in children) == ["flash", "flash", "lightning", "lightning"]
+
+    # the warm-start trial alone started from the best Flash model, its backbone too (not pretrained here)
+    started = escalation["warm_start"]
+    assert started["trials"] == [first.number]
+    assert started["init_head"] == str(result.run_dir / "escalation" / "warm_start" / "head.pt")
+    assert Path(started["init_head"]).is_file() and Path(started["init_backbone"]).is_file()
+    said = [line.partition(": ")[2] for line in lines if "warm-start trial" in line]
+    assert said == ["the warm-start trial starts from the Flash tier's best model (head and backbone)"]
+    logged = {c.data.tags["trial"]: c.data.params for c in children if c.data.tags["tier"] == "lightning"}
+    assert logged[str(first.number)]["init_head"] == started["init_head"]
+    assert all("init_head" not in params for trial, params in logged.items() if trial != str(first.number))
 
 
 def test_eject_writes_a_project_whose_train_py_reproduces_the_score(escalated, tmp_path):
@@ -76,7 +94,20 @@ def test_eject_writes_a_project_whose_train_py_reproduces_the_score(escalated, t
     project = tmp_path / "project"
     ejected = CliRunner().invoke(cli, ["eject", str(result.run_dir), "--to", str(project)])
     assert ejected.exit_code == 0, ejected.output
-    assert sorted(p.name for p in project.iterdir()) == ["README.md", "config.yaml", "template"]
+    journal = json.loads((result.run_dir / "journal.json").read_text())
+    escalation = journal["stages"]["escalate"]["result"]
+    # the best trial was the warm start: the project starts from the same Flash weights, in warm_start/
+    warm = escalation["tier"]["best_trial"] in escalation["warm_start"]["trials"]
+    assert sorted(p.name for p in project.iterdir()) == ["README.md", "config.yaml", "template"] + (
+        ["warm_start"] if warm else []
+    )
+    settings = yaml.safe_load((project / "config.yaml").read_text())
+    if warm:
+        assert (settings["init_head"], settings["init_backbone"]) == ("warm_start/head.pt", "warm_start/backbone.pt")
+        copied = (project / "warm_start" / "head.pt").read_bytes()
+        assert copied == Path(escalation["warm_start"]["init_head"]).read_bytes()
+    else:
+        assert settings["init_head"] is None and settings["init_backbone"] is None
     assert sorted(p.name for p in (project / "template").iterdir()) == [
         "__init__.py",
         "__main__.py",
@@ -85,8 +116,7 @@ def test_eject_writes_a_project_whose_train_py_reproduces_the_score(escalated, t
         "module.py",
         "train.py",
     ]
-    journal = json.loads((result.run_dir / "journal.json").read_text())
-    expected = journal["stages"]["escalate"]["result"]["tier"]["score"]
+    expected = escalation["tier"]["score"]
     assert (
         f"{expected:.4f}" in ejected.output
         and "python -m template --config config.yaml" in (project / "README.md").read_text()
@@ -136,10 +166,21 @@ def test_an_edited_template_is_used_for_the_escalation(escalated, tmp_path, imag
             ),
         )
     )
+    lines = []
     run = pipeline.run(
         config(images, tmp_path / "out", tracking_uri, template=str(project), trials=1, escalation_trials=1),
         progress=False,
+        report=lines.append,
     )
+    # the Flash tier's one-layer head does not fit it: the warm-start trial starts from a random head
+    (said,) = [line.partition(": ")[2] for line in lines if "warm-start trial" in line]
+    assert said.startswith(
+        "the warm-start trial starts from a random head: the template's model does not take the "
+        "Flash tier's best one (init_head "
+    )
+    assert "does not fit this model: 3.weight is missing; 3.bias is missing; 1.weight is (3, " in said
+    journal = json.loads((run.run_dir / "journal.json").read_text())
+    assert journal["stages"]["escalate"]["result"]["warm_start"] == {}
     lightning = optuna.load_study(
         study_name=f"{run.run_dir.name}-lightning", storage=f"sqlite:///{tmp_path / 'out' / 'optuna.db'}"
     )
@@ -187,6 +228,7 @@ def test_the_webhook_hears_run_start_each_stage_and_run_end(webhook, tmp_path, i
         ("stage_end", "baseline"),
         ("stage_end", "tune"),
         ("stage_end", "verdict"),
+        ("stage_end", "ensemble"),
         ("stage_end", "finalise"),
         ("run_end", None),
     ]
