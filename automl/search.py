@@ -325,7 +325,7 @@ class Trainers:
                     f"{minutes(needed)}, {minutes(left)} is left"
                 )
                 self.say(skipped)
-                raise tuning.NoTimeForTrial(skipped)
+                raise tuning.SkipTrial(skipped)  # the other backbones' passes and the cheap heads go on
             return
         allowance = self.budget.trial_allowance(self.search.tuning_deadline())
         if needed > allowance:

@@ -119,6 +119,8 @@ def run_study(
         note = f"{note}; then only heads on cached features, as {tuner.cheap_because}"
     if tuner.out_of_time:
         note = f"{note} ({tuner.out_of_time})"
+    for skipped in tuner.skipped:
+        note += "" if skipped in note else f"; {skipped}"
     if new == 0 and why in ("budget", "trials"):
         note = why_no_new_trial(search, tuner, why, trials, before, stage_name, deadline)
         lines.say(f"{lines.prefix}: {note}")

@@ -218,6 +218,11 @@ class NoTimeForTrial(Exception):
     closed unused (not counted) and the study stops for the budget."""
 
 
+class SkipTrial(NoTimeForTrial):
+    """This trial's backbone cannot even run over the data once in the time left (its first look):
+    closed unused like any trial that does not fit, and kept in ``Tuner.skipped`` for the stage's note."""
+
+
 class SurplusTrial(Exception):
     """Raised for a trial another worker made unnecessary; it is closed unused and not counted."""
 
@@ -448,6 +453,7 @@ class Tuner:
         self.uses_pruning = not isinstance(self.study.pruner, optuna.pruners.NopPruner)
         self.stop = StopRequest()  # the run installs it as the SIGINT handler
         self.out_of_time: str | None = None  # why a trial could not fit the time budget left
+        self.skipped: list[str] = []  # trials skipped alone (SkipTrial), and why
         self.sized_trials = False  # the training function fits each trial to the time left
         #: when a trial does not fit the time left: the fixed part of cheaper trials to run instead
         #: (e.g. a head on cached features), or None to stop
@@ -664,6 +670,9 @@ class Tuner:
             )
             started += 1
             if self.out_of_time:
+                if fell_back and any(t.state.name == "WAITING" for t in self.study.get_trials(deepcopy=False)):
+                    self.out_of_time = None  # the trials queued already (another backbone, a penalty) may fit
+                    continue
                 cheaper = None if fell_back or self.cheaper is None else self.cheaper()
                 if cheaper is None:
                     return "budget"
@@ -716,6 +725,8 @@ class Tuner:
             except NoTimeForTrial as late:
                 trial.set_user_attr("surplus", True)  # closed unused: it never trained
                 self.out_of_time = str(late)
+                if isinstance(late, SkipTrial):
+                    self.skipped.append(str(late))
                 raise optuna.TrialPruned(str(late)) from late  # quietly: nothing failed
             except optuna.TrialPruned as pruned:
                 trial.set_user_attr("pruned_reason", str(pruned))

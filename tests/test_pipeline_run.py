@@ -468,6 +468,42 @@ def test_a_backbone_whose_pass_would_not_fit_the_tuning_time_left_is_skipped_and
     assert any(line.startswith("[3/7] tuning: from now on only heads on cached features: test_eff") for line in lines)
 
 
+def test_two_backbones_skipped_for_time_leave_the_queued_heads_to_run(tmp_path, images, tracking_uri, monkeypatch):
+    """Both other backbones' first passes would not fit: each is skipped and said, and the study goes
+    on with the penalties queued after them (a second skip used to end the tuning stage)."""
+    from automl import budget
+    from automl.flash.features import FeatureCache
+
+    real = FeatureCache.measure
+
+    def measure(self, config, datamodule):
+        cost = real(self, config, datamodule)
+        if config.backbone == TINY_IMAGE_BACKBONE:
+            return cost
+        return budget.TUNE_SHARE * 600 * 1.2 / (len(datamodule.train_samples) + len(datamodule.val_samples))
+
+    monkeypatch.setattr(FeatureCache, "measure", measure)
+    lines = []
+    config = run_config(
+        images,
+        tmp_path,
+        tracking_uri,
+        trials=6,  # the baseline, then five probes queued: two backbones and three penalties
+        time_budget="10m",
+        backbones=(TINY_IMAGE_BACKBONE, "test_efficientnet", "test_convnext"),
+    )
+    result = pipeline.run(config, progress=False, report=lines.append)
+
+    study = pd.read_csv(result.run_dir / "study.csv")
+    trained = study[study["state"] == "COMPLETE"]
+    assert len(trained) == 6 and set(trained["param_backbone"]) == {TINY_IMAGE_BACKBONE}
+    assert {1e-2, 1e-1, 1.0} <= set(trained["param_weight_decay"].round(6))  # the queued penalties ran
+    (tune,) = [stage for stage in result.stages if stage.stage == "tune"]
+    for name in ("test_efficientnet", "test_convnext"):
+        assert any(line.startswith(f"{name} skipped: its pass over the data") for line in lines), lines
+        assert f"{name} skipped" in tune.note, tune.note
+
+
 def test_text_max_length_follows_the_data_unless_given(text_csv, tmp_path):
     from automl.flash import fit
 
