@@ -96,9 +96,15 @@ class Search:
     def finish_reserve(self) -> float:
         """Seconds a run needs after its last trial, kept out of the trials' time: judging the chosen
         trial on validation (up to three passes, with test-time augmentation), the final model on the
-        test split, and :data:`FINISH_SECONDS` for the MLflow model and the report."""
+        test split (an ensemble's members too), and :data:`FINISH_SECONDS` for the MLflow model and the
+        report."""
         forward = self.features.forward_seconds(self.config.fit_config()) or 0.0
-        examples = 3 * len(self.datamodule.val_samples) + len(self.datamodule.test_samples)
+        test = len(self.datamodule.test_samples)
+        examples = 3 * len(self.datamodule.val_samples) + test
+        if self.config.ensemble:
+            # a kept ensemble: its best single member judged alone too, the other backbones over the test
+            # split, and 2 x 34 examples timed (its heads and a TF-IDF model fit in seconds)
+            examples += test * len(self.flash_tuner.space.backbones) + 68
         return forward * examples + FINISH_SECONDS
 
     def tuning_deadline(self) -> float | None:

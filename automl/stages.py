@@ -457,7 +457,8 @@ def finalise(
     # and a path there is code that `automl predict` runs only with --trust-checkpoint
     ModelTier(tier, template).write(best_dir)
     shutil.copy2(run_dir / tier_predictions_file(tier), run_dir / PREDICTIONS_FILE)
-    single = judge_test(search, tier, best_dir, verdict, refit_note, template) if ensembled else None
+    kept = ensembled is not None and ensembled.kept
+    single = judge_test(search, tier, best_dir, verdict, refit_note, template) if kept else None
     if ensembled is not None and ensembled.kept:
         build_ensemble(search, best_dir, tier, best, ensembled, say)
         say(f"the ensemble of {len(ensembled.chosen())} members is the final model")

@@ -413,6 +413,11 @@ def test_with_a_budget_the_baseline_and_a_probe_per_backbone_train_heads_on_cach
     assert list(first["param_strategy"]) == ["freeze", "freeze"]
     assert list(first["param_backbone"]) == [TINY_IMAGE_BACKBONE, "test_efficientnet"]
     assert set(first["state"]) == {"COMPLETE"}
+    # each head is also scored over 5 folds of train+val, which ranks them (issue 24, item 1)
+    assert first["cv_mean"].between(0, 1).all() and first["cv_std"].notna().all()
+    # and the ensemble stage looked at the other backbone's head beside the chosen model
+    ensemble = json.loads((result.run_dir / "metrics.json").read_text())["ensemble"]
+    assert {m["kind"] for m in ensemble["members"]} >= {"head"} and ensemble["why"]
     # one pass of each backbone over the data, shared by every head-only trial
     assert len(list((result.run_dir / "features").glob("*.pt"))) == 2
     fine_tunes = study[study["param_strategy"] != "freeze"]

@@ -213,3 +213,27 @@ def test_each_probe_runs_after_the_baseline_once_per_study(tmp_path):
     assert [t.user_attrs["role"] for t in trials] == [tuning.BASELINE, tuning.PROBE, tuning.PROBE]
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3  # a sibling probe is no duplicate
     assert [p["learning_rate"] for _, p in train.calls] == [2e-3, 1e-3, 3e-3]
+
+
+def test_the_study_chooses_heads_by_their_cross_validated_score_then_compares_on_validation():
+    """One validation split cannot rank heads a few points apart: the head with the best mean over the
+    folds is the candidate, however it happened to score on validation; it then meets the best
+    fine-tune on the validation split they share (issue 24, item 1)."""
+    import optuna
+
+    from automl.tuning import CV_MEAN, CV_STD, chosen
+
+    def trial(number: int, value: float, cv: float | None = None):
+        attrs = {} if cv is None else {CV_MEAN: cv, CV_STD: 0.01}
+        made = optuna.trial.create_trial(value=value, params={}, distributions={}, user_attrs=attrs)
+        made.number = number
+        return made
+
+    lucky, steady = trial(0, 0.83, cv=0.85), trial(1, 0.82, cv=0.86)
+    assert chosen([lucky, steady], maximize=True) is steady
+    finetune = trial(2, 0.825)
+    assert chosen([lucky, steady, finetune], maximize=True) is finetune  # 0.825 > the chosen head's 0.82
+    assert chosen([lucky, steady, trial(3, 0.81)], maximize=True) is steady
+    assert chosen([trial(4, 0.5), trial(5, 0.7)], maximize=True).number == 5  # no heads: by value
+    assert chosen([trial(6, 0.4, cv=0.3), trial(7, 0.3, cv=0.2)], maximize=False).number == 7  # a loss
+    assert chosen([], maximize=True) is None
