@@ -185,6 +185,7 @@ class Trainers:
         self.flash_tuner = search.flash_tuner
         self.correction = 1.0  # real / estimated time of the last fine-tuning trial
         self.step_costs: dict[tuple[str, int], float | None] = {}  # measured training step, by (backbone, size)
+        self.skipped: dict[str, str] = {}  # backbones whose first pass did not fit the time left, and why
 
     def flash(self, number: int, params: dict, callbacks: list, logger):
         from automl import tuning
@@ -316,6 +317,8 @@ class Trainers:
             self.features.plan_images({self.config.image_size, *self.flash_tuner.space.image_sizes}, self.say)
         if self.budget is None or self.features.has(config, served) or self.flash_tuner.best_trial() is None:
             return  # the first model trains whatever the budget says: without it there is nothing to judge
+        if config.backbone in self.skipped:  # its penalty probes, or the search proposing it again
+            raise tuning.SkipTrial(self.skipped[config.backbone])
         examples = len(served.train_samples) + len(served.val_samples)
         needed = self.features.measure(config, served) * examples
         size = f" at {config.image_size} px" if self.config.modality == "image" else ""
@@ -331,6 +334,7 @@ class Trainers:
                     f"{minutes(needed)}, {minutes(left)} is left"
                 )
                 self.say(skipped)
+                self.skipped[config.backbone] = skipped
                 raise tuning.SkipTrial(skipped)  # the other backbones' passes and the cheap heads go on
             return
         allowance = self.budget.trial_allowance(self.search.tuning_deadline())
@@ -571,20 +575,22 @@ def as_head(params: dict, config: RunConfig) -> dict:
 
 def probe_params(config: RunConfig, space, baseline: dict, penalties: bool = True) -> list[dict]:
     """Heads on cached features to run after the baseline: every other backbone of the search (at
-    its native size), then, when ``penalties``, the baseline's backbone with a few stronger penalties
-    (unless ``--weight-decay`` was given)."""
+    its native size), then, when ``penalties``, each backbone's head with a few stronger penalties
+    (unless ``--weight-decay`` was given), the baseline's backbone first: a second each once the
+    features exist, and what a cross-validated logistic regression would choose among per backbone."""
     from automl.flash.features import PROBE_WEIGHT_DECAYS
 
     sizes = native_sizes(config, space.backbones)
     first = as_head(baseline, config)
-    probes = []
+    heads = [first]
     for name in space.backbones:
         if name != baseline["backbone"]:
-            probes.append({**first, "backbone": name})
+            heads.append({**first, "backbone": name})
             if "image_size" in first:
-                probes[-1]["image_size"] = sizes.get(name, baseline["image_size"])
+                heads[-1]["image_size"] = sizes.get(name, baseline["image_size"])
+    probes = heads[1:]
     if penalties and config.weight_decay == _DEFAULT_WEIGHT_DECAY:
-        probes += [{**first, "weight_decay": penalty} for penalty in PROBE_WEIGHT_DECAYS]
+        probes += [{**head, "weight_decay": penalty} for head in heads for penalty in PROBE_WEIGHT_DECAYS]
     return probes
 
 
