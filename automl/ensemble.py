@@ -190,6 +190,20 @@ class TfidfMember:
         vocabulary = {term: int(index) for term, index in vectorizer.vocabulary_.items()}
         return cls(vocabulary, vectorizer.idf_, full, bias, labels)
 
+    @classmethod
+    def out_of_fold(cls, texts: list[str], targets, labels: list[str], seed: int = 0) -> np.ndarray:
+        """Each text's probabilities from the member fitted on the other folds (``flash.heads.fold_indices``,
+        the folds the heads are cross-validated on)."""
+        from automl.flash.heads import CV_FOLDS, fold_indices
+
+        targets = np.asarray(targets)
+        found = np.zeros((len(texts), len(labels)), dtype=np.float64)
+        for test in fold_indices(targets, CV_FOLDS, seed):
+            train = np.setdiff1d(np.arange(len(texts)), test)
+            member = cls.fit([texts[i] for i in train], targets[train], labels, seed)
+            found[test] = member.probabilities([texts[i] for i in test])
+        return found
+
     def _vectorizer(self):
         from sklearn.feature_extraction.text import TfidfVectorizer
 

@@ -324,8 +324,9 @@ CHOSEN = "chosen"
 def ensemble(search: Search, tier: str, best: StudyResult, say: Say) -> EnsembleResult:
     """Caruana's greedy ensemble (``automl.ensemble``) of the chosen model, the best head on cached
     features of each other backbone and input size (refitted here in a second each) and, for texts, a
-    TF-IDF + logistic regression, on the selection split; kept only when its gain is more than that
-    split resolves. ``finalise`` builds the kept one into best/."""
+    TF-IDF + logistic regression; kept only when its gain is more than the selection data resolves.
+    That data is the validation split, or, when the chosen model is a head too, out-of-fold
+    predictions over train+val (five times as many examples). ``finalise`` builds the kept one into best/."""
     import numpy as np
     import pandas as pd
 
@@ -335,21 +336,9 @@ def ensemble(search: Search, tier: str, best: StudyResult, say: Say) -> Ensemble
     config, datamodule, labels = search.config, search.datamodule, search.datamodule.labels
     if not config.ensemble:
         return EnsembleResult(False, "off (--no-ensemble)")
-    targets = np.array([t for _, t in datamodule.val_samples])
-    frame = pd.read_csv(search.run_dir / tier_predictions_file(tier), keep_default_na=False)
-    truth = np.array([labels.index(str(value)) for value in frame["true"]])
-    if len(truth) != len(targets) or not np.array_equal(truth, targets):
-        return EnsembleResult(False, "the chosen model's validation predictions are not in the split's order")
-    probabilities = {CHOSEN: frame[[f"p_{label}" for label in labels]].to_numpy(dtype=np.float64)}
     members = {CHOSEN: {"name": CHOSEN, "kind": tier, "trial": best.best_trial, "params": best.params}}
     for trial in head_candidates(search, tier, best):
-        fit_config = config.fit_config(**trial.params)
-        features = search.features.get(fit_config, fit.data_for(fit_config, datamodule))
-        head = heads.fit_linear(
-            features.train, features.train_targets, len(labels), fit_config.weight_decay, fit_config.label_smoothing
-        )
         name = f"head #{trial.number}"
-        probabilities[name] = head.probabilities(features.val).astype(np.float64)
         members[name] = {
             "name": name,
             "kind": "head",
@@ -358,11 +347,60 @@ def ensemble(search: Search, tier: str, best: StudyResult, say: Say) -> Ensemble
             "cv_mean": trial.user_attrs.get("cv_mean"),
             "cv_std": trial.user_attrs.get("cv_std"),
         }
+    texts = [text for text, _ in datamodule.train_samples + datamodule.val_samples]
     if config.modality == "text" and datamodule.train_samples:
-        texts, train_targets = zip(*datamodule.train_samples, strict=True)
-        tfidf = ens.TfidfMember.fit(list(texts), list(train_targets), labels, config.seed)
-        probabilities[ens.TFIDF_MEMBER] = tfidf.probabilities([text for text, _ in datamodule.val_samples])
         members[ens.TFIDF_MEMBER] = {"name": ens.TFIDF_MEMBER, "kind": "tfidf", "trial": None, "params": {}}
+    probabilities: dict[str, np.ndarray] = {}
+    if tier != LIGHTNING and search.flash_tuner.space.head_only(best.params):
+        # every candidate is a head (or TF-IDF): out-of-fold predictions over train+val, on the folds
+        # that ranked the heads, resolve far more than the validation split alone
+        split = "out-of-fold predictions over train+val"
+        for name, member in members.items():
+            if member["kind"] == "tfidf":
+                continue
+            fit_config = config.fit_config(**member["params"])
+            features = search.features.get(fit_config, fit.data_for(fit_config, datamodule))
+            x, y = _cat(features.train, features.val), _cat(features.train_targets, features.val_targets)
+            folds = heads.cross_validate(
+                x,
+                y,
+                len(labels),
+                fit_config.weight_decay,
+                search.target.metric,
+                fit_config.label_smoothing,
+                seed=config.seed,
+            )
+            probabilities[name] = folds.out_of_fold.astype(np.float64)
+        targets = y.numpy()
+        if ens.TFIDF_MEMBER in members:
+            probabilities[ens.TFIDF_MEMBER] = ens.TfidfMember.out_of_fold(texts, targets, labels, config.seed)
+    else:
+        split = "the validation split"
+        targets = np.array([t for _, t in datamodule.val_samples])
+        frame = pd.read_csv(search.run_dir / tier_predictions_file(tier), keep_default_na=False)
+        truth = np.array([labels.index(str(value)) for value in frame["true"]])
+        if len(truth) != len(targets) or not np.array_equal(truth, targets):
+            return EnsembleResult(False, "the chosen model's validation predictions are not in the split's order")
+        probabilities[CHOSEN] = frame[[f"p_{label}" for label in labels]].to_numpy(dtype=np.float64)
+        for name, member in members.items():
+            if member["kind"] == "head":
+                fit_config = config.fit_config(**member["params"])
+                features = search.features.get(fit_config, fit.data_for(fit_config, datamodule))
+                head = heads.fit_linear(
+                    features.train,
+                    features.train_targets,
+                    len(labels),
+                    fit_config.weight_decay,
+                    fit_config.label_smoothing,
+                )
+                probabilities[name] = head.probabilities(features.val).astype(np.float64)
+            elif member["kind"] == "tfidf":
+                train_texts, train_targets = (
+                    texts[: len(datamodule.train_samples)],
+                    [t for _, t in datamodule.train_samples],
+                )
+                tfidf = ens.TfidfMember.fit(train_texts, train_targets, labels, config.seed)
+                probabilities[name] = tfidf.probabilities(texts[len(datamodule.train_samples) :])
     target = search.target
     decision = ens.decide(probabilities, targets, target.metric, target.maximize, config.seed)
     rows = [
@@ -376,10 +414,11 @@ def ensemble(search: Search, tier: str, best: StudyResult, say: Say) -> Ensemble
         "gain": decision.gain,
         "resolution": decision.resolution,
         "examples": len(targets),
+        "split": split,
     }
     weights = ", ".join(f"{name} {weight:.2f}" for name, weight in decision.weights.items())
     outcome = "kept" if decision.kept else "not kept"
-    say(f"{len(members)} candidate(s), greedy weights {weights}: {outcome}, {decision.why}")
+    say(f"{len(members)} candidate(s) on {len(targets)} {split}, greedy weights {weights}: {outcome}, {decision.why}")
     return EnsembleResult(decision.kept, decision.why, rows, scores)
 
 

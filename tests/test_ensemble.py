@@ -198,3 +198,15 @@ def test_predict_serve_the_mlflow_model_and_export_give_the_ensembles_probabilit
     tensors = torch.stack([raw.image_tensor(path) for path in images]).numpy()
     np.testing.assert_allclose(session.run(None, {"images": tensors})[0], expected, atol=1e-4)
     assert json.loads((ensemble_run / "best" / "export.json").read_text())["ensemble"][1]["weight"] == 0.5
+
+
+def test_the_tfidf_members_out_of_fold_predictions_come_from_models_that_never_saw_them():
+    texts = [f"{word} film number {i}" for i, word in enumerate(["good", "bad"] * 20)]
+    targets = np.array([1, 0] * 20)
+    found = ens.TfidfMember.out_of_fold(texts, targets, ["neg", "pos"], seed=0)
+    assert found.shape == (40, 2) and np.allclose(found.sum(axis=1), 1.0)
+    assert (found.argmax(axis=1) == targets).mean() > 0.9
+    # a text whose only informative word is unique to it is left at what the other folds say
+    lone = texts + ["unheardof"]
+    again = ens.TfidfMember.out_of_fold(lone, np.append(targets, 1), ["neg", "pos"], seed=0)
+    assert abs(again[-1, 1] - 0.5) < 0.2
