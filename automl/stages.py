@@ -40,6 +40,7 @@ from automl.run_folder import (
     Summary,
     TierVerdict,
     TrialResult,
+    read_json,
     study_file,
     tier_predictions_file,
     write_json,
@@ -773,7 +774,11 @@ def judge_test(
             f"{selection.score:.4f} there, outside the test split's 95% interval "
             f"{verdict.ci_low:.3f}-{verdict.ci_high:.3f}"
         )
-    outcome = f"{verdict.verdict} {_story(tier, selection)} on {verdict.examples} test examples: {describe(verdict)}"
+    story = _story(tier, selection)
+    if (best_dir / ENSEMBLE_FILE).exists():
+        members = len(read_json(best_dir / ENSEMBLE_FILE)["members"])
+        story += f" (an ensemble of {members} models around its chosen one)"
+    outcome = f"{verdict.verdict} {story} on {verdict.examples} test examples: {describe(verdict)}"
     return TierVerdict(
         **dataclasses.asdict(verdict),
         scores=selection.scores,

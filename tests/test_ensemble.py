@@ -133,6 +133,7 @@ def test_a_kept_ensemble_is_the_final_model_and_its_members_are_recorded(ensembl
     metrics = json.loads((ensemble_run / "metrics.json").read_text())
     assert metrics["ensemble"]["kept"] is True and metrics["ensemble"]["single_test_score"] is not None
     assert metrics["ensemble"]["ensemble_seconds_per_example"] > 0
+    assert "(an ensemble of 2 models around its chosen one)" in metrics["outcome"]
     predictor = Predictor.load(ensemble_run)
     assert isinstance(predictor, EnsemblePredictor) and len(predictor.members) == 2
     report = (ensemble_run / "report.html").read_text()
