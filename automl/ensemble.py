@@ -128,7 +128,7 @@ def decide(
         why = f"it does not beat the best single model (cross-fitted gain {gain:+.4f} {name})"
     else:
         why = f"its gain of {gain:.4f} {name} (cross-fitted) is within the {resolution:.4f}"
-    why += " the selection split resolves" if gain > 0 else ""
+    why += " these predictions resolve" if gain > 0 else ""
     return Decision(
         weights,
         kept,
