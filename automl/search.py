@@ -240,13 +240,10 @@ class Trainers:
         """A head's score over k folds of train+val (``automl.flash.heads``): what ranks the heads,
         where one validation split cannot (its ``value`` stays the validation score, the yardstick
         a fine-tuning trial is compared on). Seconds; recorded as the trial's ``cv_*`` attributes."""
-        import torch
-
         from automl import tuning
         from automl.flash import heads
 
-        x = torch.cat([features.train, features.val])
-        y = torch.cat([features.train_targets, features.val_targets])
+        x, y = features.labelled()
         folds = heads.cross_validate(
             x,
             y,

@@ -361,7 +361,7 @@ def ensemble(search: Search, tier: str, best: StudyResult, say: Say) -> Ensemble
                 continue
             fit_config = config.fit_config(**member["params"])
             features = search.features.get(fit_config, fit.data_for(fit_config, datamodule))
-            x, y = _cat(features.train, features.val), _cat(features.train_targets, features.val_targets)
+            x, y = features.labelled()
             folds = heads.cross_validate(
                 x,
                 y,
@@ -499,13 +499,13 @@ def finalise(
     shutil.copy2(run_dir / tier_predictions_file(tier), run_dir / PREDICTIONS_FILE)
     kept = ensembled is not None and ensembled.kept
     single = judge_test(search, tier, best_dir, verdict, refit_note, template) if kept else None
-    if ensembled is not None and ensembled.kept:
-        build_ensemble(search, best_dir, tier, best, ensembled, say)
+    if kept:
+        build_ensemble(search, best_dir, tier, ensembled)
         say(f"the ensemble of {len(ensembled.chosen())} members is the final model")
     final = judge_test(search, tier, best_dir, verdict, refit_note, template)
     say(f"verdict on the {final.split} split: {final.outcome}")
     ensemble_facts = ensembled.to_json() if ensembled is not None else {}
-    if ensembled is not None and ensembled.kept and single is not None:
+    if kept:
         ensemble_facts.update(single_test_score=single.score, single_test_split=single.split)
         ensemble_facts.update(prediction_seconds(search, best_dir, template))
     summary = Summary(
@@ -546,7 +546,7 @@ def finalise(
     return model
 
 
-def build_ensemble(search: Search, best_dir: Path, tier: str, best: StudyResult, ensembled: EnsembleResult, say: Say):
+def build_ensemble(search: Search, best_dir: Path, tier: str, ensembled: EnsembleResult) -> None:
     """best/ becomes the ensemble: its own model is the chosen member; each other member goes under
     best/members/ (heads and the TF-IDF model refitted on train+val when the run refits, as the
     chosen one is; their weights stay those chosen on validation); ensemble.json lists them."""
@@ -577,8 +577,7 @@ def build_ensemble(search: Search, best_dir: Path, tier: str, best: StudyResult,
             continue
         served = fit.data_for(fit_config, datamodule)
         features = search.features.get(fit_config, served)
-        x = torch.cat([features.train, features.val]) if both else features.train
-        y = torch.cat([features.train_targets, features.val_targets]) if both else features.train_targets
+        x, y = features.labelled() if both else (features.train, features.train_targets)
         head = heads.fit_linear(x, y, len(labels), fit_config.weight_decay, fit_config.label_smoothing)
         torch.manual_seed(fit_config.seed)  # --no-pretrained: the random backbone the features came from
         model = fit.build_model(fit_config, labels)
@@ -643,11 +642,8 @@ def refit(search: Search, best: StudyResult, config: FitConfig) -> tuple[str | N
     examples = len(datamodule.train_samples) + len(datamodule.val_samples)
     if search.flash_tuner.space.head_only(best.params):
         features = search.features.get(config, served)  # the study's cache: train and val, never test
-        both = dataclasses.replace(
-            features,
-            train=_cat(features.train, features.val),
-            train_targets=_cat(features.train_targets, features.val_targets),
-        )
+        x, y = features.labelled()
+        both = dataclasses.replace(features, train=x, train_targets=y)
         trained = fit.train_head(config, served, out, both, search.target.metric)
         if trained.checkpoint is None:
             return None, "kept the chosen trial's weights: the refitted head did not train"
@@ -706,12 +702,6 @@ def _best_epochs(checkpoint: str | None) -> int | None:
 
     found = re.search(r"best-epoch(\d+)", Path(checkpoint).name) if checkpoint else None
     return int(found.group(1)) + 1 if found else None
-
-
-def _cat(first, second):
-    import torch
-
-    return torch.cat([first, second])
 
 
 def _secs(started: float) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_IMAGE_BACKBONE, make_image_folder, multipart, post, serving
+from conftest import TINY_IMAGE_BACKBONE, make_image_folder, multipart, post, serving, tiny_run_config
 
 from automl import ensemble as ens
 from automl.flash.heads import cross_validate, fit_linear
@@ -90,22 +90,15 @@ def ensemble_run(tmp_path_factory):
     """A finished run whose final model is an ensemble of its chosen head and another backbone's head
     (the keep decision forced: on tiny, easy data every head is perfect and no ensemble is kept)."""
     from automl import pipeline
-    from automl.config import RunConfig
 
     root = tmp_path_factory.mktemp("ensemble-run")
     images = make_image_folder(root / "imgs", per_class=12)
-    config = RunConfig(
-        task="image_classification",
-        data=str(images),
-        output=str(root / "runs"),
-        target="accuracy>=0",
-        trials=3,
+    config = tiny_run_config(
+        images,
+        root / "runs",
         backbones=[TINY_IMAGE_BACKBONE, "test_efficientnet"],
-        pretrained=False,
+        epochs=5,
         batch_size=8,
-        image_size=32,
-        accelerator="cpu",
-        pruner="none",
         time_budget="5m",
         escalate=False,
     )

@@ -62,6 +62,11 @@ class Features:
     def num_features(self) -> int:
         return int(self.train.shape[1])
 
+    def labelled(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, targets) of train and val together, in that order: what a head's cross-validation
+        folds over and what a refit trains on."""
+        return torch.cat([self.train, self.val]), torch.cat([self.train_targets, self.val_targets])
+
 
 class FeatureCache:
     """Features by (backbone, weights, input size), in memory and, when ``folder`` is given, on disk
