@@ -280,23 +280,34 @@ class HeadClassifier(ClassificationTask):
         return loss + 0.5 * self.penalty * self.head.weight.pow(2).sum()
 
     def configure_optimizers(self):
-        return torch.optim.LBFGS(
-            self.head.parameters(),
-            lr=1.0,
-            max_iter=self.iterations,
-            history_size=20,
-            line_search_fn="strong_wolfe",
-            tolerance_grad=1e-6,
-            tolerance_change=1e-9,
-        )
+        return lbfgs(self.head.parameters(), self.iterations)
 
     def classifier_head(self, state: dict | None = None) -> dict:
         """The state dict of :func:`make_head` that maps raw backbone outputs as this head maps
         standardised ones (of ``state``, a copy of this head's, when given)."""
         state = state if state is not None else self.head.state_dict()
-        weight = state["weight"] / self.std
-        bias = state["bias"] - weight @ self.mean
+        weight, bias = unstandardised(state["weight"], state["bias"], self.mean, self.std)
         return {"1.weight": weight.detach().clone(), "1.bias": bias.detach().clone()}
+
+
+def lbfgs(parameters, iterations: int) -> torch.optim.LBFGS:
+    """The optimiser of a head on cached features (here and in ``automl.flash.heads``)."""
+    return torch.optim.LBFGS(
+        parameters,
+        lr=1.0,
+        max_iter=iterations,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-6,
+        tolerance_change=1e-9,
+    )
+
+
+def unstandardised(weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor, std: torch.Tensor):
+    """(weight, bias) of a linear layer on raw features that maps them as ``weight``, ``bias`` map
+    ``(features - mean) / std``."""
+    weight = weight / std
+    return weight, bias - weight @ mean
 
 
 class FeatureData(pl.LightningDataModule):

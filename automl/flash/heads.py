@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from automl.flash.features import PROBE_ITERATIONS
+from automl.flash.features import PROBE_ITERATIONS, lbfgs, unstandardised
 
 #: folds of the cross-validation that scores a head on cached features
 CV_FOLDS = 5
@@ -60,15 +60,7 @@ def fit_linear(
     nn.init.zeros_(linear.weight)
     nn.init.zeros_(linear.bias)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    optimiser = torch.optim.LBFGS(
-        linear.parameters(),
-        lr=1.0,
-        max_iter=iterations,
-        history_size=20,
-        line_search_fn="strong_wolfe",
-        tolerance_grad=1e-6,
-        tolerance_change=1e-9,
-    )
+    optimiser = lbfgs(linear.parameters(), iterations)
 
     def closure():
         optimiser.zero_grad()
@@ -83,8 +75,7 @@ def fit_linear(
             optimiser.step(closure)
     finally:
         torch.set_num_threads(threads)
-    weight = (linear.weight / std).detach()
-    bias = (linear.bias - weight @ mean).detach()
+    weight, bias = unstandardised(linear.weight.detach(), linear.bias.detach(), mean, std)
     return LinearHead(weight, bias)
 
 
