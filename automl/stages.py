@@ -323,9 +323,10 @@ CHOSEN = "chosen"
 
 
 def ensemble(search: Search, tier: str, best: StudyResult, say: Say) -> EnsembleResult:
-    """Caruana's greedy ensemble (``automl.ensemble``) of the chosen model, the best head on cached
-    features of each other backbone and input size (refitted here in a second each) and, for texts, a
-    TF-IDF + logistic regression; kept only when its gain is more than the selection data resolves.
+    """An ensemble (``automl.ensemble``: Caruana's greedy selection, or equal weights over one model
+    per backbone, :func:`one_per_backbone`) of the chosen model, the best head on cached features of
+    each other backbone and input size (refitted here in a second each) and, for texts, a TF-IDF +
+    logistic regression; kept only when its gain is more than the selection data resolves.
     That data is the validation split, or, when the chosen model is a head too, out-of-fold
     predictions over train+val (five times as many examples). ``finalise`` builds the kept one into best/."""
     import numpy as np
@@ -403,7 +404,8 @@ def ensemble(search: Search, tier: str, best: StudyResult, say: Say) -> Ensemble
                 tfidf = ens.TfidfMember.fit(train_texts, train_targets, labels, config.seed)
                 probabilities[name] = tfidf.probabilities(texts[len(datamodule.train_samples) :])
     target = search.target
-    decision = ens.decide(probabilities, targets, target.metric, target.maximize, config.seed)
+    equal = one_per_backbone(members, target.maximize)
+    decision = ens.decide(probabilities, targets, target.metric, target.maximize, config.seed, equal)
     rows = [
         {**member, "weight": decision.weights.get(name, 0.0), "score": decision.single_scores.get(name)}
         for name, member in members.items()
@@ -416,11 +418,30 @@ def ensemble(search: Search, tier: str, best: StudyResult, say: Say) -> Ensemble
         "resolution": decision.resolution,
         "examples": len(targets),
         "split": split,
+        "method": decision.method,
     }
     weights = ", ".join(f"{name} {weight:.2f}" for name, weight in decision.weights.items())
     outcome = "kept" if decision.kept else "not kept"
-    say(f"{len(members)} candidate(s) on {len(targets)} {split}, greedy weights {weights}: {outcome}, {decision.why}")
+    found = f"{len(members)} candidate(s) on {len(targets)} {split}, {decision.method} {weights}"
+    say(f"{found}: {outcome}, {decision.why}")
     return EnsembleResult(decision.kept, decision.why, rows, scores)
+
+
+def one_per_backbone(members: dict[str, dict], maximize: bool = True) -> list[str]:
+    """The equal-weight ensemble's members: the chosen model, the best head (by cross-validated score)
+    of each other backbone, and the TF-IDF model. Heads of one backbone at other sizes add little that
+    the chosen one lacks; other backbones' features are where the diversity is."""
+    chosen = members[CHOSEN]
+    picked: dict[object, tuple[float, str]] = {chosen["params"].get("backbone", CHOSEN): (float("inf"), CHOSEN)}
+    for name, member in members.items():
+        if member["kind"] == "tfidf":
+            picked[name] = (float("inf"), name)
+        elif member["kind"] == "head":
+            key, rank = member["params"].get("backbone"), member.get("cv_mean")
+            rank = float("-inf") if rank is None else rank if maximize else -rank
+            if key not in picked or rank > picked[key][0]:
+                picked[key] = (rank, name)
+    return [name for _, name in picked.values()]
 
 
 def head_candidates(search: Search, tier: str, best: StudyResult) -> list:

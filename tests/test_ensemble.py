@@ -54,6 +54,42 @@ def test_a_member_that_dominates_leaves_the_ensemble_not_kept():
     assert "strong" in decision.why or "does not beat" in decision.why, decision.why
 
 
+def test_three_independent_members_are_kept_with_equal_weights_where_greedy_stops_at_one():
+    # each right on an independent 65% of the examples: any two of them averaged are no better than
+    # the best alone (greedy selection stops there), all three with equal weights are
+    rng = np.random.default_rng(3)
+    targets = rng.integers(0, 3, 300)
+
+    def member():
+        right = rng.random(300) < 0.65
+        predicted = np.where(right, targets, (targets + rng.integers(1, 3, 300)) % 3)
+        probabilities = rng.dirichlet([1, 1, 1], 300) * 0.5
+        probabilities[np.arange(300), predicted] += 0.5
+        return probabilities
+
+    probabilities = {name: member() for name in "abc"}
+
+    greedy = ens.decide(probabilities, targets, "val_accuracy", maximize=True, seed=0)
+    equal = ens.decide(probabilities, targets, "val_accuracy", maximize=True, seed=0, equal=["a", "b", "c"])
+
+    assert not greedy.kept and len(greedy.weights) == 1, greedy.why
+    assert equal.kept and equal.method == ens.EQUAL, equal.why
+    assert equal.weights == pytest.approx(dict.fromkeys("abc", 1 / 3))
+    assert equal.crossfit_ensemble > equal.crossfit_single + 0.03
+
+
+def test_equal_weights_with_a_weak_member_are_not_kept():
+    rng = np.random.default_rng(2)
+    targets = rng.integers(0, 2, 200)
+    strong_right = rng.random(200) < 0.9
+    weak_right = strong_right & (rng.random(200) < 0.7)
+    strong, weak = confident(targets, strong_right, 0.9, 0.9), confident(targets, weak_right, 0.9, 0.9)
+
+    decision = ens.decide({"strong": strong, "weak": weak}, targets, "val_accuracy", True, 0, ["strong", "weak"])
+
+    assert not decision.kept and decision.gain <= 0, decision.why
+
+
 def test_too_few_selection_examples_cannot_keep_an_ensemble():
     targets = np.array([0, 1] * 10)
     a, b = confident(targets, np.arange(20) < 10), confident(targets, np.arange(20) >= 10)
@@ -204,3 +240,22 @@ def test_the_tfidf_members_out_of_fold_predictions_come_from_models_that_never_s
     lone = texts + ["unheardof"]
     again = ens.TfidfMember.out_of_fold(lone, np.append(targets, 1), ["neg", "pos"], seed=0)
     assert abs(again[-1, 1] - 0.5) < 0.2
+
+
+def test_the_equal_weight_members_are_the_chosen_model_one_head_per_other_backbone_and_tfidf():
+    from automl.stages import CHOSEN, one_per_backbone
+
+    def head(backbone, cv_mean):
+        return {"kind": "head", "params": {"backbone": backbone}, "cv_mean": cv_mean}
+
+    members = {
+        CHOSEN: {"kind": "flash", "params": {"backbone": "lite0"}},
+        "head #1": head("lite0", 0.95),  # the chosen model's backbone: it speaks for it
+        "head #2": head("lite1", 0.80),
+        "head #3": head("lite1", 0.85),  # lite1's best
+        "head #4": head("lite2", None),
+        "tfidf": {"kind": "tfidf", "params": {}},
+    }
+
+    assert one_per_backbone(members) == [CHOSEN, "head #3", "head #4", "tfidf"]
+    assert one_per_backbone(members, maximize=False)[1] == "head #2"  # a loss: lower is better
