@@ -299,6 +299,8 @@ def escalate(search: Search, flash: StudyResult, template, lines: TrialLines) ->
             params = {**params, **start.settings}  # logged with the trial's parameters
         return tracked(number, params, callbacks)
 
+    if "init_head" in start.settings and search.flash_tuner.space.head_only(flash.params):
+        warm = tuning.warm_start_params(space, flash.params, from_head=True)  # a gentle first epoch
     tuner.enqueue_baseline({**warm, **start.params}, role="warm start")
     trials = search.config.escalation_trials or search.config.trials
     study = run_study(search, tuner, train, trials, lines, "escalate", trainers.escalation_deadline())

@@ -195,3 +195,24 @@ def test_a_text_model_starts_with_the_flash_tiers_pooling(text_csv, tiny_bert_di
         assert not torch.allclose(
             template_model(template, {**warm, **start.settings}, datamodule.labels)(batch), flash(batch)
         )
+
+
+@pytest.mark.parametrize("modality", ["image", "text"])
+def test_a_warm_start_from_a_fitted_head_takes_the_gentle_recipe_and_the_study_keeps_it(modality):
+    import optuna
+
+    from automl.tuning import FROM_HEAD_RECIPE, TemplateSearchSpace, warm_start_params
+
+    space = TemplateSearchSpace(modality, ("tiny",), epochs=3)
+    head = {"learning_rate": 0.0089, "backbone": "tiny", "weight_decay": 0.04, "strategy": "freeze", "epochs": 3}
+
+    inherited = warm_start_params(space, head)
+    gentle = warm_start_params(space, head, from_head=True)
+
+    assert inherited["learning_rate"] == 0.0089 and "augment" not in inherited
+    expected = {k: v for k, v in FROM_HEAD_RECIPE.items() if modality == "image" or k not in ("augment", "mix")}
+    assert {k: gentle[k] for k in expected} == expected and gentle["weight_decay"] == 0.04
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial(gentle)
+    trial = study.ask()
+    assert {k: v for k, v in space.suggest(trial).items() if k in gentle} == gentle  # inside the space, not resampled
