@@ -117,12 +117,12 @@ def decide(
     singles = {name: fast_score(metric, targets, p) for name, p in probabilities.items()}
     if len(probabilities) < 2:
         return Decision(dict.fromkeys(probabilities, 1.0), False, "only one candidate", single_scores=singles)
-    options = {GREEDY: caruana(probabilities, targets, metric, maximize)}
-    if equal is not None and len(set(equal)) >= 2:
-        options[EQUAL] = {name: 1.0 / len(set(equal)) for name in dict.fromkeys(equal)}
+    greedy_weights = caruana(probabilities, targets, metric, maximize)
+    equal_members = list(dict.fromkeys(equal or []))
+    options = {GREEDY: greedy_weights, EQUAL: dict.fromkeys(equal_members, 1.0 / max(len(equal_members), 1))}
     options = {method: weights for method, weights in options.items() if len(weights) >= 2}
     if not options:
-        only = next(iter(caruana(probabilities, targets, metric, maximize)))
+        only = next(iter(greedy_weights))
         why = f"the greedy selection kept {only} alone"
         return Decision({only: 1.0}, False, why, GREEDY, singles[only], single_scores=singles)
     if len(targets) < MIN_EXAMPLES:
@@ -132,7 +132,7 @@ def decide(
         return Decision(weights, False, why, method, whole, single_scores=singles)
     greedy, single = _crossfit(probabilities, targets, metric, maximize, seed)
     sign = 1.0 if maximize else -1.0
-    crossfitted = {GREEDY: greedy, EQUAL: blend(probabilities, options.get(EQUAL, {}))}
+    crossfitted = {GREEDY: greedy, **({EQUAL: blend(probabilities, options[EQUAL])} if EQUAL in options else {})}
     gains = {
         method: sign * (fast_score(metric, targets, crossfitted[method]) - fast_score(metric, targets, single))
         for method in options
