@@ -201,7 +201,7 @@ def test_a_text_model_starts_with_the_flash_tiers_pooling(text_csv, tiny_bert_di
 def test_a_warm_start_from_a_fitted_head_takes_the_gentle_recipe_and_the_study_keeps_it(modality):
     import optuna
 
-    from automl.tuning import FROM_HEAD_RECIPE, TemplateSearchSpace, warm_start_params
+    from automl.tuning import FROM_HEAD_RECIPE, IMAGE_ONLY, TemplateSearchSpace, warm_start_params
 
     space = TemplateSearchSpace(modality, ("tiny",), epochs=3)
     head = {"learning_rate": 0.0089, "backbone": "tiny", "weight_decay": 0.04, "strategy": "freeze", "epochs": 3}
@@ -210,7 +210,7 @@ def test_a_warm_start_from_a_fitted_head_takes_the_gentle_recipe_and_the_study_k
     gentle = warm_start_params(space, head, from_head=True)
 
     assert inherited["learning_rate"] == 0.0089 and "augment" not in inherited
-    expected = {k: v for k, v in FROM_HEAD_RECIPE.items() if modality == "image" or k not in ("augment", "mix")}
+    expected = {k: v for k, v in FROM_HEAD_RECIPE.items() if modality == "image" or k not in IMAGE_ONLY}
     assert {k: gentle[k] for k in expected} == expected and gentle["weight_decay"] == 0.04
     study = optuna.create_study(direction="maximize")
     study.enqueue_trial(gentle)
