@@ -139,23 +139,9 @@ def decide(
     }
     method = max(gains, key=lambda key: (gains[key], key == EQUAL))  # a tie: equal weights, fitted on nothing
     weights, ensemble, gain = options[method], crossfitted[method], gains[method]
-    rng = np.random.default_rng(seed)
-    differences = []
-    for _ in range(BOOTSTRAP):
-        rows = rng.integers(0, len(targets), len(targets))
-        differences.append(
-            sign * (fast_score(metric, targets[rows], ensemble[rows]) - fast_score(metric, targets[rows], single[rows]))
-        )
-    resolution = RESOLVE_Z * float(np.std(differences, ddof=1))
+    resolution = _resolution(targets, ensemble, single, metric, sign, seed)
     kept = gain > resolution and gain > 0
-    name = metric.removeprefix("val_")
-    if kept:
-        why = f"it beats the best single model by {gain:.4f} {name} (cross-fitted), more than the {resolution:.4f}"
-    elif gain <= 0:
-        why = f"it does not beat the best single model (cross-fitted gain {gain:+.4f} {name})"
-    else:
-        why = f"its gain of {gain:.4f} {name} (cross-fitted) is within the {resolution:.4f}"
-    why += " these predictions resolve" if gain > 0 else ""
+    why = _why(kept, gain, resolution, metric.removeprefix("val_"))
     return Decision(
         weights,
         kept,
@@ -168,6 +154,28 @@ def decide(
         resolution,
         singles,
     )
+
+
+def _resolution(targets, ensemble, single, metric: str, sign: float, seed: int) -> float:
+    """RESOLVE_Z bootstrap standard errors of the ensemble's gain over the single model."""
+    rng = np.random.default_rng(seed)
+    differences = []
+    for _ in range(BOOTSTRAP):
+        rows = rng.integers(0, len(targets), len(targets))
+        differences.append(
+            sign * (fast_score(metric, targets[rows], ensemble[rows]) - fast_score(metric, targets[rows], single[rows]))
+        )
+    return RESOLVE_Z * float(np.std(differences, ddof=1))
+
+
+def _why(kept: bool, gain: float, resolution: float, name: str) -> str:
+    if kept:
+        why = f"it beats the best single model by {gain:.4f} {name} (cross-fitted), more than the {resolution:.4f}"
+    elif gain <= 0:
+        why = f"it does not beat the best single model (cross-fitted gain {gain:+.4f} {name})"
+    else:
+        why = f"its gain of {gain:.4f} {name} (cross-fitted) is within the {resolution:.4f}"
+    return why + (" these predictions resolve" if gain > 0 else "")
 
 
 def _crossfit(probabilities, targets, metric, maximize, seed) -> tuple[np.ndarray, np.ndarray]:

@@ -16,14 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from automl import evaluate, stages
+from automl import evaluate, stages, trial_record
 from automl.config import RunConfig, dump_yaml
+from automl.progress import Report, log_error
 from automl.run_folder import (
     BEST_DIR,
     CONFIG_FILE,
-    FLASH,
     JOURNAL_FILE,
-    LIGHTNING,
     EnsembleResult,
     Journal,
     StudyResult,
@@ -32,17 +31,16 @@ from automl.run_folder import (
     study_file,
 )
 from automl.search import Search, data_fingerprint
+from automl.stages import NUMBER, STAGES
+from automl.trial_record import Role, Tier
 from automl.trials import TrialLines
 
 #: the stages of ``automl run``, numbered in this order in its lines ("[3/7] tuning: ...")
-STAGES = ("inspect", "baseline", "tune", "verdict", "escalate", "ensemble", "finalise")
-NUMBER = {name: index for index, name in enumerate(STAGES, start=1)}
 #: exit status of ``automl run`` (and ``automl evaluate``) for each verdict: met 0, missed 3 (the whole
 #: interval falls short), undecided 4 (the interval straddles the target); 2 is bad input
 EXIT_MISSED, EXIT_UNDECIDED = evaluate.EXIT_MISSED, evaluate.EXIT_UNDECIDED
 #: exit status of ``automl run`` stopped by Ctrl-C (after judging and reporting what finished)
 EXIT_INTERRUPTED = 130
-Report = Callable[[str], None]
 
 
 # =========================================================================== automl run
@@ -63,7 +61,7 @@ class RunResult:
     stages: list[StageLine]
     best_params: dict
     seconds: float
-    tier: str = FLASH  # the tier whose model is in best/
+    tier: str = Tier.FLASH  # the tier whose model is in best/
     interrupted: bool = False  # Ctrl-C: what finished was judged and reported; re-run to resume
     model: dict = field(default_factory=dict)  # the MLflow model: model_uri (registered_model, model_version)
 
@@ -113,17 +111,6 @@ def run(
             raise
         finally:
             detach_run_log()
-
-
-def log_error(error: BaseException) -> None:
-    """What ended a run, as the last line of its ``run.log`` (the CLI prints it on stderr)."""
-    from automl.errors import AutoMLError
-    from automl.progress import stage_line
-
-    if isinstance(error, KeyboardInterrupt):
-        stage_line("stopped: interrupted")
-    elif not isinstance(error, SystemExit):
-        stage_line(f"error: {error}" if isinstance(error, AutoMLError) else f"error: {type(error).__name__}: {error}")
 
 
 class RunJob:
@@ -181,7 +168,7 @@ class RunJob:
             self.baseline()
             flash = self.tune()
             verdict = self.verdict(flash)
-            final_tier, final, best = FLASH, verdict, flash
+            final_tier, final, best = Tier.FLASH, verdict, flash
             if self.stop.requested:
                 self.lines.append(StageLine("escalate", note="skipped: interrupted (re-run the command to resume)"))
             elif not self.target.met(verdict.score):  # the selection score decides; the test split judges
@@ -240,7 +227,6 @@ class RunJob:
         self.lines.append(StageLine("inspect", note=report.line()))
 
     def baseline(self) -> None:
-        from automl.tuning import BASELINE
 
         params = self.search.enqueue_start()
         tuner, say = self.search.flash_tuner, self.stage_say("baseline")
@@ -254,7 +240,7 @@ class RunJob:
                 **self.trial_lines("baseline", "baseline").hooks(),
             )
             # trial 0, or its retry when the process running it died
-            baseline = [t for t in tuner.finished_trials() if t.user_attrs.get("role") == BASELINE]
+            baseline = [t for t in tuner.finished_trials() if trial_record.role(t) == Role.BASELINE]
             if len(tuner.finished_trials()) == before:  # say why it trained nothing
                 if why == "budget":
                     say(f"not started: {stages.no_time_left(self.search)}")
@@ -269,7 +255,6 @@ class RunJob:
         self.lines.append(StageLine("baseline", 1, base.value, base.seconds or 0.0, base.state))
 
     def tune(self) -> StudyResult:
-        from automl.tuning import BASELINE
 
         search = self.search
         study = stages.run_study(
@@ -283,8 +268,8 @@ class RunJob:
         )
         flash = study.result
         self.lines.append(StageLine("tune", len(study.summary), flash.score, study.seconds, study.note))
-        stages.write_study(self.run_dir / study_file(FLASH), study.summary)
-        seconds = sum(row["seconds"] or 0.0 for row in study.summary if row["role"] != BASELINE)
+        stages.write_study(self.run_dir / study_file(Tier.FLASH), study.summary)
+        seconds = sum(record.seconds or 0.0 for record in study.summary if record.role != Role.BASELINE)
         self.journal.record("tune", _key(self.name, self.config.trials), flash, seconds)
         if self.notifier:
             self.notifier.stage_finished("tune", f"best {self.target.metric} {flash.score:.4f}")
@@ -309,7 +294,7 @@ class RunJob:
         """The Lightning tier when the Flash tier missed; the better tier's model and verdict."""
         if not self.config.escalate:
             self.lines.append(StageLine("escalate", note="off (--no-escalate)"))
-            return FLASH, verdict, flash
+            return Tier.FLASH, verdict, flash
         from escalation.train import load_template
 
         template = load_template(self.config.template)
@@ -340,15 +325,15 @@ class RunJob:
             why = (
                 f"the Lightning tier did not beat the Flash tier's {flash.score:.4f}"
                 if lightning.score is not None
-                else f"no Lightning-tier trial finished ({lightning.stopped}; see {study_file(LIGHTNING)})"
+                else f"no Lightning-tier trial finished ({lightning.stopped}; see {study_file(Tier.LIGHTNING)})"
             )
             outcome = f"missed after escalation ({why}), short by {verdict.gap:.4f}"
             final = TierVerdict.from_json({**verdict.to_json(), "outcome": outcome})
             self.lines.append(StageLine("verdict", None, final.score, 0.0, outcome))
             say(outcome)
-            return FLASH, final, flash
+            return Tier.FLASH, final, flash
         self._show_verdict("escalate", result.verdict, time.monotonic() - t0)
-        return LIGHTNING, result.verdict, lightning
+        return Tier.LIGHTNING, result.verdict, lightning
 
     def ensemble(self, tier: str, best: StudyResult) -> EnsembleResult:
         key = _key(str(self.target), tier, best.best_trial, best.score, self.config.ensemble)

@@ -24,13 +24,13 @@ from automl.run_folder import (
     CHECKPOINT_FILE,
     ENSEMBLE_FILE,
     LABELS_FILE,
-    LIGHTNING,
     PREPROCESSING_FILE,
     TEMPLATE_CONFIG_FILE,
     TIER_FILE,
     ModelTier,
     read_json,
 )
+from automl.trial_record import Tier
 
 MAX_PIXELS_OPTION = "--max-megapixels"
 
@@ -87,7 +87,7 @@ class Predictor:
         preprocessing = read_json(best / PREPROCESSING_FILE)
         tier = ModelTier.read(best)
         tokenizer = None
-        if tier.tier == LIGHTNING:
+        if tier.tier == Tier.LIGHTNING:
             from escalation.train import load_template
 
             folder = str(template) if template is not None else tier.template

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -89,9 +90,23 @@ def _add_file_handler(path: str, who: str) -> None:
     LOG.addHandler(handler)
 
 
+#: where a job's lines go besides run.log (the CLI prints them on stderr)
+Report = Callable[[str], None]
+
+
 def stage_line(line: str) -> None:
     """A stage line, for ``run.log`` (the CLI prints it on stderr itself)."""
     STAGES.info(line)
+
+
+def log_error(error: BaseException) -> None:
+    """What ended a run, as the last line of its ``run.log`` (the CLI prints it on stderr)."""
+    from automl.errors import AutoMLError
+
+    if isinstance(error, KeyboardInterrupt):
+        stage_line("stopped: interrupted")
+    elif not isinstance(error, SystemExit):
+        stage_line(f"error: {error}" if isinstance(error, AutoMLError) else f"error: {type(error).__name__}: {error}")
 
 
 def _where_lines_go() -> tuple[tuple[str, str] | None, bool]:

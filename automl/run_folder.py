@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from automl.errors import DataError
+from automl.trial_record import Tier
 
 CONFIG_FILE = "config.yaml"
 JOURNAL_FILE = "journal.json"
@@ -50,13 +51,12 @@ EXPORT_FILE = "export.json"
 #: in best/ when the final model is an ensemble: its members (folders under best/) and their weights
 ENSEMBLE_FILE = "ensemble.json"
 MEMBERS_DIR = "members"
-FLASH, LIGHTNING = "flash", "lightning"
 #: the run's own records, logged to its MLflow parent run at the end (with the CSVs and the report)
 LOGGED_FILES = (CONFIG_FILE, JOURNAL_FILE, INSPECTION_FILE, METRICS_FILE)
 
 
-def study_file(tier: str) -> str:
-    return STUDY_FILE if tier == FLASH else f"study.{tier}.csv"
+def study_file(tier: Tier | str) -> str:
+    return STUDY_FILE if tier == Tier.FLASH else f"study.{tier}.csv"
 
 
 def tier_predictions_file(tier: str) -> str:
@@ -80,13 +80,13 @@ def read_json(path: Path, default=None):
 class ModelTier:
     """``best/tier.json``: which tier made the final model, and its template (None: the built-in one)."""
 
-    tier: str = FLASH
+    tier: Tier = Tier.FLASH
     template: str | None = None
 
     @classmethod
     def read(cls, best: Path) -> ModelTier:
         values = read_json(Path(best) / TIER_FILE, {})  # 0.1 folders of the Flash tier may have none
-        return cls(values.get("tier", FLASH), values.get("template"))
+        return cls(Tier(values.get("tier", Tier.FLASH)), values.get("template"))
 
     def write(self, best: Path) -> None:
         write_json(Path(best) / TIER_FILE, dataclasses.asdict(self))

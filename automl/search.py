@@ -4,8 +4,9 @@ MLflow parent run, the feature cache) and how one trial of each tier trains with
 ``automl run`` builds one ``Search`` and runs its stages on it (``automl.pipeline``); an ``automl tune``
 worker builds one and only runs trials. ``Trainers`` are the tiers' trial functions: a Flash-tier
 trial is a head on cached features (seconds) or a fine-tune sized to the time left; a Lightning-tier
-trial is the template's ``fit``. The search space and the candidates enqueued first (the baseline,
-the other backbones' heads, stronger penalties, the fine-tuning defaults) are the functions below.
+trial is the template's ``fit``. ``Search.enqueue_start`` enqueues the candidates tried first (the
+baseline, the other backbones' heads, stronger penalties, the fine-tuning defaults), which
+``automl.space`` derives from the search space.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from automl import space, trial_record
 from automl.budget import TRAIN_COST, Budget
+from automl.callbacks import Deadline
 from automl.config import FitConfig, RunConfig
 from automl.data.holdout import write_splits
 from automl.flash.features import FeatureCache
-from automl.run_folder import FLASH, LIGHTNING, SPLITS_FILE
+from automl.run_folder import SPLITS_FILE
+from automl.trial_record import Tier
 from automl.trials import TrialLife, minutes
 
 #: the study's user attribute naming its MLflow parent run in each tracking store: {tracking URI: run id}
@@ -46,17 +50,17 @@ class Search:
         resume_parent: Callable[[Path], str | None] = lambda run_dir: None,
     ):
         from automl import tracking
+        from automl.callbacks import StopRequest
         from automl.data.common import existing_path
         from automl.flash import fit
         from automl.progress import attach_run_log
         from automl.target import parse_target
-        from automl.tuning import StopRequest
 
         fit.quiet_library_logs()
         existing_path(config.data)
         self.datamodule = fit.load_data(config)
         self.holdout = hold_out_test(config, self.datamodule)
-        config = fit_to_data(config, self.datamodule)
+        config = space.fit_to_data(config, self.datamodule)
         self.config, self.progress, self.say = config, progress, say
         self.pruner = pruner if pruner is not None else config.pruner
         started = time.time() if started is None else started
@@ -69,8 +73,8 @@ class Search:
         self.name = study_name(config)
         self.storage = config.storage or f"sqlite:///{(self.output / 'optuna.db').resolve()}"
         self.stop = StopRequest()
-        self.flash_tuner = self.tuner(self.name, search_space(config, FLASH))
-        self.flash_tuner.cheaper = lambda: cheaper(self.flash_tuner)
+        self.flash_tuner = self.tuner(self.name, space.search_space(config, Tier.FLASH))
+        self.flash_tuner.cheaper = lambda: space.cheaper(self.flash_tuner)
         uri = config.tracking_uri or tracking.default_tracking_uri(self.output)
         self.tracker = tracking.Tracker(uri, self.output / "mlartifacts")
 
@@ -91,7 +95,7 @@ class Search:
             self.tracker, self.parent, self.run_dir, self.target.metric, self.target.maximize, say, config.batch_size
         )
         self.trainers = Trainers(self)
-        self.flash_train = self.life.tracked(FLASH, self.trainers.flash)
+        self.flash_train = self.life.tracked(Tier.FLASH, self.trainers.flash)
 
     def finish_reserve(self) -> float:
         """Seconds a run needs after its last trial, kept out of the trials' time: judging the chosen
@@ -115,11 +119,11 @@ class Search:
             return None
         return min(self.budget.tune_deadline, self.budget.deadline - self.finish_reserve())
 
-    def tuner(self, name: str, space):
+    def tuner(self, name: str, search_space):
         from automl import tuning
 
         tuner = tuning.Tuner(
-            space,
+            search_space,
             self.storage,
             name,
             self.target.direction,
@@ -151,26 +155,55 @@ class Search:
     def enqueue_start(self) -> dict:
         """Trial 0 of a new study is the Flash-tier defaults (with a budget: their head on cached
         features), then the candidates tried first; returns trial 0's parameters."""
-        from automl import tuning
-
         config = self.config
-        space = self.flash_tuner.space
-        params = tuning.baseline_params(
-            space, config.learning_rate, config.weight_decay, config.dropout, config.label_smoothing
+        flash_space = self.flash_tuner.space
+        params = space.baseline_params(
+            flash_space, config.learning_rate, config.weight_decay, config.dropout, config.label_smoothing
         )
         defaults = params
-        if self.budget is not None and config.strategy == _DEFAULT_STRATEGY:
+        if self.budget is not None and config.strategy == space.DEFAULT_STRATEGY:
             # with a budget the baseline is the default backbone's head on cached features: seconds,
             # and its one pass over the data measures what that backbone costs here
-            params = as_head(params, config)
+            params = space.as_head(params, config)
         self.flash_tuner.enqueue_baseline(params)
         # then the same cheap head on every other backbone: the best one's linear probe within minutes;
         # and the defaults as they are (fine-tuning), sized to the budget, before the search goes on
-        probes = probe_params(config, space, params, penalties=self.budget is not None)
+        probes = space.probe_params(config, flash_space, params, penalties=self.budget is not None)
         if defaults is not params:
             probes.append(defaults)
         self.flash_tuner.enqueue_probes(probes[: max(config.trials - 1, 0)])
         return params
+
+
+class TrainingSteps:
+    """One example's training step (forward, backward, optimiser) by backbone and input size, timed on
+    a few real batches the first time a trial fine-tunes them (``fit.measure_training_step``)."""
+
+    def __init__(self, datamodule):
+        self.datamodule = datamodule
+        self.costs: dict[tuple[str, int], float | None] = {}
+
+    def affordable(self, config, forward: float, allowance: float) -> bool:
+        """Whether timing ``config``'s steps is cheap enough to do: already done, or its three batches
+        (estimated) cost at most a quarter of the trial's allowance."""
+        if self._key(config) in self.costs:
+            return True
+        return 3 * config.batch_size * forward * TRAIN_COST <= allowance / 4
+
+    def seconds(self, config) -> float | None:
+        key = self._key(config)
+        if key not in self.costs:
+            from automl.flash import fit
+
+            self.costs[key] = fit.measure_training_step(config, self.datamodule)
+        return self.costs[key]
+
+    @staticmethod
+    def _key(config) -> tuple[str, int]:
+        from automl.backbones import default_backbone
+        from automl.config import IMAGE_CLASSIFICATION
+
+        return default_backbone(config), config.image_size if config.task == IMAGE_CLASSIFICATION else config.max_length
 
 
 class Trainers:
@@ -184,7 +217,7 @@ class Trainers:
         self.target, self.run_dir, self.say, self.progress = search.target, search.run_dir, search.say, search.progress
         self.flash_tuner = search.flash_tuner
         self.correction = 1.0  # real / estimated time of the last fine-tuning trial
-        self.step_costs: dict[tuple[str, int], float | None] = {}  # measured training step, by (backbone, size)
+        self.steps = TrainingSteps(self.datamodule)
         self.skipped: dict[str, str] = {}  # backbones whose first pass did not fit the time left, and why
 
     def flash(self, number: int, params: dict, callbacks: list, logger):
@@ -202,9 +235,7 @@ class Trainers:
             if self.deadline is not None:
                 # the head trains in seconds once the features exist: it may run into the escalation's
                 # share rather than stop half-trained, but not past the budget
-                callbacks = [c for c in callbacks if not isinstance(c, tuning.Deadline)] + [
-                    tuning.Deadline(self.deadline)
-                ]
+                callbacks = [c for c in callbacks if not isinstance(c, Deadline)] + [Deadline(self.deadline)]
             trained = fit.train_head(config, served, out, features, self.target.metric, callbacks, logger)
             extra = self._cross_validate(config, features) if trained.checkpoint else {}
             return tuning.TrialOutcome(trained.best_score, trained.checkpoint, trained.best_epoch, extra=extra)
@@ -240,7 +271,6 @@ class Trainers:
         """A head's score over k folds of train+val (``automl.flash.heads``): what ranks the heads,
         where one validation split cannot (its ``value`` stays the validation score, the yardstick
         a fine-tuning trial is compared on). Seconds; recorded as the trial's ``cv_*`` attributes."""
-        from automl import tuning
         from automl.flash import heads
 
         x, y = features.labelled()
@@ -255,7 +285,11 @@ class Trainers:
         )
         if not folds.scores:
             return {}
-        return {tuning.CV_MEAN: folds.mean, tuning.CV_STD: folds.std, tuning.CV_FOLDS: len(folds.scores)}
+        return {
+            trial_record.CV_MEAN: folds.mean,
+            trial_record.CV_STD: folds.std,
+            trial_record.CV_FOLDS: len(folds.scores),
+        }
 
     def _warm_head(self, config, served, out: Path):
         """``freeze_unfreeze:K``: the K frozen epochs train only the head, on the same inputs each
@@ -293,7 +327,7 @@ class Trainers:
             and t.params.get(size) == getattr(config, size)
         ]
         if not heads:
-            return probe_weight_decay(self.config)
+            return space.probe_weight_decay(self.config)
         maximize = self.flash_tuner.study.direction.name == "MAXIMIZE"
         return float((max if maximize else min)(heads, key=lambda t: t.value).params["weight_decay"])
 
@@ -358,8 +392,8 @@ class Trainers:
         # a training step is never cheaper than its forward pass: when the guess does not fit, nothing does
         size = budget.size_trial(config.epochs, allowance, forward, *examples, self.correction)
         step = None
-        if size is not None and self._affordable_step(config, forward, allowance):
-            step = self._training_step(config)
+        if size is not None and self.steps.affordable(config, forward, allowance):
+            step = self.steps.seconds(config)
             allowance = self.budget.trial_allowance(deadline)  # what is left once the step was timed
             size = budget.size_trial(config.epochs, allowance, forward, *examples, self.correction, train_seconds=step)
         if size is None:
@@ -377,30 +411,7 @@ class Trainers:
             + (f" on {size.train_fraction:.0%} of the training batches" if size.cut else "")
             + f", about {minutes(size.seconds)} of the {minutes(allowance)} it may take ({priced})"
         )
-        return size, [*callbacks, tuning.Deadline(time.time() + 1.25 * allowance)]
-
-    def _affordable_step(self, config, forward: float, allowance: float) -> bool:
-        """Whether timing training steps for ``config`` is cheap enough to do: already done, or its
-        three batches (estimated) cost at most a quarter of the trial's allowance."""
-        if self._step_key(config) in self.step_costs:
-            return True
-        return 3 * config.batch_size * forward * TRAIN_COST <= allowance / 4
-
-    def _step_key(self, config) -> tuple[str, int]:
-        from automl.backbones import default_backbone
-        from automl.config import IMAGE_CLASSIFICATION
-
-        return default_backbone(config), config.image_size if config.task == IMAGE_CLASSIFICATION else config.max_length
-
-    def _training_step(self, config) -> float | None:
-        """Seconds of one example's training step for ``config``'s backbone and input size, timed on a
-        few real batches the first time a trial fine-tunes them (``fit.measure_training_step``)."""
-        from automl.flash import fit
-
-        key = self._step_key(config)
-        if key not in self.step_costs:
-            self.step_costs[key] = fit.measure_training_step(config, self.datamodule)
-        return self.step_costs[key]
+        return size, [*callbacks, Deadline(time.time() + 1.25 * allowance)]
 
     def lightning(self, template):
         from automl import tuning
@@ -413,12 +424,12 @@ class Trainers:
             size, callbacks = self.sized(self.config.fit_config(**shared), callbacks, self.deadline, number)
             if size is not None:
                 config["epochs"], config["limit_train_batches"] = size.epochs, size.train_fraction
-            extra = [*callbacks, fit.QuietLibraries(), EpochLines(f"{LIGHTNING} trial #{number}")]
+            extra = [*callbacks, fit.QuietLibraries(), EpochLines(f"{Tier.LIGHTNING} trial #{number}")]
             # the data read once for the run, not again by every trial
             result = template.fit(
                 config, extra_callbacks=extra, logger=logger, progress=self.progress, samples=self.datamodule
             )
-            return tuning.TrialOutcome(result["best_score"], result["checkpoint"], result["best_epoch"])
+            return tuning.TrialOutcome(result.best_score, result.checkpoint, result.best_epoch)
 
         return train
 
@@ -439,7 +450,7 @@ class Trainers:
         return self.deadline - self.search.finish_reserve()
 
 
-# --------------------------------------------------------------------------- the search space and its first candidates
+# --------------------------------------------------------------------------- a study's name and its data
 def study_name(config: RunConfig) -> str:
     """The task and a fingerprint of the data and of how its test split is chosen: a run with another
     test split is another study (its trials must never have trained on the new test examples)."""
@@ -490,121 +501,3 @@ def data_fingerprint(path: str | Path) -> str:
     else:
         digest.update(path.read_bytes())
     return digest.hexdigest()[:10]
-
-
-def search_space(config: RunConfig, tier: str):
-    from automl import backbones as bb
-    from automl.tuning import SearchSpace, TemplateSearchSpace
-
-    modality = config.modality
-    default = bb.DEFAULT_IMAGE_BACKBONE if modality == "image" else bb.DEFAULT_TEXT_BACKBONE
-    if config.backbones:
-        backbones = tuple(config.backbones)
-    elif config.backbone:
-        backbones = (config.backbone,)
-    elif not config.pretrained:
-        backbones = (default,)
-    else:
-        # the default first (the baseline), then any other whose weights are here already
-        others = [n for n in bb.available_backbones(modality) if n != default and weights_here(bb, n, modality)]
-        backbones = (default, *others)
-    fields = (
-        modality,
-        backbones,
-        config.epochs,
-        config.image_size,
-        config.max_length,
-        config.batch_size,
-        config.strategy,
-    )
-    sizes = tuple(sorted(set(native_sizes(config, backbones).values())))
-    if tier == FLASH:
-        return SearchSpace(*fields, augment=config.augment, image_sizes=sizes)
-    return TemplateSearchSpace(*fields, image_sizes=sizes)
-
-
-_DEFAULT_STRATEGY = FitConfig.__dataclass_fields__["strategy"].default
-_DEFAULT_IMAGE_SIZE = FitConfig.__dataclass_fields__["image_size"].default
-_DEFAULT_MAX_LENGTH = FitConfig.__dataclass_fields__["max_length"].default
-_DEFAULT_WEIGHT_DECAY = FitConfig.__dataclass_fields__["weight_decay"].default
-
-
-def fit_to_data(config: RunConfig, datamodule) -> RunConfig:
-    """Text left at the default ``--max-length``: the longest 1% of the training texts set it (in
-    tokens, rounded up to 8), so short sentences are not padded and attended to 128 tokens deep."""
-    if config.modality != "text" or config.max_length != _DEFAULT_MAX_LENGTH or not datamodule.train_samples:
-        return config
-    from automl import backbones as bb
-    from automl.backbones import default_backbone
-
-    tokenizer = bb.load_tokenizer(default_backbone(config), config.weights)
-    lengths = sorted(len(ids) for ids in tokenizer([text for text, _ in datamodule.train_samples])["input_ids"])
-    longest = lengths[min(len(lengths) - 1, int(0.99 * len(lengths)))]
-    fitted = min(config.max_length, max(16, -(-longest // 8) * 8))
-    return dataclasses.replace(config, max_length=fitted)
-
-
-def native_sizes(config: RunConfig, backbones: tuple[str, ...]) -> dict[str, int]:
-    """Each backbone's native input size, offered to the search when ``--image-size`` was left at
-    its default (an explicit size is the user's choice for every backbone)."""
-    if config.modality != "image" or config.image_size != _DEFAULT_IMAGE_SIZE:
-        return {}
-    from automl import backbones as bb
-
-    return {name: size for name in backbones if (size := bb.native_image_size(name))}
-
-
-def probe_weight_decay(config: RunConfig) -> float:
-    """A head on cached features is a logistic regression: unpenalised, it overfits. The user's
-    ``--weight-decay``, else a first guess the search goes on from."""
-    from automl.flash.features import PROBE_WEIGHT_DECAY
-
-    return config.weight_decay if config.weight_decay != _DEFAULT_WEIGHT_DECAY else PROBE_WEIGHT_DECAY
-
-
-def as_head(params: dict, config: RunConfig) -> dict:
-    """``params`` as a head on cached features: frozen backbone, no augmentation, a penalty."""
-    head = {**params, "strategy": "freeze", "weight_decay": probe_weight_decay(config)}
-    if "augment" in head:
-        head["augment"] = False
-    return head
-
-
-def probe_params(config: RunConfig, space, baseline: dict, penalties: bool = True) -> list[dict]:
-    """Heads on cached features to run after the baseline: every other backbone of the search (at
-    its native size), then, when ``penalties``, each backbone's head with a few stronger penalties
-    (unless ``--weight-decay`` was given), the baseline's backbone first: a second each once the
-    features exist, and what a cross-validated logistic regression would choose among per backbone."""
-    from automl.flash.features import PROBE_WEIGHT_DECAYS
-
-    sizes = native_sizes(config, space.backbones)
-    first = as_head(baseline, config)
-    heads = [first]
-    for name in space.backbones:
-        if name != baseline["backbone"]:
-            heads.append({**first, "backbone": name})
-            if "image_size" in first:
-                heads[-1]["image_size"] = sizes.get(name, baseline["image_size"])
-    probes = heads[1:]
-    if penalties and config.weight_decay == _DEFAULT_WEIGHT_DECAY:
-        probes += [{**head, "weight_decay": penalty} for head in heads for penalty in PROBE_WEIGHT_DECAYS]
-    return probes
-
-
-def cheaper(tuner) -> dict | None:
-    """When a fine-tuning trial no longer fits the budget: heads on the cached features of the best
-    trial's backbone and input size, their other knobs left to the search."""
-    best = tuner.best_trial()
-    if best is None:
-        return None
-    fixed = {"strategy": "freeze"}
-    for key in ("backbone", "image_size", "max_length"):
-        if key in best.params:
-            fixed[key] = best.params[key]
-    return fixed
-
-
-def weights_here(bb, name: str, modality: str) -> bool:
-    """The backbone's weights are on this machine (a file, a package or a cache), not only on the hub."""
-    source = bb.weights_status(name, modality)
-    return source is not None and source.kind != "hub"

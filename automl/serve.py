@@ -66,6 +66,7 @@ def create_app(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     trust_checkpoint: bool = False,
 ):
+    # long: the service's routes, closures over one loaded predictor, read best as one table
     try:
         from fastapi import FastAPI, HTTPException, Request
         from fastapi.concurrency import run_in_threadpool

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from automl import metrics as m
+from automl import trial_record
 from automl.config import FitConfig, dump_yaml
 from automl.data.holdout import NONE
 from automl.errors import DataError
@@ -20,10 +21,8 @@ from automl.run_folder import (
     BEST_DIR,
     CHECKPOINT_FILE,
     ENSEMBLE_FILE,
-    FLASH,
     INSPECTION_FILE,
     LABELS_FILE,
-    LIGHTNING,
     LOGGED_FILES,
     MEMBERS_DIR,
     PREDICTIONS_FILE,
@@ -46,7 +45,12 @@ from automl.run_folder import (
     write_json,
 )
 from automl.search import Search
+from automl.trial_record import Role, Tier, TrialRecord
 from automl.trials import TrialLines, minutes
+
+#: the stages of ``automl run``, in order (``automl.pipeline`` runs them), and each one's number
+STAGES = ("inspect", "baseline", "tune", "verdict", "escalate", "ensemble", "finalise")
+NUMBER = {name: index for index, name in enumerate(STAGES, start=1)}
 
 Say = Callable[[str], None]
 
@@ -91,7 +95,7 @@ class StudyRun:
     and the stage's summary line (``note``)."""
 
     result: StudyResult
-    summary: list[dict]
+    summary: list[TrialRecord]
     why: str
     new: int
     seconds: float
@@ -114,7 +118,7 @@ def run_study(
     best = tuner.best_trial()
     summary = tuner.summary()
     new = len(tuner.finished_trials()) - before
-    counts = Counter(row["state"].lower() for row in summary)
+    counts = Counter(record.state.lower() for record in summary)
     note = {"trials": "all trials done", "budget": "time budget reached", "interrupted": "interrupted"}.get(why, why)
     if tuner.cheap_because:
         note = f"{note}; then only heads on cached features, as {tuner.cheap_because}"
@@ -131,10 +135,9 @@ def run_study(
             raise DataError(
                 f"No trial could start within the time budget: {no_time_left(search)}. Give a larger --time-budget."
             )
-        raise DataError(
-            f"No {lines.role} trial finished with a score; see the reasons in {search.run_dir / study_file('flash')}."
-        )
-    checkpoint = best.user_attrs["checkpoint"] if best else None
+        reasons = search.run_dir / study_file(Tier.FLASH)
+        raise DataError(f"No {lines.role} trial finished with a score; see the reasons in {reasons}.")
+    checkpoint = best.user_attrs[trial_record.CHECKPOINT] if best else None
     rebuild = tuner is search.flash_tuner and best is not None and tuner.space.head_only(best.params)
     if checkpoint and not Path(checkpoint).exists() and rebuild:  # chosen by its cross-validated score
         checkpoint = search.trainers.rebuild_head(best.number, best.params)
@@ -184,23 +187,26 @@ def no_time_left(search: Search, after: str = "", deadline: float | None = None)
 
 
 def trial_result(trial) -> TrialResult:
+    """The baseline stage's journal record of its trial (the shape automl 0.1 wrote)."""
     return TrialResult(
         state=trial.state.name.lower(),
         number=trial.number,
         value=trial.value,
         params=trial.params,
         seconds=trial.duration.total_seconds() if trial.duration else None,
-        reason=trial.user_attrs.get("fail_reason"),
+        reason=trial.user_attrs.get(trial_record.FAIL_REASON),
     )
 
 
-def write_study(path: Path, summary: list[dict]) -> None:
+def write_study(path: Path, summary: list[TrialRecord]) -> None:
+    """``study.csv``: a row per trial (:meth:`TrialRecord.row`), a ``param_<name>`` column per parameter."""
     import pandas as pd
 
-    rows = [
-        {**{k: v for k, v in row.items() if k != "params"}, **{f"param_{k}": v for k, v in row["params"].items()}}
-        for row in summary
-    ]
+    rows = []
+    for record in summary:
+        row = record.row()
+        params = row.pop("params")
+        rows.append({**row, **{f"param_{k}": v for k, v in params.items()}})
     tmp = path.with_suffix(".tmp")
     pd.DataFrame(rows).to_csv(tmp, index=False)
     tmp.replace(path)
@@ -215,7 +221,7 @@ def judge_flash(search: Search, flash: StudyResult) -> TierVerdict:
     model = fit.load_classifier(flash.checkpoint)
     served = fit.data_for(best_config, search.datamodule)
     targets, probabilities, ids = fit.predict_validation(model, served, search.config.accelerator)
-    return judge(search, "flash", flash, targets, probabilities, ids)
+    return judge(search, Tier.FLASH, flash, targets, probabilities, ids)
 
 
 def judge(search: Search, tier: str, best: StudyResult, targets, probabilities, ids) -> TierVerdict:
@@ -230,8 +236,8 @@ def judge(search: Search, tier: str, best: StudyResult, targets, probabilities, 
     scores = {name: safe_score(name, targets, probabilities) for name in m.VALIDATION_METRICS}
     if target.met(verdict.score):
         outcome = f"met by the {tier} tier on the validation split"
-    elif tier == LIGHTNING or not search.config.escalate:
-        outcome = f"missed{' after escalation' if tier == LIGHTNING else ''}, short by {verdict.gap:.4f}"
+    elif tier == Tier.LIGHTNING or not search.config.escalate:
+        outcome = f"missed{' after escalation' if tier == Tier.LIGHTNING else ''}, short by {verdict.gap:.4f}"
     else:
         outcome = f"missed by the flash tier, short by {verdict.gap:.4f}"
     return TierVerdict(
@@ -269,14 +275,13 @@ def escalate(search: Search, flash: StudyResult, template, lines: TrialLines) ->
     The warm-start trial also starts from the best Flash model's weights (``escalation.train.warm_start``):
     its head, and its backbone unless that stayed the pretrained one (frozen), so its first epoch
     starts at the Flash score rather than at chance."""
-    from automl import tuning
-    from automl.search import search_space
+    from automl.space import search_space, warm_start_params
     from escalation.train import WARM_START_DIR, predict_validation, warm_start
 
     trainers = search.trainers
-    space = search_space(search.config, LIGHTNING)
-    tuner = search.tuner(f"{search.name}-{LIGHTNING}", space)
-    warm = tuning.warm_start_params(space, flash.params)
+    space = search_space(search.config, Tier.LIGHTNING)
+    tuner = search.tuner(f"{search.name}-{Tier.LIGHTNING}", space)
+    warm = warm_start_params(space, flash.params)
     frozen = search.config.pretrained and str(flash.params.get("strategy")) == "freeze"
     start = warm_start(
         template,
@@ -289,10 +294,10 @@ def escalate(search: Search, flash: StudyResult, template, lines: TrialLines) ->
         backbone=not frozen,
     )
     lines.say(f"{lines.prefix}: {start.note}")
-    tracked = search.life.tracked(LIGHTNING, trainers.lightning(template))
+    tracked = search.life.tracked(Tier.LIGHTNING, trainers.lightning(template))
 
     def warm_trials() -> list[int]:  # the enqueued warm-start trial, and any retry of it
-        return [t.number for t in tuner.study.get_trials(deepcopy=False) if t.user_attrs.get("role") == "warm start"]
+        return [t.number for t in tuner.study.get_trials(deepcopy=False) if trial_record.role(t) == Role.WARM_START]
 
     def train(number: int, params: dict, callbacks: list):
         if start.settings and number in warm_trials():
@@ -300,11 +305,11 @@ def escalate(search: Search, flash: StudyResult, template, lines: TrialLines) ->
         return tracked(number, params, callbacks)
 
     if "init_head" in start.settings and search.flash_tuner.space.head_only(flash.params):
-        warm = tuning.warm_start_params(space, flash.params, from_head=True)  # a gentle first epoch
-    tuner.enqueue_baseline({**warm, **start.params}, role="warm start")
+        warm = warm_start_params(space, flash.params, from_head=True)  # a gentle first epoch
+    tuner.enqueue_baseline({**warm, **start.params}, role=Role.WARM_START)
     trials = search.config.escalation_trials or search.config.trials
     study = run_study(search, tuner, train, trials, lines, "escalate", trainers.escalation_deadline())
-    write_study(search.run_dir / study_file(LIGHTNING), study.summary)
+    write_study(search.run_dir / study_file(Tier.LIGHTNING), study.summary)
     lightning = study.result
     score = lightning.score
     better = score is not None and (score > flash.score if search.target.maximize else score < flash.score)
@@ -314,7 +319,7 @@ def escalate(search: Search, flash: StudyResult, template, lines: TrialLines) ->
     if better:
         config = trainers.template_config(lightning.params, lightning.best_trial, template)
         targets, probabilities, ids = predict_validation(template, lightning.checkpoint, config, search.datamodule)
-        result.verdict = judge(search, LIGHTNING, lightning, targets, probabilities, ids)
+        result.verdict = judge(search, Tier.LIGHTNING, lightning, targets, probabilities, ids)
         result.template_config = config
     return result, study
 
@@ -331,83 +336,25 @@ def ensemble(search: Search, tier: str, best: StudyResult, say: Say) -> Ensemble
     logistic regression; kept only when its gain is more than the selection data resolves.
     That data is the validation split, or, when the chosen model is a head too, out-of-fold
     predictions over train+val (five times as many examples). ``finalise`` builds the kept one into best/."""
-    import numpy as np
-    import pandas as pd
-
     from automl import ensemble as ens
-    from automl.flash import fit, heads
 
-    config, datamodule, labels = search.config, search.datamodule, search.datamodule.labels
-    if not config.ensemble:
+    if not search.config.ensemble:
         return EnsembleResult(False, "off (--no-ensemble)")
-    members = {CHOSEN: {"name": CHOSEN, "kind": tier, "trial": best.best_trial, "params": best.params}}
-    for trial in head_candidates(search, tier, best):
-        name = f"head #{trial.number}"
-        members[name] = {
-            "name": name,
-            "kind": "head",
-            "trial": trial.number,
-            "params": trial.params,
-            "cv_mean": trial.user_attrs.get("cv_mean"),
-            "cv_std": trial.user_attrs.get("cv_std"),
-        }
-    texts = [text for text, _ in datamodule.train_samples + datamodule.val_samples]
-    if config.modality == "text" and datamodule.train_samples:
-        members[ens.TFIDF_MEMBER] = {"name": ens.TFIDF_MEMBER, "kind": "tfidf", "trial": None, "params": {}}
-    probabilities: dict[str, np.ndarray] = {}
-    if tier != LIGHTNING and search.flash_tuner.space.head_only(best.params):
+    members = ensemble_members(search, tier, best)
+    if tier != Tier.LIGHTNING and search.flash_tuner.space.head_only(best.params):
         # every candidate is a head (or TF-IDF): out-of-fold predictions over train+val, on the folds
         # that ranked the heads, resolve far more than the validation split alone
         split = "out-of-fold predictions over train+val"
-        for name, member in members.items():
-            if member["kind"] == "tfidf":
-                continue
-            fit_config = config.fit_config(**member["params"])
-            features = search.features.get(fit_config, fit.data_for(fit_config, datamodule))
-            x, y = features.labelled()
-            folds = heads.cross_validate(
-                x,
-                y,
-                len(labels),
-                fit_config.weight_decay,
-                search.target.metric,
-                fit_config.label_smoothing,
-                seed=config.seed,
-            )
-            probabilities[name] = folds.out_of_fold.astype(np.float64)
-        targets = y.numpy()
-        if ens.TFIDF_MEMBER in members:
-            probabilities[ens.TFIDF_MEMBER] = ens.TfidfMember.out_of_fold(texts, targets, labels, config.seed)
+        probabilities, targets = out_of_fold_probabilities(search, members)
     else:
         split = "the validation split"
-        targets = np.array([t for _, t in datamodule.val_samples])
-        frame = pd.read_csv(search.run_dir / tier_predictions_file(tier), keep_default_na=False)
-        truth = np.array([labels.index(str(value)) for value in frame["true"]])
-        if len(truth) != len(targets) or not np.array_equal(truth, targets):
+        found = validation_probabilities(search, tier, members)
+        if found is None:
             return EnsembleResult(False, "the chosen model's validation predictions are not in the split's order")
-        probabilities[CHOSEN] = frame[[f"p_{label}" for label in labels]].to_numpy(dtype=np.float64)
-        for name, member in members.items():
-            if member["kind"] == "head":
-                fit_config = config.fit_config(**member["params"])
-                features = search.features.get(fit_config, fit.data_for(fit_config, datamodule))
-                head = heads.fit_linear(
-                    features.train,
-                    features.train_targets,
-                    len(labels),
-                    fit_config.weight_decay,
-                    fit_config.label_smoothing,
-                )
-                probabilities[name] = head.probabilities(features.val).astype(np.float64)
-            elif member["kind"] == "tfidf":
-                train_texts, train_targets = (
-                    texts[: len(datamodule.train_samples)],
-                    [t for _, t in datamodule.train_samples],
-                )
-                tfidf = ens.TfidfMember.fit(train_texts, train_targets, labels, config.seed)
-                probabilities[name] = tfidf.probabilities(texts[len(datamodule.train_samples) :])
+        probabilities, targets = found
     target = search.target
     equal = one_per_backbone(members, target.maximize)
-    decision = ens.decide(probabilities, targets, target.metric, target.maximize, config.seed, equal)
+    decision = ens.decide(probabilities, targets, target.metric, target.maximize, search.config.seed, equal)
     rows = [
         {**member, "weight": decision.weights.get(name, 0.0), "score": decision.single_scores.get(name)}
         for name, member in members.items()
@@ -427,6 +374,100 @@ def ensemble(search: Search, tier: str, best: StudyResult, say: Say) -> Ensemble
     found = f"{len(members)} candidate(s) on {len(targets)} {split}, {decision.method} {weights}"
     say(f"{found}: {outcome}, {decision.why}")
     return EnsembleResult(decision.kept, decision.why, rows, scores)
+
+
+def ensemble_members(search: Search, tier: str, best: StudyResult) -> dict[str, dict]:
+    """The ensemble's candidates by name: the chosen model, the best head of each other backbone and
+    input size, and for texts the TF-IDF member."""
+    from automl import ensemble as ens
+
+    members = {CHOSEN: {"name": CHOSEN, "kind": tier, "trial": best.best_trial, "params": best.params}}
+    for trial in head_candidates(search, tier, best):
+        name = f"head #{trial.number}"
+        members[name] = {
+            "name": name,
+            "kind": "head",
+            "trial": trial.number,
+            "params": trial.params,
+            "cv_mean": trial.user_attrs.get(trial_record.CV_MEAN),
+            "cv_std": trial.user_attrs.get(trial_record.CV_STD),
+        }
+    if search.config.modality == "text" and search.datamodule.train_samples:
+        members[ens.TFIDF_MEMBER] = {"name": ens.TFIDF_MEMBER, "kind": "tfidf", "trial": None, "params": {}}
+    return members
+
+
+def _texts(datamodule) -> list[str]:
+    return [text for text, _ in datamodule.train_samples + datamodule.val_samples]
+
+
+def out_of_fold_probabilities(search: Search, members: dict[str, dict]):
+    """Each member's out-of-fold probabilities over train+val (the folds that ranked the heads) and
+    the targets they predict."""
+    import numpy as np
+
+    from automl import ensemble as ens
+    from automl.flash import fit, heads
+
+    config, datamodule, labels = search.config, search.datamodule, search.datamodule.labels
+    probabilities: dict[str, np.ndarray] = {}
+    for name, member in members.items():
+        if member["kind"] == "tfidf":
+            continue
+        fit_config = config.fit_config(**member["params"])
+        features = search.features.get(fit_config, fit.data_for(fit_config, datamodule))
+        x, y = features.labelled()
+        folds = heads.cross_validate(
+            x,
+            y,
+            len(labels),
+            fit_config.weight_decay,
+            search.target.metric,
+            fit_config.label_smoothing,
+            seed=config.seed,
+        )
+        probabilities[name] = folds.out_of_fold.astype(np.float64)
+    targets = y.numpy()
+    if ens.TFIDF_MEMBER in members:
+        probabilities[ens.TFIDF_MEMBER] = ens.TfidfMember.out_of_fold(_texts(datamodule), targets, labels, config.seed)
+    return probabilities, targets
+
+
+def validation_probabilities(search: Search, tier: str, members: dict[str, dict]):
+    """Each member's probabilities on the validation split (the chosen model's as its tier wrote
+    them; the others fitted on the training split here) and its targets; None when the chosen
+    model's predictions file is not in the split's order."""
+    import numpy as np
+    import pandas as pd
+
+    from automl import ensemble as ens
+    from automl.flash import fit, heads
+
+    config, datamodule, labels = search.config, search.datamodule, search.datamodule.labels
+    targets = np.array([t for _, t in datamodule.val_samples])
+    frame = pd.read_csv(search.run_dir / tier_predictions_file(tier), keep_default_na=False)
+    truth = np.array([labels.index(str(value)) for value in frame["true"]])
+    if len(truth) != len(targets) or not np.array_equal(truth, targets):
+        return None
+    probabilities = {CHOSEN: frame[[f"p_{label}" for label in labels]].to_numpy(dtype=np.float64)}
+    texts, trained = _texts(datamodule), len(datamodule.train_samples)
+    for name, member in members.items():
+        if member["kind"] == "head":
+            fit_config = config.fit_config(**member["params"])
+            features = search.features.get(fit_config, fit.data_for(fit_config, datamodule))
+            head = heads.fit_linear(
+                features.train,
+                features.train_targets,
+                len(labels),
+                fit_config.weight_decay,
+                fit_config.label_smoothing,
+            )
+            probabilities[name] = head.probabilities(features.val).astype(np.float64)
+        elif member["kind"] == "tfidf":
+            train_targets = [t for _, t in datamodule.train_samples]
+            tfidf = ens.TfidfMember.fit(texts[:trained], train_targets, labels, config.seed)
+            probabilities[name] = tfidf.probabilities(texts[trained:])
+    return probabilities, targets
 
 
 def one_per_backbone(members: dict[str, dict], maximize: bool = True) -> list[str]:
@@ -460,12 +501,12 @@ def head_candidates(search: Search, tier: str, best: StudyResult) -> list:
         for t in tuner.study.get_trials(deepcopy=False)
         if t.state.name == "COMPLETE" and t.value is not None and tuner.space.head_only(t.params)
     ]
-    skip = group(best.params) if tier != LIGHTNING and tuner.space.head_only(best.params) else None
+    skip = group(best.params) if tier != Tier.LIGHTNING and tuner.space.head_only(best.params) else None
     sign = 1.0 if search.target.maximize else -1.0
     chosen: dict[tuple, object] = {}
     for trial in complete:
         key = group(trial.params)
-        rank = sign * (trial.user_attrs.get("cv_mean") if trial.user_attrs.get("cv_mean") is not None else trial.value)
+        rank = sign * TrialRecord.of(tier, trial).ranking_score
         if key != skip and (key not in chosen or rank > chosen[key][0]):
             chosen[key] = (rank, trial)
     return [trial for _, trial in chosen.values()]
@@ -485,13 +526,50 @@ def finalise(
     test split, metrics.json, the MLflow artifacts and model, the report. ``verdict``: the chosen
     trial's selection score (validation); ``template``: the edited template the escalation used (None:
     the built-in one)."""
-    from automl.flash import fit
-
-    run_dir, config, datamodule = search.run_dir, search.config, search.datamodule
+    run_dir = search.run_dir
     best_dir = run_dir / BEST_DIR
     (best_dir / ENSEMBLE_FILE).unlink(missing_ok=True)  # a resumed run's earlier ensemble
     shutil.rmtree(best_dir / MEMBERS_DIR, ignore_errors=True)
-    if tier == "flash":
+    refit_note = save_chosen(search, tier, best, template, best_dir)
+    say(f"refit: {refit_note}")
+    # the built-in template as None: the path differs on the machine that loads the run folder,
+    # and a path there is code that `automl predict` runs only with --trust-checkpoint
+    ModelTier(tier, template).write(best_dir)
+    shutil.copy2(run_dir / tier_predictions_file(tier), run_dir / PREDICTIONS_FILE)
+    kept = ensembled is not None and ensembled.kept
+    single = judge_test(search, tier, best_dir, verdict, refit_note, template) if kept else None
+    if kept:
+        build_ensemble(search, best_dir, tier, ensembled)
+        say(f"the ensemble of {len(ensembled.chosen())} members is the final model")
+    final = judge_test(search, tier, best_dir, verdict, refit_note, template)
+    say(f"verdict on the {final.split} split: {final.outcome}")
+    ensemble_facts = ensembled.to_json() if ensembled is not None else {}
+    if kept:
+        ensemble_facts.update(single_test_score=single.score, single_test_split=single.split)
+        ensemble_facts.update(prediction_seconds(search, best_dir, template))
+    summary = _summary(search, tier, best, verdict, final, refit_note, ensemble_facts)
+    folder = RunFolder(run_dir)
+    folder.write_summary(summary)
+    tracker, parent = search.tracker, search.parent
+    tracker.log_metrics(parent, {f"final_{k}": v for k, v in verdict.scores.items() if v is not None})
+    tracker.log_metrics(parent, {k: v for k, v in final.test_scores.items() if v is not None})
+    tracker.set_tags(parent, {"verdict": final.verdict, "tier": tier, "best_trial": best.best_trial})
+    logged = log_model(search, best_dir, template, final, say)
+    model = FinalModel(str(best_dir), tier, verdict=final.to_json(), **logged)
+    folder.write_summary(dataclasses.replace(summary, **model.mlflow()))
+    report = write_report(run_dir, say)
+    for path in sorted(run_dir.glob("*.csv")) + [run_dir / n for n in (*LOGGED_FILES, *report)]:
+        tracker.log_artifact(parent, path)
+    return model
+
+
+def save_chosen(search: Search, tier: str, best: StudyResult, template: str | None, best_dir: Path) -> str:
+    """The chosen model's files in best/ (a Flash-tier model refitted on train+val when it can be);
+    returns what the refit did, in words."""
+    from automl.flash import fit
+
+    config, datamodule = search.config, search.datamodule
+    if tier == Tier.FLASH:
         fit_config = config.fit_config(**best.params)
         try:
             checkpoint, refit_note = refit(search, best, fit_config)
@@ -515,23 +593,11 @@ def finalise(
         refit_note = "not done: with no test split, the validation split is all that is left to judge on"
     elif not config.refit:
         refit_note = "off (--no-refit): the chosen trial's own weights"
-    say(f"refit: {refit_note}")
-    # the built-in template as None: the path differs on the machine that loads the run folder,
-    # and a path there is code that `automl predict` runs only with --trust-checkpoint
-    ModelTier(tier, template).write(best_dir)
-    shutil.copy2(run_dir / tier_predictions_file(tier), run_dir / PREDICTIONS_FILE)
-    kept = ensembled is not None and ensembled.kept
-    single = judge_test(search, tier, best_dir, verdict, refit_note, template) if kept else None
-    if kept:
-        build_ensemble(search, best_dir, tier, ensembled)
-        say(f"the ensemble of {len(ensembled.chosen())} members is the final model")
-    final = judge_test(search, tier, best_dir, verdict, refit_note, template)
-    say(f"verdict on the {final.split} split: {final.outcome}")
-    ensemble_facts = ensembled.to_json() if ensembled is not None else {}
-    if kept:
-        ensemble_facts.update(single_test_score=single.score, single_test_split=single.split)
-        ensemble_facts.update(prediction_seconds(search, best_dir, template))
-    summary = Summary(
+    return refit_note
+
+
+def _summary(search, tier, best, verdict, final, refit_note, ensemble_facts) -> Summary:
+    return Summary(
         target=str(search.target),
         verdict=final.verdict,
         outcome=final.outcome,
@@ -542,7 +608,7 @@ def finalise(
         gap=final.gap,
         best_trial=best.best_trial,
         best_params=best.params,
-        labels=datamodule.labels,
+        labels=search.datamodule.labels,
         scores=verdict.scores,
         test_scores=final.test_scores,
         judged_on=final.split,
@@ -554,19 +620,6 @@ def finalise(
         refit=refit_note,
         ensemble=ensemble_facts,
     )
-    folder = RunFolder(run_dir)
-    folder.write_summary(summary)
-    tracker, parent = search.tracker, search.parent
-    tracker.log_metrics(parent, {f"final_{k}": v for k, v in verdict.scores.items() if v is not None})
-    tracker.log_metrics(parent, {k: v for k, v in final.test_scores.items() if v is not None})
-    tracker.set_tags(parent, {"verdict": final.verdict, "tier": tier, "best_trial": best.best_trial})
-    logged = log_model(search, best_dir, template, final, say)
-    model = FinalModel(str(best_dir), tier, verdict=final.to_json(), **logged)
-    folder.write_summary(dataclasses.replace(summary, **model.mlflow()))
-    report = write_report(run_dir, say)
-    for path in sorted(run_dir.glob("*.csv")) + [run_dir / n for n in (*LOGGED_FILES, *report)]:
-        tracker.log_artifact(parent, path)
-    return model
 
 
 def build_ensemble(search: Search, best_dir: Path, tier: str, ensembled: EnsembleResult) -> None:
@@ -592,7 +645,7 @@ def build_ensemble(search: Search, best_dir: Path, tier: str, ensembled: Ensembl
                 {"name": name, "kind": "tfidf", "folder": str(folder.relative_to(best_dir)), "weight": weight}
             )
             continue
-        head_only = tier != LIGHTNING and search.flash_tuner.space.head_only(member["params"])
+        head_only = tier != Tier.LIGHTNING and search.flash_tuner.space.head_only(member["params"])
         fit_config = config.fit_config(**member["params"])
         shares = frozen_backbone(fit_config) if head_only else None
         if name == CHOSEN:
@@ -609,7 +662,7 @@ def build_ensemble(search: Search, best_dir: Path, tier: str, ensembled: Ensembl
         fit.save_checkpoint(model, checkpoint, 0)
         folder = best_dir / MEMBERS_DIR / f"trial-{member['trial']}"
         fit.save_best(folder, str(checkpoint), served, fit_config)
-        ModelTier(FLASH, None).write(folder)
+        ModelTier(Tier.FLASH, None).write(folder)
         entries.append(
             {
                 "name": name,
@@ -672,7 +725,7 @@ def refit(search: Search, best: StudyResult, config: FitConfig) -> tuple[str | N
             return None, "kept the chosen trial's weights: the refitted head did not train"
         return trained.checkpoint, f"the head retrained on train+val ({examples} examples) in {_secs(started)}"
     trial = search.flash_tuner.study.trials[best.best_trial]
-    seconds = trial.user_attrs.get("seconds") or (trial.duration.total_seconds() if trial.duration else None)
+    seconds = trial_record.seconds(trial)
     share = examples / max(len(datamodule.train_samples), 1)
     needed = None if seconds is None else seconds * share
     left = None if search.deadline is None else search.deadline - time.time()
@@ -710,12 +763,12 @@ def _refit_once(config: FitConfig, served, samples: list, out: Path, search: Sea
     """One fine-tune of ``config`` on ``samples`` (train+val); the validation split only feeds the
     checkpoint callback, as every example in it is now a training example. It stops at the budget's
     deadline (a trial sized to a share of each epoch's batches costs more here), its validated epochs kept."""
-    from automl import tuning
+    from automl.callbacks import Deadline
     from automl.flash import fit
 
     shutil.rmtree(out, ignore_errors=True)
     both = served.with_options(train_samples=samples)
-    callbacks = [tuning.Deadline(search.deadline)] if search.deadline is not None else []
+    callbacks = [Deadline(search.deadline)] if search.deadline is not None else []
     return fit.train(config, both, out, search.target.metric, callbacks, progress=search.progress)
 
 
@@ -766,6 +819,32 @@ def judge_test(
     )
     verdict = scored.verdict
     test_scores = {f"test_{name}": value for name, value in scored.scores.items()}
+    notes += _test_notes(search, predictor, scored, selection)
+    story = _story(tier, selection)
+    if (best_dir / ENSEMBLE_FILE).exists():
+        members = len(read_json(best_dir / ENSEMBLE_FILE)["members"])
+        story += f" (an ensemble of {members} models around its chosen one)"
+    outcome = f"{verdict.verdict} {story} on {verdict.examples} test examples: {describe(verdict)}"
+    return TierVerdict(
+        **dataclasses.asdict(verdict),
+        scores=selection.scores,
+        best_trial=selection.best_trial,
+        tier=tier,
+        outcome=outcome,
+        split="test",
+        test_scores=test_scores,
+        notes=notes,
+    )
+
+
+def _test_notes(search: Search, predictor, scored, selection: TierVerdict) -> list[str]:
+    """What a reader of the test verdict should know: unreadable test examples, test examples with a
+    copy in the training data (scored with and without them), a selection score the test interval
+    does not cover."""
+    from automl.evaluate import judge_inputs
+
+    target, holdout, samples, verdict = search.target, search.holdout, search.datamodule.test_samples, scored.verdict
+    notes = []
     if scored.unreadable:
         notes.append(f"{len(scored.unreadable)} test examples could not be read: {scored.unreadable[0][0]}, ...")
     if holdout.leaked:
@@ -787,27 +866,13 @@ def judge_test(
             f"{selection.score:.4f} there, outside the test split's 95% interval "
             f"{verdict.ci_low:.3f}-{verdict.ci_high:.3f}"
         )
-    story = _story(tier, selection)
-    if (best_dir / ENSEMBLE_FILE).exists():
-        members = len(read_json(best_dir / ENSEMBLE_FILE)["members"])
-        story += f" (an ensemble of {members} models around its chosen one)"
-    outcome = f"{verdict.verdict} {story} on {verdict.examples} test examples: {describe(verdict)}"
-    return TierVerdict(
-        **dataclasses.asdict(verdict),
-        scores=selection.scores,
-        best_trial=selection.best_trial,
-        tier=tier,
-        outcome=outcome,
-        split="test",
-        test_scores=test_scores,
-        notes=notes,
-    )
+    return notes
 
 
 def _story(tier: str, selection: TierVerdict) -> str:
     """Which tier's model was judged, and whether the run escalated to get it (with the reason a
     Lightning tier that did not win was not kept)."""
-    if tier == LIGHTNING:
+    if tier == Tier.LIGHTNING:
         return "by the lightning tier, after escalation"
     if "after escalation" in selection.outcome:
         start, end = selection.outcome.find("("), selection.outcome.rfind(")")

@@ -14,9 +14,10 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from automl import tuning
+from automl import trial_record, tuning
+from automl.callbacks import raise_if_pruned
 from automl.progress import PROGRESS, short_params
-from automl.run_folder import FLASH
+from automl.trial_record import Tier
 
 FitTrial = Callable[..., tuning.TrialOutcome]  # (number, params, callbacks, logger) -> outcome
 Say = Callable[[str], None]
@@ -35,7 +36,7 @@ class TrialLife:
     def tracked(self, tier: str, fit_trial: FitTrial):
         """A trial as the study sees it: an MLflow child run around ``fit_trial``; a pruned or failed
         trial's checkpoints removed, and only the best finished trial's kept."""
-        folder = self.run_dir / ("trials" if tier == FLASH else "escalation")
+        folder = self.run_dir / ("trials" if tier == Tier.FLASH else "escalation")
 
         def train(number: int, params: dict, callbacks: list) -> tuning.TrialOutcome:
             child = self.tracker.start_child(
@@ -53,7 +54,7 @@ class TrialLife:
                         f"removed. Free space under {self.run_dir} or give --output another disk, then run "
                         "the same command again"
                     ) from error
-                tuning.raise_if_pruned(callbacks)  # decided in a process of a distributed trial
+                raise_if_pruned(callbacks)  # decided in a process of a distributed trial
                 if outcome.checkpoint is None:
                     raise RuntimeError("stopped before its first validation (time budget)")
                 status = "FINISHED"
@@ -126,17 +127,17 @@ class TrialLines:
 
     def ended(self, trial) -> None:
         state = trial.state.name.lower()
-        seconds = trial.user_attrs.get("seconds")
+        seconds = trial.user_attrs.get(trial_record.SECONDS)
         took = "" if seconds is None else f" in {minutes(seconds)}"
         if state == "complete":
             result = f"{state}{took}: {self.metric}={trial.value:.4f}"
         else:  # failed or pruned, with the reason
-            why = trial.user_attrs.get("fail_reason") or trial.user_attrs.get("pruned_reason") or ""
+            why = trial_record.reason(trial) or ""
             result = f"{state}{took}" + (f" ({why.splitlines()[0][:200]})" if why.strip() else "")
         PROGRESS.info(f"{self.prefix}: trial #{trial.number} {result}; {short_params(trial.params)}")
 
     def waiting(self, running: list) -> None:
-        workers = sorted({str(t.user_attrs.get("worker", "a starting worker")) for t in running})
+        workers = sorted({str(t.user_attrs.get(trial_record.WORKER, "a starting worker")) for t in running})
         self.say(f"{self.prefix}: waiting for {len(running)} trial(s) running in other workers ({', '.join(workers)})")
 
     def narrowed(self, reason: str) -> None:

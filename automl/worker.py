@@ -3,10 +3,11 @@ the trial folder), not a run: no journal, no verdict, no report; those are ``aut
 
 from __future__ import annotations
 
-from automl import stages
+from automl import stages, trial_record
 from automl.config import RunConfig
-from automl.pipeline import NUMBER, STAGES, Report, log_error
+from automl.progress import Report, log_error
 from automl.search import Search
+from automl.stages import NUMBER, STAGES
 from automl.trials import TrialLines
 
 
@@ -15,8 +16,8 @@ def tune_worker(config: RunConfig, progress: bool = True, report: Report | None 
     it holds ``config.trials`` finished ones, whoever ran them. Verdict and report are ``automl run``'s.
     A worker holds the search (data, stores, trial folder), not a run: no journal, no stages."""
     from automl.progress import detach_run_log, stage_line
+    from automl.shared_study import WORKER
     from automl.tracking import own_tracking_uri
-    from automl.tuning import WORKER
 
     def say(line: str) -> None:
         stage_line(line)
@@ -52,7 +53,7 @@ def tune_worker(config: RunConfig, progress: bool = True, report: Report | None 
         "stopped": why,
         "finished": len(trials),
         "requested": config.trials,
-        "by_this_worker": sum(1 for t in trials if t.user_attrs.get("worker") == WORKER),
+        "by_this_worker": sum(1 for t in trials if t.user_attrs.get(trial_record.WORKER) == WORKER),
         "best_value": best.value if best else None,
         "worker": WORKER,
     }

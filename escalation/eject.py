@@ -10,7 +10,8 @@ from pathlib import Path
 import yaml
 
 from automl.errors import ConfigError
-from automl.run_folder import FLASH, LIGHTNING, RunFolder
+from automl.run_folder import RunFolder
+from automl.trial_record import Tier
 from escalation.train import EJECTED_PACKAGE, WARM_START_DIR, load_template, template_config
 
 
@@ -24,8 +25,8 @@ class EjectedProject:
 
 
 def eject(run_dir: str | Path, destination: str | Path, force: bool = False) -> EjectedProject:
+    from automl.space import warm_start_params
     from automl.target import parse_target
-    from automl.tuning import warm_start_params
 
     folder = RunFolder(run_dir)
     run_dir = folder.path
@@ -35,14 +36,14 @@ def eject(run_dir: str | Path, destination: str | Path, force: bool = False) -> 
     escalated = journal.result("escalate")
     start = {}  # the best trial's init_head / init_backbone files, when it was the warm start
     if escalated:
-        tier, params, expected = LIGHTNING, escalated.tier.params, escalated.tier.score
+        tier, params, expected = Tier.LIGHTNING, escalated.tier.params, escalated.tier.score
         start = escalated.best_start()
     else:
         # never escalated: the template starts from the best Flash-tier parameters it shares
-        from automl.tuning import SearchSpace
+        from automl.space import SearchSpace
 
         space = SearchSpace("image" if config["task"] == "image_classification" else "text", (), 1)
-        tier, params, expected = FLASH, warm_start_params(space, summary.best_params), None
+        tier, params, expected = Tier.FLASH, warm_start_params(space, summary.best_params), None
     template = load_template(config.get("template"))  # the run's (an edited one, or None: built in)
 
     destination = Path(destination)
@@ -68,6 +69,7 @@ def eject(run_dir: str | Path, destination: str | Path, force: bool = False) -> 
 
 
 def _readme(run_dir: Path, config: dict, monitor: str, expected: float | None, tier: str) -> str:
+    # long: one Markdown document, written top to bottom as the reader sees it
     score = (
         f"The run's best Lightning-tier trial scored **{monitor} = {expected:.4f}**; with the same data, seed and "
         "machine, training with this config.yaml reproduces it (within noise elsewhere)."

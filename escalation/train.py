@@ -7,6 +7,7 @@ parameters into its configuration, train it, and predict with what it trained.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import hashlib
 import importlib
 import shutil
@@ -16,8 +17,12 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from automl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from escalation.template.train import FitResult
 
 TEMPLATE_PACKAGE = "escalation.template"
 TEMPLATE_DIR = Path(__file__).parent / "template"
@@ -65,8 +70,16 @@ class Template:
         """The template's typed configuration of ``values`` (its defaults for the rest)."""
         return self.package.TemplateConfig.from_dict(values)
 
-    def fit(self, config, **kwargs) -> dict:
-        return self.package.fit(config, **kwargs)
+    def fit(self, config, **kwargs) -> FitResult:
+        """One training run of the template. A template ejected before ``fit()`` returned a
+        ``FitResult`` returns the same facts as a dict: read alike."""
+        from escalation.template.train import FitResult
+
+        result = self.package.fit(config, **kwargs)
+        if isinstance(result, dict):
+            names = [f.name for f in dataclasses.fields(FitResult)]
+            result = FitResult(**{name: result.get(name) for name in names})
+        return result
 
     def datamodule(self, config, samples=None):
         return self.package.make_datamodule(self.package.TemplateConfig.of(config), samples)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import TINY_IMAGE_BACKBONE, make_image_folder
+from helpers import TINY_IMAGE_BACKBONE, make_image_folder
 
 from automl import metrics as m
 from automl.cli import cli
@@ -119,6 +119,7 @@ def test_backbones_lists_offline_defaults(runner):
     assert result.output.count("(default)") == 1 and "(default)" in result.output.split("tf_efficientnet_lite1")[0]
 
 
+@pytest.mark.slow
 def test_help_does_not_import_torch():
     code = "import sys; from automl.cli import cli; print('torch' in sys.modules, 'lightning' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -155,6 +156,7 @@ def test_fit_trains_a_text_classifier_from_a_csv(tmp_path, runner, text_csv, tin
     assert metrics["val_size"] == 16 and metrics["weights"].startswith("local")
 
 
+@pytest.mark.slow
 def test_a_two_process_cpu_ddp_fit_finishes_and_writes_once(tmp_path):
     data = make_image_folder(tmp_path / "imgs", per_class=8)
     args = [

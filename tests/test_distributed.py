@@ -17,10 +17,13 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import TINY_IMAGE_BACKBONE, logged_epochs
+from helpers import TINY_IMAGE_BACKBONE, logged_epochs
 from together import open_together
 
-from automl.tuning import counted_trials
+from automl.shared_study import counted_trials
+
+#: several processes, PostgreSQL, an MLflow server: `make test` runs them, `make test-fast` does not
+pytestmark = pytest.mark.slow
 
 POSTGRES = os.environ.get("AUTOML_TEST_POSTGRES_URL", "postgresql://automl:automl@127.0.0.1:5432/automl")
 
@@ -384,9 +387,9 @@ def _worker_whose_machine_dies(storage: str, study: str, total: int) -> None:
     from test_tuning import SPACE
 
     from automl import metrics as m
-    from automl import tuning
+    from automl import shared_study, tuning
 
-    tuning.WORKER = "another-machine:4242"
+    shared_study.WORKER = "another-machine:4242"
     tuner = tuning.Tuner(SPACE, storage, study, "maximize", m.VAL_ACCURACY, seed=1, pruner="none", heartbeat=1)
 
     def train(number, params, callbacks):
@@ -430,7 +433,7 @@ def test_a_trial_whose_machine_died_is_failed_by_its_heartbeat_and_run_again(pos
     assert trials[2].state.name == "FAIL"
     (retry,) = [t for t in trials.values() if t.user_attrs.get("retry_of") == 2]
     assert retry.state.name == "COMPLETE" and retry.params == trials[2].params  # same parameters, run again
-    reasons = {row["number"]: row["reason"] for row in tuner.summary()}
+    reasons = {record.number: record.reason for record in tuner.summary()}
     assert reasons[2] == "its worker (another-machine:4242) stopped sending heartbeats"
 
 
@@ -498,7 +501,7 @@ def test_a_run_trains_each_trial_on_two_processes_with_optuna_and_mlflow_in_one(
 def test_a_two_process_trial_is_pruned_on_both_processes(images, tmp_path, tracking_uri):
     """Optuna's pruning decision, taken on rank zero, stops every process of the trial after the same
     epoch; the run records the trial as pruned, as for a one-process trial."""
-    from conftest import tiny_run_config
+    from helpers import tiny_run_config
     from test_tuning import PruneEveryTrialButTheBaseline
 
     from automl import pipeline

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_IMAGE_BACKBONE, make_image_folder, multipart, post, serving, tiny_run_config
+from helpers import TINY_IMAGE_BACKBONE, make_image_folder, multipart, post, serving, tiny_run_config
 
 from automl import ensemble as ens
 from automl.flash.heads import cross_validate, fit_linear
@@ -184,6 +184,7 @@ def test_the_ensemble_predicts_the_weighted_mean_of_its_members(ensemble_run):
     assert not hasattr(alone, "members")
 
 
+@pytest.mark.slow
 def test_predict_serve_the_mlflow_model_and_export_give_the_ensembles_probabilities(ensemble_run, tmp_path):
     import mlflow
     import onnxruntime

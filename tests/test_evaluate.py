@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import TINY_IMAGE_BACKBONE, make_image_folder, make_texts, write_colour_image
+from helpers import TINY_IMAGE_BACKBONE, make_image_folder, make_texts, write_colour_image
 from PIL import Image
 
 from automl.cli import cli

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import IMAGE_MODEL, TEXT_MODEL, answering, free_port, make_image_folder, make_texts, post
+from helpers import IMAGE_MODEL, TEXT_MODEL, answering, free_port, make_image_folder, make_texts, post
 
 from automl.cli import cli
 
@@ -77,6 +77,7 @@ def test_the_run_records_its_mlflow_model_and_registered_version(image_run, text
         assert metrics["model_uri"] in report and f"models:/{name}@challenger" in report
 
 
+@pytest.mark.slow
 def test_the_logged_model_predicts_in_a_fresh_process_what_automl_predict_predicts(image_run, text_run, tmp_path):
     """`mlflow.pyfunc.load_model` of the run's model and of the registered alias, in a new interpreter,
     against `automl predict` on the same inputs: the same labels and probabilities, and an unreadable
@@ -141,6 +142,7 @@ def mlflow_models_serve(model_uri: str, env: dict):
         yield url
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(MLFLOW is None, reason="the mlflow command-line tool is not installed")
 def test_mlflow_models_serve_answers_invocations_for_a_text_and_an_image(image_run, text_run, tmp_path):
     """The README's path: `mlflow models serve -m models:/NAME@challenger --env-manager local`, then

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -13,13 +12,14 @@ import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import TINY_IMAGE_BACKBONE, logged_epochs, tiny_run_config
+from helpers import TINY_IMAGE_BACKBONE, logged_epochs, tiny_run_config
 
 from automl import metrics as m
-from automl import pipeline, search, tracking
+from automl import pipeline, space, tracking
 from automl.cli import cli
 from automl.config import RunConfig
 from automl.errors import StoreUnavailable
+from automl.trial_record import Tier
 
 
 def run_config(images, output, tracking_uri, **changes) -> RunConfig:
@@ -53,27 +53,6 @@ def run_command(images, output, study: str, *extra: str) -> list[str]:
 def trial_states(run_dir, output) -> list[str]:
     study = optuna.load_study(study_name=run_dir.name, storage=f"sqlite:///{output / 'optuna.db'}")
     return [t.state.name for t in study.get_trials()]
-
-
-def trial_states_now(database: Path, study: str) -> list[str]:
-    """The study's trial states read straight from its SQLite file, a trial that has begun training
-    (its parameters chosen, ``started_at`` recorded) as TRAINING: milliseconds, where loading the
-    study through Optuna takes long enough for a tiny trial to start and finish unseen."""
-    import sqlite3
-
-    if not database.exists():
-        return []
-    with contextlib.closing(sqlite3.connect(database, timeout=5)) as connection:
-        try:
-            rows = connection.execute(
-                "select t.state, exists(select 1 from trial_user_attributes a "
-                "where a.trial_id = t.trial_id and a.key = 'started_at') "
-                "from trials t join studies s on s.study_id = t.study_id where s.study_name = ? order by t.number",
-                (study,),
-            ).fetchall()
-        except sqlite3.OperationalError:  # the tables are being created
-            return []
-    return ["TRAINING" if state == "RUNNING" and training else state for state, training in rows]
 
 
 def test_a_run_tunes_judges_tracks_and_writes_its_folder(tmp_path, images, tracking_uri):
@@ -327,6 +306,7 @@ def test_a_full_disk_while_checkpointing_fails_the_trial_not_the_study(tmp_path,
     assert any(line.startswith("[7/7] finalise: report written to") for line in lines), lines  # with a failed trial
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_after_the_epoch_reports_and_exits_130_then_resumes(tmp_path, images):
     import signal
     import subprocess
@@ -355,25 +335,25 @@ def test_ctrl_c_stops_after_the_epoch_reports_and_exits_130_then_resumes(tmp_pat
     assert trial_states(run_dir, tmp_path) == ["COMPLETE"] * 4  # resumed to the requested number
 
 
+@pytest.mark.slow
 def test_a_run_killed_during_tuning_resumes_without_losing_or_repeating_trials(tmp_path, images):
     import subprocess
-    import time
 
-    args = run_command(images, tmp_path, "killed", "-q")
+    args = run_command(images, tmp_path, "killed")
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while True:  # kill it once the third trial trains, i.e. after its second finished trial
-        states = trial_states_now(tmp_path / "optuna.db", "killed")
-        if states[:3] == ["COMPLETE", "COMPLETE", "TRAINING"]:
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in process.stderr:  # kill it once a tuning trial has validated an epoch and has more to go
+        seen.append(line)
+        found = re.search(r"trial #(\d+) epoch (\d+)/(\d+)", line)
+        if found and int(found.group(1)) > 0 and int(found.group(2)) < int(found.group(3)):
+            killed = int(found.group(1))
             process.kill()
             process.wait()
             break
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"never saw the third trial training: {states}")
-        time.sleep(0.005)  # training lasts a few hundred ms: the query and this pause take a few
-    assert trial_states(tmp_path / "killed", tmp_path)[2] == "RUNNING"  # left behind by the dead process
+    else:
+        pytest.fail("never saw a tuning trial between its epochs:\n" + "".join(seen[-30:]))
+    assert trial_states(tmp_path / "killed", tmp_path)[killed] == "RUNNING"  # left behind by the dead process
 
     again = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -381,8 +361,8 @@ def test_a_run_killed_during_tuning_resumes_without_losing_or_repeating_trials(t
     states = [t.state.name for t in study.trials]
     assert states.count("COMPLETE") == 4  # the requested number, none lost
     (dead,) = [t for t in study.trials if t.state.name == "FAIL"]
-    assert dead.number == 2 and dead.user_attrs["fail_reason"].endswith("died")
-    (retry,) = [t for t in study.trials if t.user_attrs.get("retry_of") == 2]
+    assert dead.number == killed and dead.user_attrs["fail_reason"].endswith("died")
+    (retry,) = [t for t in study.trials if t.user_attrs.get("retry_of") == killed]
     assert retry.params == dead.params and retry.state.name == "COMPLETE"
     assert [t.user_attrs.get("role") for t in study.trials].count("baseline") == 1  # not repeated
 
@@ -517,9 +497,9 @@ def test_text_max_length_follows_the_data_unless_given(text_csv, tmp_path):
     )
     data = fit.load_data(config)
     # 4 to 12 words of one token each, plus [CLS] and [SEP]: at most 14 tokens, rounded up to 16
-    assert search.fit_to_data(config, data).max_length == 16
+    assert space.fit_to_data(config, data).max_length == 16
     given = RunConfig(**{**config.to_dict(), "max_length": 64})
-    assert search.fit_to_data(given, data).max_length == 64
+    assert space.fit_to_data(given, data).max_length == 64
 
 
 def test_the_default_search_offers_every_backbone_whose_weights_are_here(tmp_path):
@@ -528,8 +508,8 @@ def test_the_default_search_offers_every_backbone_whose_weights_are_here(tmp_pat
     from automl import backbones as bb
 
     config = RunConfig(task="image_classification", data=str(tmp_path), target="accuracy>=0.9", trials=3)
-    space = search.search_space(config, "flash")
-    assert space.backbones[0] == bb.DEFAULT_IMAGE_BACKBONE
-    assert {"tf_efficientnet_lite1", "tf_efficientnet_lite2"} <= set(space.backbones)
-    assert all(search.weights_here(bb, name, "image") for name in space.backbones)
-    assert search.native_sizes(config, space.backbones)["tf_efficientnet_lite1"] == 240
+    offered = space.search_space(config, Tier.FLASH)
+    assert offered.backbones[0] == bb.DEFAULT_IMAGE_BACKBONE
+    assert {"tf_efficientnet_lite1", "tf_efficientnet_lite2"} <= set(offered.backbones)
+    assert all(space.weights_here(bb, name, "image") for name in offered.backbones)
+    assert space.native_sizes(config, offered.backbones)["tf_efficientnet_lite1"] == 240

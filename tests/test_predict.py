@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 from click.testing import CliRunner
-from conftest import make_image_folder
+from helpers import make_image_folder
 
 from automl.cli import cli
 from automl.predict import Predictor

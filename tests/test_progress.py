@@ -11,7 +11,8 @@ import threading
 import time
 
 import optuna
-from conftest import TINY_IMAGE_BACKBONE, tiny_run_config
+import pytest
+from helpers import TINY_IMAGE_BACKBONE, tiny_run_config
 
 from automl import pipeline, search
 from automl.progress import RUN_LOG
@@ -36,6 +37,7 @@ def logged_lines(run_dir) -> list[str]:
     return [re.sub(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", "", line) for line in text.splitlines()]
 
 
+@pytest.mark.slow
 def test_with_stderr_in_a_file_each_epoch_and_trial_is_one_plain_line_also_in_run_log(images, tmp_path):
     """stderr redirected to a file, as `nohup`, CI or a job scheduler do: no live bar's fragments, but
     one line per epoch with its metrics and one per trial; the run folder's run.log has the same."""
@@ -73,6 +75,7 @@ def test_with_stderr_in_a_file_each_epoch_and_trial_is_one_plain_line_also_in_ru
     assert "[4/7] verdict: val_accuracy" in "\n".join(logged)
 
 
+@pytest.mark.slow
 def test_on_a_terminal_the_live_bar_stays_and_run_log_still_gets_the_lines(images, tmp_path):
     """stderr a terminal (a pseudo-terminal here): Lightning's live bar as before; run.log has the
     epoch and trial lines all the same."""

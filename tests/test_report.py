@@ -44,6 +44,7 @@ def test_automl_report_renders_again(image_run):
     not (CHROMIUM and CHROMEDRIVER) and not os.environ.get("CI"),  # CI must have them: there it fails instead
     reason="needs Debian's chromium and chromium-driver (make test installs them; run `make browser` as root)",
 )
+@pytest.mark.slow
 def test_the_report_renders_in_headless_chromium(image_run, tmp_path):
     from automl.report.browser import screenshot
 

@@ -8,7 +8,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import multipart, post, serving
+from helpers import multipart, post, serving
 
 
 @pytest.fixture
@@ -24,6 +24,7 @@ def get(url: str) -> dict:
         return json.loads(response.read())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("service", ["image_run"], indirect=True)
 def test_the_service_predicts_images_and_rejects_bad_input(service, image_run):
     image = next((Path(json.loads((image_run / "report.json").read_text())["run"]["data"])).rglob("*.png"))
@@ -43,6 +44,7 @@ def test_the_service_predicts_images_and_rejects_bad_input(service, image_run):
     assert "/predict" in get(f"{service}/openapi.json")["paths"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("service", ["text_run"], indirect=True)
 def test_the_service_predicts_texts(service):
     status, answer = post(

@@ -5,15 +5,18 @@ import time
 import lightning.pytorch as pl
 import optuna
 import pytest
-from conftest import TINY_IMAGE_BACKBONE, make_image_folder, tiny_run_config
+from helpers import TINY_IMAGE_BACKBONE, make_image_folder, tiny_run_config
 
 from automl import metrics as m
-from automl import tuning
+from automl import shared_study, tuning
+from automl.callbacks import Deadline
 from automl.errors import StoreUnavailable
 from automl.flash import fit
+from automl.space import SearchSpace, baseline_params
+from automl.trial_record import Role
 
-SPACE = tuning.SearchSpace("image", (TINY_IMAGE_BACKBONE,), epochs=2, image_size=32, batch_size=8)
-BASELINE = tuning.baseline_params(SPACE, learning_rate=2e-3, weight_decay=0.0, dropout=0.0, label_smoothing=0.0)
+SPACE = SearchSpace("image", (TINY_IMAGE_BACKBONE,), epochs=2, image_size=32, batch_size=8)
+BASELINE = baseline_params(SPACE, learning_rate=2e-3, weight_decay=0.0, dropout=0.0, label_smoothing=0.0)
 
 
 def make_tuner(tmp_path, name="study", pruner="none") -> tuning.Tuner:
@@ -43,7 +46,7 @@ def test_the_baseline_is_trial_zero_and_every_trial_counts(tmp_path):
     assert tuner.run(train, total_trials=3) == "trials"
     trials = tuner.study.get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3
-    assert trials[0].params == BASELINE and trials[0].user_attrs["role"] == tuning.BASELINE
+    assert trials[0].params == BASELINE and trials[0].user_attrs["role"] == Role.BASELINE
     assert tuner.best_trial().number == 2 and tuner.best_trial().user_attrs["checkpoint"] == "ckpt-2"
 
     # the same study again: nothing left to do, and the baseline is not enqueued twice
@@ -51,7 +54,7 @@ def test_the_baseline_is_trial_zero_and_every_trial_counts(tmp_path):
     again.enqueue_baseline(BASELINE)
     assert again.run(train, total_trials=3) == "trials" and len(train.calls) == 3
     assert again.run(train, total_trials=4) == "trials" and len(again.study.trials) == 4
-    assert [t.user_attrs.get("role") for t in again.study.trials].count(tuning.BASELINE) == 1
+    assert [t.user_attrs.get("role") for t in again.study.trials].count(Role.BASELINE) == 1
 
 
 def test_a_failing_trial_is_recorded_with_its_reason_and_the_study_goes_on(tmp_path):
@@ -65,7 +68,7 @@ def test_a_failing_trial_is_recorded_with_its_reason_and_the_study_goes_on(tmp_p
         optuna.trial.TrialState.COMPLETE,
     ]
     assert trials[1].user_attrs["fail_reason"] == "FloatingPointError: The training loss became nan at step 3."
-    assert tuner.summary()[1]["reason"].startswith("FloatingPointError")
+    assert tuner.summary()[1].reason.startswith("FloatingPointError")
 
 
 class FakeClock:
@@ -94,7 +97,7 @@ def test_the_time_budget_stops_new_trials(tmp_path, monkeypatch):
 
 
 def test_the_deadline_stops_a_running_fit_and_its_best_epoch_counts(tmp_path):
-    class DeadlineAfterFirstEpoch(tuning.Deadline):
+    class DeadlineAfterFirstEpoch(Deadline):
         def on_train_epoch_end(self, trainer, pl_module):
             self.deadline = time.time() - 1.0  # the budget runs out during epoch 1
 
@@ -145,8 +148,8 @@ def test_an_unreachable_storage_is_named(tmp_path):
 
 def test_baseline_params_lie_inside_the_space():
     for modality in ("image", "text"):
-        space = tuning.SearchSpace(modality, ("a", "b"), epochs=3, image_size=96, max_length=64, batch_size=24)
-        params = tuning.baseline_params(space, 2e-3, 0.0, 0.0, 0.0)
+        space = SearchSpace(modality, ("a", "b"), epochs=3, image_size=96, max_length=64, batch_size=24)
+        params = baseline_params(space, 2e-3, 0.0, 0.0, 0.0)
         study = optuna.create_study()
         study.enqueue_trial(params)
         trial = study.ask()
@@ -159,7 +162,7 @@ def test_a_trial_whose_process_died_as_it_started_is_recovered(tmp_path, monkeyp
     tuner = make_tuner(tmp_path)
     tuner.study.ask()  # RUNNING, never named
     assert make_tuner(tmp_path).recovered == []  # too young: its process may still be starting
-    monkeypatch.setattr(tuning, "UNNAMED_TRIAL_SECONDS", 0)
+    monkeypatch.setattr(shared_study, "UNNAMED_TRIAL_SECONDS", 0)
     assert make_tuner(tmp_path).recovered == [0]
     (dead, retry) = tuner.study.get_trials()
     assert dead.state.name == "FAIL" and dead.user_attrs["fail_reason"] == "its process died as the trial started"
@@ -167,7 +170,7 @@ def test_a_trial_whose_process_died_as_it_started_is_recovered(tmp_path, monkeyp
 
 
 def test_a_trial_that_does_not_fit_the_time_left_turns_the_rest_of_the_study_to_cheap_trials(tmp_path):
-    space = tuning.SearchSpace("image", (TINY_IMAGE_BACKBONE, "test_efficientnet"), 2, image_size=32, batch_size=8)
+    space = SearchSpace("image", (TINY_IMAGE_BACKBONE, "test_efficientnet"), 2, image_size=32, batch_size=8)
     tuner = tuning.Tuner(space, f"sqlite:///{tmp_path / 'optuna.db'}", "s", "maximize", m.VAL_ACCURACY, seed=0)
     tuner.enqueue_baseline({**BASELINE, "strategy": "freeze", "augment": False})
     tuner.cheaper = lambda: {"strategy": "freeze", "backbone": tuner.best_trial().params["backbone"]}
@@ -210,7 +213,7 @@ def test_each_probe_runs_after_the_baseline_once_per_study(tmp_path):
     train = fake_train()
     assert tuner.run(train, total_trials=3) == "trials"
     trials = tuner.study.get_trials()
-    assert [t.user_attrs["role"] for t in trials] == [tuning.BASELINE, tuning.PROBE, tuning.PROBE]
+    assert [t.user_attrs["role"] for t in trials] == [Role.BASELINE, Role.PROBE, Role.PROBE]
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3  # a sibling probe is no duplicate
     assert [p["learning_rate"] for _, p in train.calls] == [2e-3, 1e-3, 3e-3]
 
@@ -221,7 +224,8 @@ def test_the_study_chooses_heads_by_their_cross_validated_score_then_compares_on
     fine-tune on the validation split they share (issue 24, item 1)."""
     import optuna
 
-    from automl.tuning import CV_MEAN, CV_STD, chosen
+    from automl.trial_record import CV_MEAN, CV_STD
+    from automl.tuning import chosen
 
     def trial(number: int, value: float, cv: float | None = None):
         attrs = {} if cv is None else {CV_MEAN: cv, CV_STD: 0.01}

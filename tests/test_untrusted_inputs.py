@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from conftest import (
+from helpers import (
     TINY_IMAGE_BACKBONE,
     decompression_bomb,
     free_port,
@@ -166,6 +166,7 @@ def test_a_checkpoint_that_carries_code_is_refused_and_the_code_never_runs(forei
     assert marker.exists()
 
 
+@pytest.mark.slow
 def test_the_service_does_not_start_on_a_checkpoint_that_carries_code(foreign):
     folder, marker = foreign
     process = subprocess.Popen(
@@ -227,6 +228,7 @@ def test_predict_names_an_image_over_the_pixel_cap_and_goes_on(flash_run, tmp_pa
     assert (errors == "").sum() == 3  # the 32x32 images are under it
 
 
+@pytest.mark.slow
 def test_the_service_answers_a_decompression_bomb_with_413_at_once_and_without_memory(flash_run, images):
     good = next(images.rglob("*.png")).read_bytes()
     with serving(flash_run, "--max-body-mb", "1") as (url, process):

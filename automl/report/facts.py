@@ -14,8 +14,6 @@ import numpy as np
 import pandas as pd
 
 from automl.run_folder import (
-    FLASH,
-    LIGHTNING,
     PREDICTIONS_FILE,
     TEST_PREDICTIONS_FILE,
     Journal,
@@ -23,6 +21,7 @@ from automl.run_folder import (
     Summary,
     study_file,
 )
+from automl.trial_record import Tier
 
 MISTAKES = 12
 KEY_PARAMS = (
@@ -189,7 +188,7 @@ def _key_params(params: dict) -> dict:
 
 def study_facts(folder: RunFolder, config: dict, journal: Journal) -> dict:
     studies = {}
-    for tier in (FLASH, LIGHTNING):
+    for tier in (Tier.FLASH, Tier.LIGHTNING):
         path = folder / study_file(tier)
         if path.exists():
             frame = pd.read_csv(path, keep_default_na=False)  # parameter values such as "None" stay text
@@ -253,7 +252,7 @@ def learning_curves(folder: RunFolder, config: dict, journal: Journal, summary: 
         uri = config.get("tracking_uri") or default_tracking_uri(folder.path.parent)
         keys = ["train_loss_epoch", "train_loss", "val_loss", _target_metric(summary.target)]
         history = trial_history(
-            uri, journal.mlflow_run_id, summary.tier or FLASH, summary.best_trial, sorted(set(keys))
+            uri, journal.mlflow_run_id, summary.tier or Tier.FLASH, summary.best_trial, sorted(set(keys))
         )
         return {k: v for k, v in history.items() if v}
     except Exception as exc:

@@ -4,7 +4,7 @@ classification, in plain PyTorch Lightning.
     config.py      TemplateConfig: every setting and its default, in one place
     datamodule.py  the data: ClassificationData, with ImageData (transforms) and TextData (tokenizer)
     module.py      the model: Classifier, with ImageClassifier and TextClassifier; make_head
-    train.py       the Trainer and its callbacks: fit(config), and main() for the command line
+    train.py       the Trainer and its callbacks: fit(config) -> FitResult, and main() for the command line
 
 Train it with ``python -m template --config config.yaml`` from the folder above this one. Edit any
 file; ``automl run --template FOLDER`` tunes and judges your version. What automl calls is the four

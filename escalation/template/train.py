@@ -8,10 +8,12 @@ Edit freely: this file is yours once ejected.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -71,7 +73,20 @@ def mlflow_logger(config: TemplateConfig):
     return MLFlowLogger(experiment_name=config.experiment, tracking_uri=uri)
 
 
-def fit(config: TemplateConfig | dict, extra_callbacks=(), logger=None, progress: bool = True, samples=None) -> dict:
+@dataclass
+class FitResult:
+    """What one training run gives back (``python -m template`` prints it as JSON)."""
+
+    monitor: str  # the validation metric the best epoch was chosen on
+    best_score: float | None  # None: training ended before its first validation
+    checkpoint: str | None  # the best epoch's weights
+    best_epoch: int | None
+    epochs_run: int
+
+
+def fit(
+    config: TemplateConfig | dict, extra_callbacks=(), logger=None, progress: bool = True, samples=None
+) -> FitResult:
     """Train once; returns the best score of ``config.monitor``, its epoch and checkpoint.
     ``samples``: the data already read and split (see ``ClassificationData``), else read here."""
     config = TemplateConfig.of(config)
@@ -109,13 +124,13 @@ def fit(config: TemplateConfig | dict, extra_callbacks=(), logger=None, progress
     trainer.fit(model, datamodule=datamodule)
     checkpoint = callbacks[0]
     best = checkpoint.best_model_path or None
-    return {
-        "monitor": checkpoint.monitor,
-        "best_score": best_checkpoint_score(checkpoint),
-        "checkpoint": best,
-        "best_epoch": int(re.search(r"epoch(\d+)", Path(best).name).group(1)) if best else None,
-        "epochs_run": trainer.current_epoch,
-    }
+    return FitResult(
+        monitor=checkpoint.monitor,
+        best_score=best_checkpoint_score(checkpoint),
+        checkpoint=best,
+        best_epoch=int(re.search(r"epoch(\d+)", Path(best).name).group(1)) if best else None,
+        epochs_run=trainer.current_epoch,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -130,6 +145,6 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(str(error))
     progress_to_stderr(not args.quiet and plain())
     result = fit(config, progress=not args.quiet)
-    print(json.dumps(result, indent=2))
-    if result["best_score"] is None:
+    print(json.dumps(dataclasses.asdict(result), indent=2))
+    if result.best_score is None:
         sys.exit("training ended without a validation score")

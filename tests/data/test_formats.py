@@ -9,7 +9,7 @@ from collections import Counter
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import COLOURS, make_image_folder, make_texts
+from helpers import COLOURS, make_image_folder, make_texts
 
 from automl.cli import cli
 from automl.data import ImageClassificationData, TextClassificationData

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import COLOURS, make_image_folder, tiny_run_config
+from helpers import COLOURS, make_image_folder, tiny_run_config
 
 from automl import pipeline
 from automl.cli import cli

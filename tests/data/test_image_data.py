@@ -6,7 +6,7 @@ from collections import Counter
 import pandas as pd
 import pytest
 import torch
-from conftest import COLOURS, make_image_folder, write_colour_image
+from helpers import COLOURS, make_image_folder, write_colour_image
 
 from automl.data import ImageClassificationData
 from automl.errors import DataError

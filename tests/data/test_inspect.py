@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import TINY_IMAGE_BACKBONE, fast_trainer_kwargs, make_image_folder, write_colour_image
+from helpers import TINY_IMAGE_BACKBONE, fast_trainer_kwargs, make_image_folder, write_colour_image
 from PIL import Image
 
 from automl.cli import cli

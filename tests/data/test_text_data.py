@@ -5,7 +5,7 @@ from collections import Counter
 
 import pandas as pd
 import pytest
-from conftest import make_texts
+from helpers import make_texts
 
 from automl.data import TextClassificationData
 from automl.errors import DataError

@@ -16,12 +16,13 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from conftest import TINY_IMAGE_BACKBONE, tiny_run_config
+from helpers import TINY_IMAGE_BACKBONE, tiny_run_config
 
-from automl import pipeline, tracking, tuning
+from automl import pipeline, tracking
 from automl.cli import cli
 from automl.config import RunConfig
 from automl.errors import DataError
+from automl.space import SearchSpace, warm_start_params
 from escalation.callbacks import WebhookNotifier
 from escalation.train import load_template
 
@@ -56,8 +57,8 @@ def test_a_missed_target_escalates_from_the_best_flash_parameters(escalated, tra
     assert len(flash.trials) == 2 and len(lightning.trials) == 2
 
     first = lightning.trials[0]
-    space = tuning.SearchSpace("image", (TINY_IMAGE_BACKBONE,), 2)
-    warm = tuning.warm_start_params(space, flash.best_trial.params)
+    space = SearchSpace("image", (TINY_IMAGE_BACKBONE,), 2)
+    warm = warm_start_params(space, flash.best_trial.params)
     assert warm and {k: first.params[k] for k in warm} == warm  # it started from the best Flash trial
     assert first.user_attrs["role"] == "warm start"
     assert "backbone_lr_ratio" in first.params and "augment" in first.params  # the template's own knobs
@@ -89,6 +90,7 @@ def test_a_missed_target_escalates_from_the_best_flash_parameters(escalated, tra
     assert all("init_head" not in params for trial, params in logged.items() if trial != str(first.number))
 
 
+@pytest.mark.slow
 def test_eject_writes_a_project_whose_train_py_reproduces_the_score(escalated, tmp_path):
     result, _, _ = escalated
     project = tmp_path / "project"
@@ -282,6 +284,6 @@ def test_the_template_trains_on_the_samples_it_is_given_without_reading_the_data
     config["data"] = str(tmp_path / "nothing-here")
     template = load_template()
     result = template.fit(config, logger=False, progress=False, samples=fit.load_data(run))
-    assert result["best_score"] is not None and Path(result["checkpoint"]).exists()
+    assert result.best_score is not None and Path(result.checkpoint).exists()
     with pytest.raises(DataError, match="nothing-here"):  # without them, it reads the (missing) data
         template.datamodule(config)

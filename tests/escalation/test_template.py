@@ -85,6 +85,7 @@ def _class_name(payload: bytes, answer) -> None:
     answer.put(pickle.loads(payload).__name__)
 
 
+@pytest.mark.slow
 def test_a_spawned_process_imports_an_edited_templates_classes_by_their_name(tmp_path):
     """What ``ddp_spawn`` does with a trial's model: pickle it here, unpickle it in a new process."""
     template = load_template(copy_of_the_template(tmp_path / "mine", "nn.Linear(num_features, num_classes)"))
@@ -117,3 +118,15 @@ def test_a_run_that_never_escalated_ejects_the_template_with_its_best_flash_sett
     assert config.learning_rate == pytest.approx(best["learning_rate"]) and config.batch_size == best["batch_size"]
     assert config.backbone == best.get("backbone", config.backbone) and config.task == "image_classification"
     assert config.augment == TemplateConfig().augment  # a setting the Flash tier has not: the template's default
+
+
+def test_a_template_ejected_when_fit_returned_a_dict_is_read_as_a_fit_result(tmp_path):
+    """Templates ejected before fit() returned a FitResult return the same facts as a dict."""
+    import types
+
+    from escalation.template.train import FitResult
+    from escalation.train import Template
+
+    old = {"monitor": "val_accuracy", "best_score": 0.9, "checkpoint": "c.ckpt", "best_epoch": 1, "epochs_run": 2}
+    result = Template(tmp_path, types.SimpleNamespace(fit=lambda config, **kwargs: old)).fit({})
+    assert result == FitResult("val_accuracy", 0.9, "c.ckpt", 1, 2)

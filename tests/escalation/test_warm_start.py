@@ -9,7 +9,7 @@ import shutil
 import pytest
 import timm
 import torch
-from conftest import TINY_IMAGE_BACKBONE, tiny_run_config
+from helpers import TINY_IMAGE_BACKBONE, tiny_run_config
 
 from automl.errors import ConfigError
 from automl.flash import fit
@@ -201,7 +201,7 @@ def test_a_text_model_starts_with_the_flash_tiers_pooling(text_csv, tiny_bert_di
 def test_a_warm_start_from_a_fitted_head_takes_the_gentle_recipe_and_the_study_keeps_it(modality):
     import optuna
 
-    from automl.tuning import FROM_HEAD_RECIPE, IMAGE_ONLY, TemplateSearchSpace, warm_start_params
+    from automl.space import FROM_HEAD_RECIPE, IMAGE_ONLY, TemplateSearchSpace, warm_start_params
 
     space = TemplateSearchSpace(modality, ("tiny",), epochs=3)
     head = {"learning_rate": 0.0089, "backbone": "tiny", "weight_decay": 0.04, "strategy": "freeze", "epochs": 3}

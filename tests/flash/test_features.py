@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import TINY_IMAGE_BACKBONE, make_image_folder
+from helpers import TINY_IMAGE_BACKBONE, make_image_folder
 
 from automl import metrics as m
 from automl.config import FitConfig

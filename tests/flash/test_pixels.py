@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_IMAGE_BACKBONE
+from helpers import TINY_IMAGE_BACKBONE
 from PIL import Image
 
 from automl.budget import Budget

@@ -6,7 +6,7 @@ import sys
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import TINY_IMAGE_BACKBONE, fast_trainer_kwargs, make_image_folder
+from helpers import TINY_IMAGE_BACKBONE, fast_trainer_kwargs, make_image_folder
 
 from automl import metrics as m
 from automl.data import ImageClassificationData, TextClassificationData
@@ -136,6 +136,7 @@ def test_labels_that_differ_from_the_data_are_an_error(image_folder):
         finetune(model, data, **fast_trainer_kwargs(max_epochs=1))
 
 
+@pytest.mark.slow
 def test_a_fit_never_imports_pytorch_lightning(tmp_path):
     """In a fresh interpreter: the two Lightning namespaces must never mix."""
     make_image_folder(tmp_path / "imgs", per_class=4)

@@ -1,0 +1,90 @@
+"""Stage functions on their own: a study run by ``stages.run_study`` with a fake training function and
+a stand-in for the run's Search, and what it writes and says."""
+
+from __future__ import annotations
+
+import types
+
+import pandas as pd
+import pytest
+from helpers import TINY_IMAGE_BACKBONE
+
+from automl import metrics as m
+from automl import stages, tuning
+from automl.errors import DataError
+from automl.space import SearchSpace, baseline_params
+from automl.trial_record import Role, Tier
+from automl.trials import TrialLines
+
+SPACE = SearchSpace("image", (TINY_IMAGE_BACKBONE,), epochs=2, image_size=32, batch_size=8, strategy="no_freeze")
+
+
+def study(tmp_path) -> tuning.Tuner:
+    tuner = tuning.Tuner(SPACE, f"sqlite:///{tmp_path / 'optuna.db'}", "s", "maximize", m.VAL_ACCURACY, pruner="none")
+    defaults = {"learning_rate": 2e-3, "weight_decay": 0.0, "dropout": 0.0, "label_smoothing": 0.0}
+    tuner.enqueue_baseline(baseline_params(SPACE, **defaults))
+    return tuner
+
+
+def fake_search(tmp_path):
+    """What run_study reads of a Search: the run folder, which study is the Flash tier's, the budget."""
+    return types.SimpleNamespace(run_dir=tmp_path, flash_tuner=None, budget=None, config=types.SimpleNamespace())
+
+
+def train_with(scores: dict[int, float | None]):
+    def train(number, params, callbacks):
+        if scores.get(number) is None:
+            raise FloatingPointError("The training loss became nan at step 3.")
+        return tuning.TrialOutcome(score=scores[number], checkpoint=f"ckpt-{number}", best_epoch=1)
+
+    return train
+
+
+def lines(said: list[str]) -> TrialLines:
+    return TrialLines(said.append, 3, 7, "tuning", m.VAL_ACCURACY)
+
+
+def test_a_study_run_gives_its_best_trial_every_record_and_a_line_that_counts_them(tmp_path):
+    tuner, said = study(tmp_path), []
+    run = stages.run_study(
+        fake_search(tmp_path), tuner, train_with({0: 0.6, 1: None, 2: 0.8}), 3, lines(said), "tune", None
+    )
+    result = run.result
+    assert (result.best_trial, result.score, result.checkpoint, result.trials) == (2, 0.8, "ckpt-2", 3)
+    assert run.why == "trials" and run.new == 3
+    assert run.note == "all trials done; 3 new; 2 complete, 1 fail"
+    assert [(r.number, r.role, r.state) for r in run.summary] == [
+        (0, Role.BASELINE, "COMPLETE"),
+        (1, Role.TUNING, "FAIL"),
+        (2, Role.TUNING, "COMPLETE"),
+    ]
+    assert run.summary[1].reason == "FloatingPointError: The training loss became nan at step 3."
+    assert [line for line in said if "trial 3/3 (#2), best 0.600" in line]  # each start is announced
+
+    stages.write_study(tmp_path / "study.csv", run.summary)
+    rows = pd.read_csv(tmp_path / "study.csv")
+    assert list(rows["role"]) == ["baseline", "tuning", "tuning"] and list(rows["state"])[1] == "FAIL"
+    assert {"number", "value", "seconds", "reason", "cv_mean", "param_learning_rate", "param_backbone"} <= set(rows)
+    assert rows.loc[0, "param_learning_rate"] == 2e-3
+
+
+def test_a_stage_with_nothing_left_to_run_says_where_its_trials_came_from(tmp_path):
+    tuner = study(tmp_path)
+    search = fake_search(tmp_path)
+    stages.run_study(search, tuner, train_with({0: 0.6, 1: 0.7}), 2, lines([]), "tune", None)
+    again, said = study(tmp_path), []  # the same command run again: the study already holds them
+    run = stages.run_study(search, again, train_with({}), 2, lines(said), "tune", None)
+    assert run.new == 0 and run.result.best_trial == 1
+    assert run.note.startswith("no new trial: 2 of 2 trials finished in earlier runs or by other workers")
+    assert said == ["[3/7] tuning: " + run.note.split(";")[0]]
+
+
+def test_a_tuning_stage_where_no_trial_scored_is_an_error_that_points_at_the_reasons(tmp_path):
+    with pytest.raises(DataError, match=f"No tuning trial finished with a score; see the reasons in {tmp_path}"):
+        stages.run_study(fake_search(tmp_path), study(tmp_path), train_with({}), 2, lines([]), "tune", None)
+
+
+def test_the_study_file_of_each_tier():
+    from automl.run_folder import study_file
+
+    assert (study_file(Tier.FLASH), study_file(Tier.LIGHTNING)) == ("study.csv", "study.lightning.csv")
