@@ -23,8 +23,12 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from automl.errors import UnknownBackbone, WeightsUnavailable, close_names
+
+if TYPE_CHECKING:
+    from torch import nn
 
 #: the normalisation of ImageNet-trained backbones, and of images when no backbone says otherwise
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -238,7 +242,7 @@ def _timm_cached_file(name: str) -> Path | None:
             hit = try_to_load_from_cache(cfg.hf_hub_id, filename)
             if isinstance(hit, str):
                 return Path(hit)
-    if cfg.url:
+    if isinstance(cfg.url, str) and cfg.url:
         candidate = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg.url)
         if candidate.exists():
             return candidate
@@ -254,8 +258,8 @@ def resolve_image_weights(name: str, weights: str | os.PathLike | None = None) -
         if not path.exists():
             raise WeightsUnavailable(f"The weights file '{path}' for backbone '{name}' does not exist.")
         return WeightSource("local", str(path))
-    if spec is not None and spec.packaged is not None and (path := spec.packaged()) is not None:
-        return WeightSource("packaged", str(path))
+    if spec is not None and spec.packaged is not None and (packaged := spec.packaged()) is not None:
+        return WeightSource("packaged", str(packaged))
     cached = _timm_cached_file(name)
     if cached is not None:
         return WeightSource("cache", str(cached))
@@ -267,7 +271,7 @@ def resolve_image_weights(name: str, weights: str | os.PathLike | None = None) -
 def image_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The (mean, std) that backbone ``name``'s pretrained weights expect."""
     spec = REGISTRY.get(name)
-    if spec is not None and spec.mean is not None:
+    if spec is not None and spec.mean is not None and spec.std is not None:
         return spec.mean, spec.std
     import timm
 
@@ -419,7 +423,7 @@ def load_matching_state_dict(model, state_dict: dict, origin: str, skip_prefixes
 class ImageBackbone:
     """A feature extractor (``model(x) -> (batch, num_features)``) and what its weights expect."""
 
-    model: object
+    model: nn.Module
     num_features: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -435,7 +439,7 @@ def create_image_backbone(
     mean, std = image_normalization(name)
     if not pretrained:  # also how a checkpoint reloads: its own tensors replace any weights named here
         _validate_image_name(name)
-        model = timm.create_model(name, pretrained=False, num_classes=0)
+        model: Any = timm.create_model(name, pretrained=False, num_classes=0)  # timm's models: dynamic attributes
         return ImageBackbone(model, model.num_features, mean, std, WeightSource("none"))
     source = resolve_image_weights(name, weights)
     if source.kind == "hub":
@@ -444,6 +448,7 @@ def create_image_backbone(
         except Exception as exc:  # network errors come in many types
             raise _unavailable(name, REGISTRY.get(name), f"the download failed: {exc}") from exc
     else:
+        assert source.location is not None, "local, packaged and cached weights are files"
         model = timm.create_model(name, pretrained=False)
         classifier = model.pretrained_cfg.get("classifier") or ""
         load_matching_state_dict(
@@ -485,9 +490,9 @@ def resolve_text_weights(name: str, weights: str | os.PathLike | None = None) ->
             + " Give a curated name (`automl backbones --task text_classification`), a Hugging Face "
             "repository id such as 'org/model', or a local model folder."
         )
-    if spec is not None and spec.packaged is not None and (path := spec.packaged()) is not None:
-        return WeightSource("packaged", str(path))
-    hub_id = spec.hub_id if spec is not None else name
+    if spec is not None and spec.packaged is not None and (packaged := spec.packaged()) is not None:
+        return WeightSource("packaged", str(packaged))
+    hub_id = (spec.hub_id if spec is not None else None) or name
     from huggingface_hub import try_to_load_from_cache
 
     config = try_to_load_from_cache(hub_id, "config.json")
@@ -502,7 +507,7 @@ def resolve_text_weights(name: str, weights: str | os.PathLike | None = None) ->
 class TextBackbone:
     """A transformers encoder and the folder/id its tokenizer loads from."""
 
-    model: object
+    model: nn.Module
     hidden_size: int
     tokenizer_source: str
     source: WeightSource
@@ -525,6 +530,7 @@ def create_text_backbone(
     from transformers import AutoConfig, AutoModel
 
     source = resolve_text_weights(name, weights)
+    assert source.location is not None, "a text backbone's weights are always somewhere"
     try:
         if pretrained:
             model = AutoModel.from_pretrained(source.location)

@@ -564,7 +564,7 @@ def promote(run_dir: Path, alias: str) -> None:
     from automl.run_folder import METRICS_FILE, RunFolder
 
     summary = RunFolder(run_dir).summary()
-    if summary is None or not summary.registered_model:
+    if summary is None or not summary.registered_model or not summary.model_version:
         raise DataError(
             f"'{run_dir}' registered no model ({run_dir / METRICS_FILE} names none). Register it by running its "
             "`automl run` command again with --register NAME (finished stages are skipped)."

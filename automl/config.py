@@ -10,6 +10,7 @@ import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from automl.errors import ConfigError, UnknownTask, close_names
 
@@ -31,6 +32,9 @@ def check_task(task: str) -> str:
             + f" Known tasks: {', '.join(TASKS)}."
         )
     return task
+
+
+Config = TypeVar("Config", bound="FitConfig")  # FitConfig or a subclass (RunConfig)
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,7 @@ class FitConfig:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
-    def from_dict(cls, values: dict) -> FitConfig:
+    def from_dict(cls: type[Config], values: dict) -> Config:
         missing = [key for key in ("task", "data") if values.get(key) in (None, "")]
         if missing:
             raise ConfigError(

@@ -84,7 +84,7 @@ def caruana(
 
 
 def blend(probabilities: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
-    return sum(weight * probabilities[name] for name, weight in weights.items())
+    return np.asarray(sum(weight * probabilities[name] for name, weight in weights.items()))
 
 
 @dataclass

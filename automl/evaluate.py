@@ -26,7 +26,7 @@ from automl import metrics as m
 from automl.config import DEFAULT_MAX_PIXELS, TASKS, check_task
 from automl.errors import DataError
 from automl.run_folder import RunFolder, write_json
-from automl.target import MET, MISSED, UNDECIDED, Target, judge, parse_target, score
+from automl.target import MET, MISSED, UNDECIDED, Target, Verdict, judge, parse_target, score
 
 #: what `automl evaluate` (and `automl run`) exit with for each verdict; 2 is bad input (AutoMLError)
 EXIT_MET, EXIT_MISSED, EXIT_UNDECIDED = 0, 3, 4
@@ -70,7 +70,7 @@ class Scored:
     probabilities: np.ndarray  # n_scored x classes
     unreadable: list[tuple[str, str]]  # (id, error) of the inputs the model could not read
     scores: dict[str, float | None]  # every validation metric, without the "val_" prefix; None: undefined
-    verdict: object  # automl.target.Verdict
+    verdict: Verdict
     inputs: list = field(default_factory=list)  # the scored inputs (image paths or texts)
 
     @property

@@ -9,6 +9,7 @@ Output: class probabilities, in the order of ``labels``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,8 @@ class ExportMismatch(AutoMLError):
 
 
 class ImageNetwork(nn.Module):
+    logits: Callable[..., torch.Tensor]  # the predictor's, set outside the module's submodules
+
     def __init__(self, predictor: Predictor):
         super().__init__()
         # the network's parts as submodules (their parameters are what the export holds); the
@@ -41,6 +44,8 @@ class ImageNetwork(nn.Module):
 
 
 class TextNetwork(nn.Module):
+    logits: Callable[..., torch.Tensor]
+
     def __init__(self, predictor: Predictor):
         super().__init__()
         # the network's parts as submodules (their parameters are what the export holds); the
@@ -55,6 +60,9 @@ class TextNetwork(nn.Module):
 class EnsembleNetwork(nn.Module):
     """An ensemble's networks in one graph: each member's probabilities, weighted and summed; members
     that share a frozen backbone run it once. Only for members that take the same input."""
+
+    features: list[Callable[..., torch.Tensor]]  # each member's, set outside the module's submodules
+    logits: list[Callable[..., torch.Tensor]]
 
     def __init__(self, predictor):
         super().__init__()
@@ -91,6 +99,7 @@ class EnsembleNetwork(nn.Module):
                 logits = self.heads[index](shared[share])
             part = weight * logits.softmax(dim=-1)
             total = part if total is None else total + part
+        assert total is not None, "an ensemble has members"
         return total
 
 
@@ -155,6 +164,7 @@ def export(run_dir: str | Path, fmt: str, trust_checkpoint: bool = False) -> Exp
         )
         predictor = Predictor.load_folder(run_dir / BEST_DIR, trust_checkpoint, members=False)
     members = getattr(predictor, "members", None)
+    network: nn.Module
     if members:
         network = EnsembleNetwork(predictor).eval()
     else:

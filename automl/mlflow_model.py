@@ -27,6 +27,7 @@ from pathlib import Path
 import mlflow
 import mlflow.pyfunc
 import pandas as pd
+from mlflow.pyfunc.model import PythonModel
 
 from automl.run_folder import LABELS_FILE, PREPROCESSING_FILE, read_json
 from automl.tracking import own_tracking_uri
@@ -40,7 +41,7 @@ PROBABILITY_PREFIX = "probability_"
 PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
-class AutomlModel(mlflow.pyfunc.PythonModel):
+class AutomlModel(PythonModel):
     """``automl.predict.Predictor`` behind MLflow's pyfunc interface."""
 
     def load_context(self, context) -> None:
@@ -74,7 +75,7 @@ def image_sources(frame: pd.DataFrame) -> list:
             f"An image model takes a column '{IMAGE_PATH_INPUT}' (file paths) or '{IMAGE_BYTES_INPUT}' (encoded "
             f"images); the input has: {', '.join(map(str, frame.columns)) or '(no column)'}."
         )
-    sources = []
+    sources: list[str | bytes] = []
     for _, row in frame.iterrows():
         data = row.get(IMAGE_BYTES_INPUT)
         if isinstance(data, (bytes, bytearray)) and data:
@@ -211,7 +212,7 @@ def _requirements() -> list[str]:
     return found
 
 
-def promote(tracking_uri: str, name: str, version: str, alias: str) -> str | None:
+def promote(tracking_uri: str | None, name: str, version: str, alias: str) -> str | None:
     """Point ``alias`` of the registered model ``name`` at ``version``; the version it pointed at
     before (None if none)."""
     from automl.errors import StoreUnavailable

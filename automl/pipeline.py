@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from automl import evaluate, stages, trial_record
 from automl.config import RunConfig, dump_yaml
@@ -41,6 +42,8 @@ from automl.trials import TrialLines
 EXIT_MISSED, EXIT_UNDECIDED = evaluate.EXIT_MISSED, evaluate.EXIT_UNDECIDED
 #: exit status of ``automl run`` stopped by Ctrl-C (after judging and reporting what finished)
 EXIT_INTERRUPTED = 130
+
+Result = TypeVar("Result")  # a stage's result
 
 
 # =========================================================================== automl run
@@ -200,7 +203,7 @@ class RunJob:
             model.mlflow(),
         )
 
-    def stage(self, name: str, key: str, work: Callable[[], object], summary: Callable[[object], str] = str):
+    def stage(self, name: str, key: str, work: Callable[[], Result], summary: Callable[[Result], str] = str) -> Result:
         """``work()``'s result, or the journal's when the stage finished for the same inputs (``key``)."""
         done = self.journal.finished(name, key)
         if done is not None:
@@ -290,7 +293,7 @@ class RunJob:
             f"-> {verdict.outcome}"
         )
 
-    def escalate(self, flash: StudyResult, verdict: TierVerdict) -> tuple[str, TierVerdict, StudyResult]:
+    def escalate(self, flash: StudyResult, verdict: TierVerdict) -> tuple[Tier, TierVerdict, StudyResult]:
         """The Lightning tier when the Flash tier missed; the better tier's model and verdict."""
         if not self.config.escalate:
             self.lines.append(StageLine("escalate", note="off (--no-escalate)"))
@@ -335,7 +338,7 @@ class RunJob:
         self._show_verdict("escalate", result.verdict, time.monotonic() - t0)
         return Tier.LIGHTNING, result.verdict, lightning
 
-    def ensemble(self, tier: str, best: StudyResult) -> EnsembleResult:
+    def ensemble(self, tier: Tier, best: StudyResult) -> EnsembleResult:
         key = _key(str(self.target), tier, best.best_trial, best.score, self.config.ensemble)
         say = self.stage_say("ensemble")
         t0 = time.monotonic()
@@ -345,7 +348,7 @@ class RunJob:
         self.lines.append(StageLine("ensemble", len(result.members) or None, score, time.monotonic() - t0, note))
         return result
 
-    def finalise(self, tier: str, best: StudyResult, verdict: TierVerdict, ensembled: EnsembleResult):
+    def finalise(self, tier: Tier, best: StudyResult, verdict: TierVerdict, ensembled: EnsembleResult):
         template = self.journal.template if self.config.template else None
         say = self.stage_say("finalise")
         key = _key(str(self.target), tier, best.best_trial, best.score, self.config.register, self.config.refit)

@@ -13,9 +13,9 @@ import io
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import torch
-from torch import nn
 
 from automl.config import DEFAULT_MAX_PIXELS
 from automl.errors import DataError
@@ -32,6 +32,9 @@ from automl.run_folder import (
 )
 from automl.trial_record import Tier
 
+if TYPE_CHECKING:
+    from automl.ensemble import TfidfMember
+
 MAX_PIXELS_OPTION = "--max-megapixels"
 
 
@@ -41,12 +44,12 @@ class ImageTooLarge(DataError):
 
 @dataclass
 class Predictor:
-    model: nn.Module  # eval mode; forward(inputs) -> logits
+    model: Any  # eval mode; forward(inputs) -> logits; a Flash-tier task or the template's: backbone, head, features()
     logits_fn: Callable  # inputs -> logits (test-time augmentation included where the model uses it)
     labels: list[str]
     preprocessing: dict
     tier: str
-    tokenizer: object = None
+    tokenizer: Any = None
     max_pixels: int = DEFAULT_MAX_PIXELS
 
     # ------------------------------------------------------------------ loading
@@ -98,9 +101,9 @@ class Predictor:
                     "(do so only for a run folder whose maker you trust)."
                 )
             config = yaml.safe_load((best / TEMPLATE_CONFIG_FILE).read_text())
-            template = load_template(folder)
+            loaded = load_template(folder)
             model = checkpoints.load_module(
-                template.model_class(config), checkpoint, trust_checkpoint, config={**config, "pretrained": False}
+                loaded.model_class(config), checkpoint, trust_checkpoint, config={**config, "pretrained": False}
             )
             logits_fn = model.predict_logits
             if preprocessing["kind"] == "text":
@@ -277,7 +280,7 @@ class Predictor:
                     rows[index] = row
             if on_batch:
                 on_batch(min(batch_size, len(inputs) - start))
-        return rows
+        return cast("list[dict]", rows)  # every index filled: a row or an error row
 
 
 @dataclass
@@ -288,7 +291,7 @@ class Member:
     name: str
     weight: float
     predictor: Predictor | None = None
-    tfidf: object = None  # automl.ensemble.TfidfMember
+    tfidf: TfidfMember | None = None
     shares: str | None = None
 
 
@@ -321,8 +324,8 @@ class EnsemblePredictor(Predictor):
         fields = {name: getattr(single, name) for name in single.__dataclass_fields__}
         return cls(**fields, members=members)
 
-    def _networks(self) -> list[Member]:
-        return [member for member in self.members if member.predictor is not None]
+    def _networks(self) -> list[Predictor]:
+        return [member.predictor for member in self.members if member.predictor is not None]
 
     @staticmethod
     def _input_key(predictor: Predictor) -> str:
@@ -338,10 +341,10 @@ class EnsemblePredictor(Predictor):
             return _text(item)
         image = self.decode(item)
         ready = {}
-        for member in self._networks():
-            key = self._input_key(member.predictor)
+        for predictor in self._networks():
+            key = self._input_key(predictor)
             if key not in ready:
-                ready[key] = member.predictor.image_transform()(image)
+                ready[key] = predictor.image_transform()(image)
         return ready
 
     @torch.inference_mode()
@@ -354,6 +357,7 @@ class EnsemblePredictor(Predictor):
                 probabilities = torch.as_tensor(member.tfidf.probabilities(ready), dtype=torch.float32)
             else:
                 predictor = member.predictor
+                assert predictor is not None, "a member is a network when it is not a TF-IDF model"
                 key = self._input_key(predictor)
                 if key not in inputs:
                     inputs[key] = (
@@ -367,6 +371,7 @@ class EnsemblePredictor(Predictor):
                     logits = predictor.logits_fn(inputs[key])
                 probabilities = logits.float().softmax(dim=-1)
             total = member.weight * probabilities if total is None else total + member.weight * probabilities
+        assert total is not None, "an ensemble has members"
         return total
 
     def probabilities(self, inputs) -> torch.Tensor:
@@ -436,7 +441,7 @@ def read_inputs(predictor: Predictor, path: str | Path, input_field: str | None 
     return lines, [f"line {i + 1}" for i in range(len(lines))]
 
 
-def write_predictions(rows: list[dict], path: str | Path) -> None:
+def write_predictions(rows: list[dict], path: str | Path | TextIO) -> None:
     import pandas as pd
 
     frame = pd.DataFrame(

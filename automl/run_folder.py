@@ -92,6 +92,7 @@ class ModelTier:
         write_json(Path(best) / TIER_FILE, dataclasses.asdict(self))
 
 
+@dataclass
 class _Record:
     """A stage's result: a dataclass that is saved as the JSON object 0.1 wrote. It also reads like
     the dict 0.1 returned (``result.verdict["outcome"]``), for callers of the Python API."""
@@ -265,7 +266,7 @@ class FinalModel(_Record):
         return TierVerdict.from_json(self.verdict)
 
 
-STAGE_RESULTS = {
+STAGE_RESULTS: dict[str, type[_Record]] = {
     "inspect": DataReport,
     "baseline": TrialResult,
     "tune": StudyResult,

@@ -64,8 +64,9 @@ class Search:
         self.config, self.progress, self.say = config, progress, say
         self.pruner = pruner if pruner is not None else config.pruner
         started = time.time() if started is None else started
-        self.deadline = None if config.budget_seconds is None else started + config.budget_seconds
-        self.budget = None if self.deadline is None else Budget(started, config.budget_seconds, config.escalate)
+        seconds = config.budget_seconds
+        self.deadline = None if seconds is None else started + seconds
+        self.budget = None if seconds is None else Budget(started, seconds, config.escalate)
         self.target = parse_target(config.target)
 
         self.output = Path(config.output)
@@ -179,7 +180,7 @@ class TrainingSteps:
     """One example's training step (forward, backward, optimiser) by backbone and input size, timed on
     a few real batches the first time a trial fine-tunes them (``fit.measure_training_step``)."""
 
-    def __init__(self, datamodule):
+    def __init__(self, datamodule) -> None:
         self.datamodule = datamodule
         self.costs: dict[tuple[str, int], float | None] = {}
 
@@ -296,21 +297,26 @@ class Trainers:
         time; when the backbone's features are cached (or a budget is not in the way), the head trains
         on them in seconds and the trial fine-tunes the rest of its epochs from that head, the backbone
         unfrozen from the first of them. Returns the configuration left to run, and the head."""
+        import torch
+
         from automl.flash import fit
         from automl.flash.finetuning import parse_strategy
 
         strategy = parse_strategy(config.strategy)
-        if strategy.name != "freeze_unfreeze" or not 0 < strategy.unfreeze_epoch < config.epochs:
+        unfreeze = strategy.unfreeze_epoch
+        if strategy.name != "freeze_unfreeze" or unfreeze is None or not 0 < unfreeze < config.epochs:
             return config, None
         if self.budget is not None and not self.features.has(config, served):
             return config, None  # computing the features would take the trial's own time
         features = self.features.get(config, served)
-        frozen = dataclasses.replace(config, epochs=strategy.unfreeze_epoch, weight_decay=self._head_penalty(config))
+        frozen = dataclasses.replace(config, epochs=unfreeze, weight_decay=self._head_penalty(config))
         head = fit.train_head(frozen, served, out / "head", features, self.target.metric, checkpoint=False)
         if head.best_score is None:  # stopped before its first validation
             return config, None
-        rest = dataclasses.replace(config, strategy="freeze_unfreeze:0", epochs=config.epochs - strategy.unfreeze_epoch)
-        return rest, {k: v.detach().clone() for k, v in head.model.head.state_dict().items()}
+        rest = dataclasses.replace(config, strategy="freeze_unfreeze:0", epochs=config.epochs - unfreeze)
+        trained_head = head.model.head
+        assert isinstance(trained_head, torch.nn.Module), "a Flash-tier classifier has a head module"
+        return rest, {k: v.detach().clone() for k, v in trained_head.state_dict().items()}
 
     def _head_penalty(self, config) -> float:
         """The L2 penalty of the best head on cached features of this backbone and input size so far
@@ -357,8 +363,9 @@ class Trainers:
             t.state.name == "COMPLETE" and t.params.get("backbone") == config.backbone
             for t in self.flash_tuner.study.get_trials(deepcopy=False)
         )
-        if not seen:
-            left = max(0.0, self.search.tuning_deadline() - time.time())
+        deadline = self.search.tuning_deadline()
+        if not seen and deadline is not None:
+            left = max(0.0, deadline - time.time())
             if needed > left:
                 skipped = (
                     f"{config.backbone} skipped: its pass over the data{size} would take about "
@@ -409,7 +416,7 @@ class Trainers:
         self.say(
             f"trial {number}: fine-tunes {size.epochs} epoch(s)"
             + (f" on {size.train_fraction:.0%} of the training batches" if size.cut else "")
-            + f", about {minutes(size.seconds)} of the {minutes(allowance)} it may take ({priced})"
+            + f", about {minutes(size.seconds or 0.0)} of the {minutes(allowance)} it may take ({priced})"
         )
         return size, [*callbacks, Deadline(time.time() + 1.25 * allowance)]
 

@@ -70,6 +70,7 @@ def create_app(
     try:
         from fastapi import FastAPI, HTTPException, Request
         from fastapi.concurrency import run_in_threadpool
+        from starlette.datastructures import UploadFile  # what a parsed form holds (FastAPI's is a subclass)
     except ImportError as exc:
         raise ConfigError("automl serve needs the serve extras: pip install 'automl[serve]'.") from exc
 
@@ -120,7 +121,7 @@ def create_app(
             if not kind.startswith("multipart/form-data"):
                 raise HTTPException(400, "Send the image as multipart/form-data in the field 'file'.")
             form = await request.form()
-            uploads = [item for item in form.getlist("file") if hasattr(item, "read")]
+            uploads = [item for item in form.getlist("file") if isinstance(item, UploadFile)]
             if not uploads:
                 raise HTTPException(400, "The multipart body has no file in the field 'file'.")
             data = [await upload.read() for upload in uploads]

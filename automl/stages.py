@@ -176,6 +176,7 @@ def why_no_new_trial(search: Search, tuner, why: str, trials: int, before: int, 
 def no_time_left(search: Search, after: str = "", deadline: float | None = None) -> str:
     """``no time left after the baseline (14m of the 20m budget spent; ...)``."""
     budget = search.budget
+    assert budget is not None, "only a run with a time budget runs out of time"
     spent = time.time() - budget.started
     text = "no time left" + (f" after {after}" if after else "")
     text += f" ({minutes(spent)} of the {minutes(budget.seconds)} budget spent"
@@ -218,13 +219,14 @@ def judge_flash(search: Search, flash: StudyResult) -> TierVerdict:
     from automl.flash import fit
 
     best_config = search.config.fit_config(**flash.params)
+    assert flash.checkpoint is not None, "the tune stage ends in an error when no trial finished"
     model = fit.load_classifier(flash.checkpoint)
     served = fit.data_for(best_config, search.datamodule)
     targets, probabilities, ids = fit.predict_validation(model, served, search.config.accelerator)
     return judge(search, Tier.FLASH, flash, targets, probabilities, ids)
 
 
-def judge(search: Search, tier: str, best: StudyResult, targets, probabilities, ids) -> TierVerdict:
+def judge(search: Search, tier: Tier, best: StudyResult, targets, probabilities, ids) -> TierVerdict:
     """A tier's best trial on the validation split: the *selection* score, which decides whether the
     run escalates; the run's verdict comes from the test split (``judge_test``)."""
     from automl.evaluate import safe_score
@@ -311,12 +313,14 @@ def escalate(search: Search, flash: StudyResult, template, lines: TrialLines) ->
     study = run_study(search, tuner, train, trials, lines, "escalate", trainers.escalation_deadline())
     write_study(search.run_dir / study_file(Tier.LIGHTNING), study.summary)
     lightning = study.result
-    score = lightning.score
-    better = score is not None and (score > flash.score if search.target.maximize else score < flash.score)
+    score, before = lightning.score, flash.score
+    assert before is not None, "escalation follows a Flash-tier model"
+    better = score is not None and (score > before if search.target.maximize else score < before)
     result = EscalationResult(lightning, str(template.folder), better)
     if start.settings:
         result.warm_start = {**start.settings, "trials": warm_trials()}
     if better:
+        assert lightning.best_trial is not None and lightning.checkpoint is not None  # it scored
         config = trainers.template_config(lightning.params, lightning.best_trial, template)
         targets, probabilities, ids = predict_validation(template, lightning.checkpoint, config, search.datamodule)
         result.verdict = judge(search, Tier.LIGHTNING, lightning, targets, probabilities, ids)
@@ -329,7 +333,7 @@ def escalate(search: Search, flash: StudyResult, template, lines: TrialLines) ->
 CHOSEN = "chosen"
 
 
-def ensemble(search: Search, tier: str, best: StudyResult, say: Say) -> EnsembleResult:
+def ensemble(search: Search, tier: Tier, best: StudyResult, say: Say) -> EnsembleResult:
     """An ensemble (``automl.ensemble``: Caruana's greedy selection, or equal weights over one model
     per backbone, :func:`one_per_backbone`) of the chosen model, the best head on cached features of
     each other backbone and input size (refitted here in a second each) and, for texts, a TF-IDF +
@@ -376,7 +380,7 @@ def ensemble(search: Search, tier: str, best: StudyResult, say: Say) -> Ensemble
     return EnsembleResult(decision.kept, decision.why, rows, scores)
 
 
-def ensemble_members(search: Search, tier: str, best: StudyResult) -> dict[str, dict]:
+def ensemble_members(search: Search, tier: Tier, best: StudyResult) -> dict[str, dict]:
     """The ensemble's candidates by name: the chosen model, the best head of each other backbone and
     input size, and for texts the TF-IDF member."""
     from automl import ensemble as ens
@@ -433,7 +437,7 @@ def out_of_fold_probabilities(search: Search, members: dict[str, dict]):
     return probabilities, targets
 
 
-def validation_probabilities(search: Search, tier: str, members: dict[str, dict]):
+def validation_probabilities(search: Search, tier: Tier, members: dict[str, dict]):
     """Each member's probabilities on the validation split (the chosen model's as its tier wrote
     them; the others fitted on the training split here) and its targets; None when the chosen
     model's predictions file is not in the split's order."""
@@ -487,7 +491,7 @@ def one_per_backbone(members: dict[str, dict], maximize: bool = True) -> list[st
     return [name for _, name in picked.values()]
 
 
-def head_candidates(search: Search, tier: str, best: StudyResult) -> list:
+def head_candidates(search: Search, tier: Tier, best: StudyResult) -> list:
     """The best head on cached features (by cross-validated score) of each backbone and input size,
     but the chosen trial's own when the chosen trial is such a head."""
     tuner = search.flash_tuner
@@ -503,10 +507,10 @@ def head_candidates(search: Search, tier: str, best: StudyResult) -> list:
     ]
     skip = group(best.params) if tier != Tier.LIGHTNING and tuner.space.head_only(best.params) else None
     sign = 1.0 if search.target.maximize else -1.0
-    chosen: dict[tuple, object] = {}
+    chosen: dict[tuple, tuple[float, object]] = {}  # (rank, Optuna's trial) by backbone and size
     for trial in complete:
         key = group(trial.params)
-        rank = sign * TrialRecord.of(tier, trial).ranking_score
+        rank = sign * (TrialRecord.of(tier, trial).ranking_score or 0.0)  # complete: it has a score
         if key != skip and (key not in chosen or rank > chosen[key][0]):
             chosen[key] = (rank, trial)
     return [trial for _, trial in chosen.values()]
@@ -515,7 +519,7 @@ def head_candidates(search: Search, tier: str, best: StudyResult) -> list:
 # --------------------------------------------------------------------------- finalise
 def finalise(
     search: Search,
-    tier: str,
+    tier: Tier,
     best: StudyResult,
     verdict: TierVerdict,
     template: str | None,
@@ -536,15 +540,15 @@ def finalise(
     # and a path there is code that `automl predict` runs only with --trust-checkpoint
     ModelTier(tier, template).write(best_dir)
     shutil.copy2(run_dir / tier_predictions_file(tier), run_dir / PREDICTIONS_FILE)
-    kept = ensembled is not None and ensembled.kept
+    kept = ensembled if ensembled is not None and ensembled.kept else None
     single = judge_test(search, tier, best_dir, verdict, refit_note, template) if kept else None
     if kept:
-        build_ensemble(search, best_dir, tier, ensembled)
-        say(f"the ensemble of {len(ensembled.chosen())} members is the final model")
+        build_ensemble(search, best_dir, tier, kept)
+        say(f"the ensemble of {len(kept.chosen())} members is the final model")
     final = judge_test(search, tier, best_dir, verdict, refit_note, template)
     say(f"verdict on the {final.split} split: {final.outcome}")
     ensemble_facts = ensembled.to_json() if ensembled is not None else {}
-    if kept:
+    if kept and single is not None:
         ensemble_facts.update(single_test_score=single.score, single_test_split=single.split)
         ensemble_facts.update(prediction_seconds(search, best_dir, template))
     summary = _summary(search, tier, best, verdict, final, refit_note, ensemble_facts)
@@ -563,11 +567,12 @@ def finalise(
     return model
 
 
-def save_chosen(search: Search, tier: str, best: StudyResult, template: str | None, best_dir: Path) -> str:
+def save_chosen(search: Search, tier: Tier, best: StudyResult, template: str | None, best_dir: Path) -> str:
     """The chosen model's files in best/ (a Flash-tier model refitted on train+val when it can be);
     returns what the refit did, in words."""
     from automl.flash import fit
 
+    assert best.checkpoint is not None and best.best_trial is not None, "a chosen trial has its weights"
     config, datamodule = search.config, search.datamodule
     if tier == Tier.FLASH:
         fit_config = config.fit_config(**best.params)
@@ -622,7 +627,7 @@ def _summary(search, tier, best, verdict, final, refit_note, ensemble_facts) -> 
     )
 
 
-def build_ensemble(search: Search, best_dir: Path, tier: str, ensembled: EnsembleResult) -> None:
+def build_ensemble(search: Search, best_dir: Path, tier: Tier, ensembled: EnsembleResult) -> None:
     """best/ becomes the ensemble: its own model is the chosen member; each other member goes under
     best/members/ (heads and the TF-IDF model refitted on train+val when the run refits, as the
     chosen one is; their weights stay those chosen on validation); ensemble.json lists them."""
@@ -785,7 +790,7 @@ def _secs(started: float) -> str:
 
 
 def judge_test(
-    search: Search, tier: str, best_dir: Path, selection: TierVerdict, refit_note: str, template: str | None = None
+    search: Search, tier: Tier, best_dir: Path, selection: TierVerdict, refit_note: str, template: str | None = None
 ) -> TierVerdict:
     """The run's verdict: the model in ``best_dir`` on the test split (the examples no trial saw), the
     same computation as ``automl evaluate`` on those examples; with no test split, the selection
@@ -869,7 +874,7 @@ def _test_notes(search: Search, predictor, scored, selection: TierVerdict) -> li
     return notes
 
 
-def _story(tier: str, selection: TierVerdict) -> str:
+def _story(tier: Tier, selection: TierVerdict) -> str:
     """Which tier's model was judged, and whether the run escalated to get it (with the reason a
     Lightning tier that did not win was not kept)."""
     if tier == Tier.LIGHTNING:

@@ -67,7 +67,7 @@ def metric_names() -> list[str]:
     return [name.removeprefix("val_") for name in m.VALIDATION_METRICS]
 
 
-def parse_target(text: str) -> Target:
+def parse_target(text: str | None) -> Target:
     found = _PATTERN.match(text or "")
     valid = ", ".join(metric_names())
     if not found:

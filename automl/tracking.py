@@ -127,7 +127,8 @@ class Tracker:
         if values:
             self.client.log_batch(run_id, metrics=values)
 
-    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+    def set_tags(self, run_id: str, tags: dict[str, object]) -> None:
+        """Each value as its text (MLflow tags are strings)."""
         for key, value in tags.items():
             self.client.set_tag(run_id, key, str(value))
 
@@ -150,9 +151,13 @@ def _first_line(exc: Exception) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def trial_history(tracking_uri: str, parent_id: str, tier: str, number: int, keys: list[str]) -> dict[str, list]:
-    """Per-step values of ``keys`` logged by one trial's child run: {key: [(step, value), ...]}."""
+def trial_history(tracking_uri: str, parent_id: str, tier: str, number: int | None, keys: list[str]) -> dict[str, list]:
+    """Per-step values of ``keys`` logged by one trial's child run: {key: [(step, value), ...]}; empty
+    for no trial (``number`` None: a run whose model no trial made)."""
     from mlflow.tracking import MlflowClient
+
+    if number is None:
+        return {}
 
     client = MlflowClient(tracking_uri)
     parent = client.get_run(parent_id)

@@ -65,7 +65,7 @@ def chosen(trials: list, maximize: bool):
 class TrialOutcome:
     """What one training run gives back to the study."""
 
-    score: float  # the best value of the monitored metric over the trial's epochs
+    score: float | None  # the best value of the monitored metric over the trial's epochs (None: none)
     checkpoint: str | None = None
     best_epoch: int | None = None
     stopped_at_deadline: bool = False
@@ -122,6 +122,7 @@ def make_pruner(pruner, examples: int | None = None, maximize: bool = True):
 
     if not isinstance(pruner, str):
         return pruner  # a ready optuna pruner (tests pass one whose decision is fixed)
+    inner: optuna.pruners.BasePruner
     if pruner == "median":
         inner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
     elif pruner == "hyperband":
@@ -201,7 +202,7 @@ class Tuner:
             self.study = optuna.create_study(
                 storage=shared.open_storage(storage, heartbeat),
                 study_name=study_name,
-                direction=direction,
+                direction=optuna.study.StudyDirection[direction.upper()],
                 sampler=optuna.samplers.TPESampler(seed=seed),
                 pruner=make_pruner(pruner, examples, direction == "maximize"),
                 load_if_exists=True,
@@ -301,7 +302,7 @@ class Tuner:
                 continue
             waiting = False
             if self.cheap_because is not None and not any(t.state.name == "WAITING" for t in trials):
-                self.study.enqueue_trial(self.cheaper(), user_attrs={ROLE: str(Role.TUNING)})
+                self._enqueue_cheaper()
             if on_trial is not None:
                 best = self.best_trial()
                 on_trial(Progress(self._next_number(), len(finished), total_trials, best.value if best else None, left))
@@ -338,13 +339,20 @@ class Tuner:
     def _fall_back(self, on_narrow: Callable[[str], None] | None) -> bool:
         """After a trial that did not fit the time left, the rest of the trials are the cheap kind
         (what no longer fits is not tried again); False when there is no cheaper kind."""
+        if not self._enqueue_cheaper():
+            return False
+        because = self.cheap_because = self.out_of_time or "a trial did not fit the time left"
+        self.out_of_time = None
+        if on_narrow is not None:
+            on_narrow(because)
+        return True
+
+    def _enqueue_cheaper(self) -> bool:
+        """One trial of the cheaper kind queued next; False when there is no cheaper kind."""
         cheaper = None if self.cheaper is None else self.cheaper()
         if cheaper is None:
             return False
         self.study.enqueue_trial(cheaper, user_attrs={ROLE: str(Role.TUNING)})
-        self.cheap_because, self.out_of_time = self.out_of_time, None
-        if on_narrow is not None:
-            on_narrow(self.cheap_because)
         return True
 
     def _next_number(self) -> int:

@@ -7,7 +7,6 @@ parameters into its configuration, train it, and predict with what it trained.
 from __future__ import annotations
 
 import atexit
-import dataclasses
 import hashlib
 import importlib
 import shutil
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from automl.errors import ConfigError
 
@@ -64,6 +63,7 @@ class Template:
     @property
     def source(self) -> Path:
         """The package's own folder (the files to copy)."""
+        assert self.package.__file__ is not None, "a template is a package of files"
         return Path(self.package.__file__).parent
 
     def config(self, values: dict):
@@ -77,8 +77,13 @@ class Template:
 
         result = self.package.fit(config, **kwargs)
         if isinstance(result, dict):
-            names = [f.name for f in dataclasses.fields(FitResult)]
-            result = FitResult(**{name: result.get(name) for name in names})
+            result = FitResult(
+                str(result.get("monitor")),
+                result.get("best_score"),
+                result.get("checkpoint"),
+                result.get("best_epoch"),
+                result.get("epochs_run", 0),
+            )
         return result
 
     def datamodule(self, config, samples=None):
@@ -250,7 +255,8 @@ def predict_validation(template: Template, checkpoint: str | Path, config: dict,
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    probabilities = torch.cat(trainer.predict(model, datamodule=datamodule)).float().numpy()
+    batches = cast("list[torch.Tensor]", trainer.predict(model, datamodule=datamodule))  # one dataloader
+    probabilities = torch.cat(batches).float().numpy()
     samples = datamodule.samples.val_samples
     targets = np.array([target for _, target in samples])
     return targets, probabilities, [item for item, _ in samples]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -82,10 +82,11 @@ def stratified_split(targets: Sequence[int], val_split: float, seed: int) -> tup
     if not 0.0 < val_split < 1.0:
         raise DataError(f"val_split must be between 0 and 1 (exclusive), got {val_split}.")
     rng = np.random.default_rng(seed)
-    targets = np.asarray(targets)
-    train, val = [], []
-    for cls in np.unique(targets):
-        idx = np.flatnonzero(targets == cls)
+    classes = np.asarray(targets)
+    train: list[int] = []
+    val: list[int] = []
+    for cls in np.unique(classes):
+        idx = np.flatnonzero(classes == cls)
         rng.shuffle(idx)
         n_val = int(round(len(idx) * val_split))
         if len(idx) >= 2:
@@ -248,7 +249,7 @@ class ClassificationDataModule(pl.LightningDataModule):
     a batch is put together (``collate``).
     """
 
-    collate = None
+    collate: Callable | None = None
 
     def __init__(
         self,
@@ -271,7 +272,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         # the validation split was carved from the same data (not a user's val/ folder): a test split
         # is carved in proportion, and copies of training examples may be given back to training
         self.val_carved = True
-        self.skipped = []  # inputs the reader left out (Findings), for the data doctor
+        self.skipped: list = []  # inputs the reader left out (Findings), for the data doctor
 
     @property
     def num_classes(self) -> int:
@@ -315,6 +316,16 @@ class ClassificationDataModule(pl.LightningDataModule):
             return cls.from_folders(path, **kwargs)
         frame, source, first_row = read_table(path, header, kind)
         return cls.from_frame(frame, source, input_field, target_field, first_row=first_row, **kwargs)
+
+    @classmethod
+    def from_folders(cls, train_folder: str | Path, *args, **kwargs) -> ClassificationDataModule:
+        """A folder of class folders (each kind of data reads its own files)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_frame(cls, frame, source: str, *args, **kwargs) -> ClassificationDataModule:
+        """A table's rows (each kind of data reads its own column)."""
+        raise NotImplementedError
 
     def make_dataset(self, samples: list, train: bool) -> Dataset:
         raise NotImplementedError

@@ -255,7 +255,7 @@ class ImageClassificationData(common.ClassificationDataModule):
     def configure(self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
         """Normalise with ``mean``/``std`` (a model's ``input_options()``: what its backbone's weights
         expect) unless this datamodule was given its own."""
-        if mean is None:
+        if mean is None or std is None:
             return
         if self.mean is None:
             self.mean, self.std = tuple(mean), tuple(std)
@@ -328,7 +328,8 @@ def _scan_class_folders(root: Path, left_out: list[Finding] | None = None) -> tu
             f"The folder '{root}' has no class sub-folders. Lay the images out as '{root}/<class>/<image>'."
         )
     for folder in folders:
-        readable, unreadable = [], []
+        readable: list = []
+        unreadable: list = []
         for file in common.files_in(folder, IMAGE_SUFFIXES):
             usable, findings = check_image(file)  # a full decode: truncated files are caught here
             (readable if usable else unreadable).append((file, findings))

@@ -76,7 +76,8 @@ def inspect_images(
     from automl.data.image import ImageClassificationData
 
     path = common.existing_path(path)
-    skipped, converted = [], []
+    skipped: list = []
+    converted: list = []
     if path.is_dir() and not common.is_hf_dataset(path):
         for file in common.files_in(path, None):
             usable, findings = check_image(file)

@@ -261,6 +261,9 @@ class HeadClassifier(ClassificationTask):
     callbacks (pruning, deadline, MLflow) see a validation per epoch. :meth:`classifier_head` folds
     the standardisation into the linear layer, for the head of an ordinary classifier."""
 
+    mean: torch.Tensor  # buffers: the training features' mean and spread
+    std: torch.Tensor
+
     def __init__(self, labels, features: Features, weight_decay: float = 0.0, epochs: int = 1, **task):
         super().__init__(labels, **task)
         self.backbone = nn.Identity()  # the fine-tuning callback expects one; it has no parameters

@@ -42,7 +42,7 @@ class Strategy:
     def __str__(self) -> str:
         if self.name == "freeze_unfreeze":
             return f"freeze_unfreeze:{self.unfreeze_epoch}"
-        if self.name == "unfreeze_milestones":
+        if self.name == "unfreeze_milestones" and self.milestones is not None:
             return f"unfreeze_milestones:{self.milestones[0]},{self.milestones[1]},{self.num_layers}"
         return self.name
 
@@ -113,7 +113,7 @@ class FlashFinetuning(BaseFinetuning):
 
     def freeze_before_training(self, pl_module: pl.LightningModule) -> None:
         if self.strategy.name != "no_freeze":
-            freeze(pl_module.backbone)
+            freeze(backbone_of(pl_module))
 
     def _unfreeze(self, modules, optimizer) -> None:
         lr = optimizer.param_groups[0]["lr"] * self.unfreeze_lr_factor
@@ -122,19 +122,27 @@ class FlashFinetuning(BaseFinetuning):
     def finetune_function(self, pl_module: pl.LightningModule, epoch: int, optimizer) -> None:
         strategy = self.strategy
         if strategy.name == "freeze_unfreeze" and epoch == strategy.unfreeze_epoch:
-            self._unfreeze(pl_module.backbone, optimizer)
-        elif strategy.name == "unfreeze_milestones":
-            layers = backbone_layers(pl_module.backbone)
-            first, second = strategy.milestones
+            self._unfreeze(backbone_of(pl_module), optimizer)
+        elif strategy.name == "unfreeze_milestones" and strategy.milestones and strategy.num_layers is not None:
+            layers = backbone_layers(backbone_of(pl_module))
+            (first, second), last = strategy.milestones, strategy.num_layers
             if epoch == first:
-                self._unfreeze(layers[-strategy.num_layers :], optimizer)
+                self._unfreeze(layers[-last:], optimizer)
             if epoch == second:
-                self._unfreeze(layers[: -strategy.num_layers] or layers, optimizer)
+                self._unfreeze(layers[:-last] or layers, optimizer)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_start(trainer, pl_module)
         pretrained = bool(getattr(pl_module, "hparams", {}).get("pretrained", False))
-        set_frozen_modes(pl_module.backbone, keep_statistics=pretrained)
+        set_frozen_modes(backbone_of(pl_module), keep_statistics=pretrained)
+
+
+def backbone_of(module: pl.LightningModule) -> nn.Module:
+    """The part a strategy freezes: every Flash-tier task (and the template's model) names it ``backbone``."""
+    backbone = module.backbone
+    if not isinstance(backbone, nn.Module):
+        raise TypeError(f"{type(module).__name__} has no backbone module for a fine-tuning strategy to freeze")
+    return backbone
 
 
 def set_frozen_modes(backbone: nn.Module, keep_statistics: bool = False) -> None:
@@ -197,5 +205,6 @@ def serve_for(model: pl.LightningModule, datamodule: pl.LightningDataModule) -> 
     """The data served as ``model`` expects where the datamodule leaves it open: an image backbone's
     normalisation, a text model's tokenizer and length (``model.input_options()`` given to
     ``datamodule.configure``). A datamodule or model without them (yours, cached features) is as it is."""
-    if hasattr(model, "input_options") and hasattr(datamodule, "configure"):
-        datamodule.configure(**model.input_options())
+    options, configure = getattr(model, "input_options", None), getattr(datamodule, "configure", None)
+    if callable(options) and callable(configure):
+        configure(**options())

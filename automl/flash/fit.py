@@ -10,6 +10,7 @@ import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import lightning.pytorch as pl
 import numpy as np
@@ -61,13 +62,17 @@ def load_data(config: FitConfig):
     from automl.data.common import existing_path
 
     path = existing_path(config.data)
-    common = {
+    common: dict[str, Any] = {
         "val_split": config.val_split,
         "seed": config.seed,
         "batch_size": config.batch_size,
         "num_workers": config.num_workers,
     }
-    fields = {"input_field": config.input_field, "target_field": config.target_field, "header": config.header}
+    fields: dict[str, Any] = {
+        "input_field": config.input_field,
+        "target_field": config.target_field,
+        "header": config.header,
+    }
     if config.task == IMAGE_CLASSIFICATION:
         return ImageClassificationData.from_path(
             path, **fields, **common, image_size=config.image_size, augment=config.augment
@@ -88,7 +93,7 @@ def data_for(config: FitConfig, datamodule):
 def build_model(config: FitConfig, labels: list[str]):
     from automl.flash.tasks import ImageClassifier, TextClassifier
 
-    common = {
+    common: dict[str, Any] = {
         "labels": labels,
         "backbone": default_backbone(config),
         "pretrained": config.pretrained,
@@ -173,7 +178,9 @@ class _BestHead(pl.Callback):
 
     def __init__(self, monitor: str):
         self.monitor, self.maximize = monitor, m.VALIDATION_METRICS[monitor]
-        self.score, self.epoch, self.state = None, None, None
+        self.score: float | None = None
+        self.epoch: int | None = None
+        self.state: dict | None = None
 
     def on_validation_end(self, trainer, pl_module) -> None:
         value = trainer.callback_metrics.get(self.monitor)
@@ -229,6 +236,7 @@ def train_head(
     model.head.load_state_dict(head.classifier_head(best.state))
     if not checkpoint:
         return Trained(model, datamodule, trainer, None, best.epoch, best.score)
+    assert best.epoch is not None, "a head with a best state has its epoch"
     path = Path(out_dir) / "checkpoints" / f"best-epoch{best.epoch}.ckpt"
     save_checkpoint(model, path, best.epoch)
     return Trained(model, datamodule, trainer, str(path), best.epoch, best.score)
@@ -349,7 +357,8 @@ def predict_validation(model, datamodule, accelerator: str = "auto") -> tuple[np
     trainer = pl.Trainer(
         accelerator=accelerator, devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False
     )
-    probabilities = torch.cat(trainer.predict(model, datamodule=predict)).float().numpy()
+    batches = cast("list[torch.Tensor]", trainer.predict(model, datamodule=predict))  # one dataloader
+    probabilities = torch.cat(batches).float().numpy()
     targets = np.array([target for _, target in datamodule.val_samples])
     return targets, probabilities, [item for item, _ in datamodule.val_samples]
 

@@ -71,7 +71,7 @@ class PixelCache:
 
         image = load_rgb(path)
         self.decoded += 1
-        asked = None
+        asked: torch.Tensor | None = None
         for each in sorted(self.sizes | {size}):
             kept = self._crops.setdefault(each, {})
             crop = kept.get(str(path))
@@ -80,6 +80,7 @@ class PixelCache:
                 self._keep(kept, str(path), crop)
             if each == size:
                 asked = crop
+        assert asked is not None, "the size asked for is among those decoded"
         return asked
 
     def _keep(self, kept: dict, key: str, crop: torch.Tensor) -> None:

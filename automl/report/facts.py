@@ -9,6 +9,7 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -48,7 +49,7 @@ def collect(run_dir: str | Path) -> dict:
     journal, summary = folder.require_finished()
     config = folder.config()
     finalise = journal.stage("finalise")
-    facts = {
+    facts: dict[str, Any] = {
         "run": {
             "name": run_dir.name,
             "folder": str(run_dir.resolve()),
@@ -196,12 +197,12 @@ def study_facts(folder: RunFolder, config: dict, journal: Journal) -> dict:
                 if column in frame:
                     frame[column] = pd.to_numeric(frame[column], errors="coerce")
             studies[tier] = json.loads(frame.to_json(orient="records"))
-    importances = {}
+    importances: dict[str, object] = {}
     try:
         from automl.tuning import param_importances
 
         storage = config.get("storage") or f"sqlite:///{(folder.path.parent / 'optuna.db').resolve()}"
-        importances = param_importances(storage, journal.study)
+        importances = dict(param_importances(storage, journal.study))
     except Exception as exc:  # the study store may be gone or remote: the report still renders
         importances = {"_unavailable": f"{type(exc).__name__}: {exc}"}
     return {"trials": studies, "importances": importances}
@@ -215,8 +216,8 @@ def confusion(frame: pd.DataFrame, labels: list[str]) -> dict:
     return {"labels": labels, "matrix": matrix.tolist()}
 
 
-def per_class(matrix: list[list[int]], labels: list[str]) -> list[dict]:
-    matrix = np.asarray(matrix)
+def per_class(counts: list[list[int]], labels: list[str]) -> list[dict]:
+    matrix = np.asarray(counts)
     rows = []
     for i, label in enumerate(labels):
         tp = matrix[i, i]

@@ -57,7 +57,7 @@ def history(trials: dict[str, list[dict]], metric: str, maximize: bool, target: 
 
 
 def importances(values: dict[str, float]) -> str:
-    names = sorted(values, key=values.get)
+    names = sorted(values, key=lambda name: values[name])
     figure, axes = plt.subplots(figsize=(6.0, 0.35 * len(names) + 1))
     axes.barh(names, [values[n] for n in names], color=COLOUR)
     axes.set_xlabel("importance (fANOVA)")
@@ -84,8 +84,8 @@ def learning_curves(curves: dict[str, list], metric: str) -> str:
     return data_uri(figure)
 
 
-def confusion(labels: list[str], matrix: list[list[int]]) -> str:
-    matrix = np.asarray(matrix)
+def confusion(labels: list[str], counts: list[list[int]]) -> str:
+    matrix = np.asarray(counts)
     size = max(3.5, 0.45 * len(labels) + 1.5)
     figure, axes = plt.subplots(figsize=(size, size))
     axes.imshow(matrix, cmap="Blues")
@@ -105,8 +105,8 @@ def thumbnail(path: str, size: int = 96) -> str | None:
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(Path(path)) as image:
-            image = ImageOps.exif_transpose(image).convert("RGB")
+        with Image.open(Path(path)) as opened:
+            image = ImageOps.exif_transpose(opened).convert("RGB")
             image.thumbnail((size, size))
             buffer = io.BytesIO()
             image.save(buffer, format="PNG")

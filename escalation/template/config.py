@@ -8,6 +8,7 @@ config.yaml, of ``--set`` and of ``automl run --template``'s trials.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,10 +123,10 @@ class TemplateConfig:
 
     @classmethod
     def of(cls, config: TemplateConfig | dict) -> TemplateConfig:
-        return config if isinstance(config, cls) else cls.from_dict(dict(config))
+        return config if isinstance(config, TemplateConfig) else cls.from_dict(dict(config))
 
     @classmethod
-    def load(cls, path: str | Path, overrides: list[str] = ()) -> TemplateConfig:
+    def load(cls, path: str | Path, overrides: Sequence[str] = ()) -> TemplateConfig:
         """The YAML file at ``path``, then ``KEY=VALUE`` overrides (values read as YAML)."""
         values = yaml.safe_load(Path(path).read_text()) or {}
         for key in values:

@@ -9,6 +9,8 @@ Edit freely: this file is yours once ejected.
 
 from __future__ import annotations
 
+from typing import cast
+
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -46,7 +48,7 @@ class ClassificationData(pl.LightningDataModule):
         self.config = config
         self.samples = samples if samples is not None else read_split(config)  # every loader serves these
         self.labels = self.samples.labels
-        self.predict_samples = []  # set by whoever wants predictions (see automl predict)
+        self.predict_samples: list = []  # set by whoever wants predictions (see automl predict)
 
     def dataset(self, samples: list, train: bool) -> Dataset:
         raise NotImplementedError
@@ -112,7 +114,8 @@ class TextData(ClassificationData):
         self.tokenizer = load_tokenizer(config.backbone, config.weights)
 
     def dataset(self, samples: list, train: bool) -> Dataset:
-        return list(samples)  # (text, class index) pairs; the tokenizer runs per batch
+        # (text, class index) pairs, a dataset to the DataLoader as any sequence is; the tokenizer runs per batch
+        return cast(Dataset, list(samples))
 
     def collate(self, batch):
         texts, targets = zip(*batch, strict=True)

@@ -214,7 +214,7 @@ class TextClassifier(Classifier):
         lr = self.config.learning_rate
         backbone_lr = lr * self.config.backbone_lr_ratio
         groups = [{"params": list(self.head.parameters()), "lr": lr, "name": "head"}]
-        seen = set()
+        seen: set[int] = set()
         for depth, layer in enumerate(reversed(list(layers))):
             params = list(layer.parameters())
             seen.update(id(p) for p in params)

@@ -15,6 +15,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import (
@@ -99,7 +100,8 @@ def fit(
         callbacks.append(RichProgressBar(leave=True, console_kwargs={"stderr": True}))
     elif progress and not any(isinstance(c, EpochLines) for c in extra_callbacks):
         callbacks.append(EpochLines())
-    accelerator, precision = config.accelerator, config.precision
+    accelerator = config.accelerator
+    precision: Any = config.precision  # one of the Trainer's, checked by TemplateConfig
     if precision == "auto":  # mixed precision where a GPU makes it pay
         import torch
 
@@ -122,15 +124,21 @@ def fit(
         default_root_dir=config.output_dir,
     )
     trainer.fit(model, datamodule=datamodule)
-    checkpoint = callbacks[0]
+    checkpoint = next(c for c in callbacks if isinstance(c, ModelCheckpoint))
     best = checkpoint.best_model_path or None
     return FitResult(
-        monitor=checkpoint.monitor,
+        monitor=str(checkpoint.monitor),
         best_score=best_checkpoint_score(checkpoint),
         checkpoint=best,
-        best_epoch=int(re.search(r"epoch(\d+)", Path(best).name).group(1)) if best else None,
+        best_epoch=_epoch_of(best) if best else None,
         epochs_run=trainer.current_epoch,
     )
+
+
+def _epoch_of(checkpoint: str) -> int | None:
+    """The epoch a checkpoint's file name says (``best-epoch3.ckpt``)."""
+    found = re.search(r"epoch(\d+)", Path(checkpoint).name)
+    return int(found.group(1)) if found else None
 
 
 def main(argv: list[str] | None = None) -> None:
