@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Nothing here needs the network beyond the package registries.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo test lint browser postgres screenshot bench bench-quick clean
+.PHONY: setup demo test test-fast lint browser postgres screenshot bench bench-quick clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,7 @@ demo: setup data/digits
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 browser:
 	@bash scripts/install-browser.sh
@@ -39,6 +40,11 @@ postgres:
 
 test: setup lint browser postgres
 	$(PY) -m pytest
+
+# The tests to run in a loop while changing code: all but those marked slow (subprocesses, several
+# processes, PostgreSQL, an MLflow server), which need neither the browser nor the database.
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
 
 # The README's report picture, made by the project's own code from the demo's run.
 screenshot: demo browser
