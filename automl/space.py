@@ -243,6 +243,27 @@ def probe_weight_decay(config: RunConfig) -> float:
     return config.weight_decay if config.weight_decay != _DEFAULT_WEIGHT_DECAY else PROBE_WEIGHT_DECAY
 
 
+def head_penalty(trials: list, search_space: SearchSpace, config: FitConfig, run: RunConfig, maximize: bool) -> float:
+    """The L2 penalty of the best head among ``trials`` (finished Optuna trials) on cached features of
+    ``config``'s backbone and input size (else the run's ``--weight-decay`` or the probes' first guess):
+    a fine-tune starts from the head a linear probe would keep, not from an unpenalised one that fits
+    every training example and leaves the backbone a near-zero loss to learn from."""
+    size = "image_size" if run.modality == "image" else "max_length"
+    heads = [
+        t
+        for t in trials
+        if t.state.name == "COMPLETE"
+        and t.value is not None
+        and search_space.head_only(t.params)
+        and t.params.get("backbone") == config.backbone
+        and t.params.get(size) == getattr(config, size)
+    ]
+    if not heads:
+        return probe_weight_decay(run)
+    best = (max if maximize else min)(heads, key=lambda t: t.value)
+    return float(best.params["weight_decay"])
+
+
 def as_head(params: dict, config: RunConfig) -> dict:
     """``params`` as a head on cached features: frozen backbone, no augmentation, a penalty."""
     head = {**params, "strategy": "freeze", "weight_decay": probe_weight_decay(config)}

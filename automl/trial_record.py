@@ -65,7 +65,7 @@ CHECKPOINT = "checkpoint"  # the best epoch's weights
 BEST_EPOCH = "best_epoch"
 STOPPED_AT_DEADLINE = "stopped_at_deadline"  # the trial's deadline ended its training early
 #: a head's score over k folds of train+val, their spread and their number
-#: (automl.search.Trainers.cross_validate): heads are chosen on it (automl.tuning.chosen)
+#: (automl.trainers.Trainers.cross_validate): heads are chosen on it (automl.tuning.chosen)
 CV_MEAN, CV_STD, CV_FOLDS = "cv_mean", "cv_std", "cv_folds"
 
 FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")

@@ -2,7 +2,7 @@
 total, the time budget or Ctrl-C stops it, and :func:`chosen` is the trial the study picks.
 
 Training is a function handed in (``train(number, params, callbacks) -> TrialOutcome``, see
-``automl.search.Trainers``), so the loop can be tested with any function. Where a trial's parameters
+``automl.trainers.Trainers``), so the loop can be tested with any function. Where a trial's parameters
 come from is ``automl.space``; the callbacks a trial trains with, ``automl.callbacks``; what a study
 shared by several workers needs (heartbeats, dead and surplus trials), ``automl.shared_study``.
 """

@@ -22,7 +22,7 @@ LAYERS = (
         "what a run gives",
         ("automl.predict", "automl.export", "automl.serve", "automl.mlflow_model", "automl.evaluate", "automl.report"),
     ),
-    ("the search", ("automl.search", "automl.trials", "escalation.train", "escalation.eject")),
+    ("the search", ("automl.search", "automl.trainers", "automl.trials", "escalation.train", "escalation.eject")),
     ("the study", ("automl.tuning", "automl.shared_study", "automl.space", "automl.callbacks", "automl.ensemble")),
     ("services", ("automl.tracking", "automl.budget", "escalation.callbacks")),
     ("models", ("automl.flash", "escalation.template")),

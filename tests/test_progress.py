@@ -14,7 +14,7 @@ import optuna
 import pytest
 from helpers import TINY_IMAGE_BACKBONE, tiny_run_config
 
-from automl import pipeline, search
+from automl import pipeline, trainers
 from automl.progress import RUN_LOG
 
 EPOCH_LINE = re.compile(r"^trial #(\d+) epoch (\d+)/(\d+): (.*) \(\d+\.\d+s\)$")
@@ -117,7 +117,7 @@ def test_a_baseline_that_uses_up_the_budget_says_so_in_the_tuning_line(images, t
     starts no trial and its stage line says why, not "1 of 4 trials finished in earlier runs"."""
     real_time, jump = time.time, [0.0]
     monkeypatch.setattr(time, "time", lambda: real_time() + jump[0])
-    trial = search.Trainers.flash
+    trial = trainers.Trainers.flash
 
     def baseline_that_takes_the_budget(job, number, params, callbacks, logger):
         outcome = trial(job, number, params, callbacks, logger)
@@ -125,7 +125,7 @@ def test_a_baseline_that_uses_up_the_budget_says_so_in_the_tuning_line(images, t
             jump[0] += 60.0
         return outcome
 
-    monkeypatch.setattr(search.Trainers, "flash", baseline_that_takes_the_budget)
+    monkeypatch.setattr(trainers.Trainers, "flash", baseline_that_takes_the_budget)
     lines = []
     config = tiny_run_config(images, tmp_path, tracking_uri=tracking_uri, trials=4, time_budget="60s")
     result = pipeline.run(config, progress=False, report=lines.append)

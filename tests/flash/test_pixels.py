@@ -136,7 +136,7 @@ class SlowPasses(FeatureCache):
 def trainers(seconds: dict[str, float], finished: list[str], tuning_left: float = 360.0):
     """``Trainers`` of a run with a 10m budget just started, ``tuning_left`` seconds of tuning left,
     a finished trial of each backbone in ``finished``; and the lines it says."""
-    from automl.search import Trainers
+    from automl.trainers import Trainers
 
     lines = []
     trials = [SimpleNamespace(state=SimpleNamespace(name="COMPLETE"), params={"backbone": b}) for b in finished]
@@ -145,20 +145,20 @@ def trainers(seconds: dict[str, float], finished: list[str], tuning_left: float 
         best_trial=lambda: trials[0],
         space=SimpleNamespace(image_sizes=(224, 240, 260)),
     )
-    search = SimpleNamespace(
-        config=SimpleNamespace(modality="image", image_size=224),
-        datamodule=None,
-        features=SlowPasses(seconds),
+    trainers = Trainers(
+        SimpleNamespace(modality="image", image_size=224),
+        None,
+        SlowPasses(seconds),
+        tuner,
+        None,
+        None,
         budget=Budget(time.time(), 600),
-        deadline=time.time() + 600,
-        target=None,
-        run_dir=None,
+        tuning_deadline=lambda: time.time() + tuning_left,
+        finish_reserve=lambda: 0.0,
         say=lines.append,
         progress=False,
-        flash_tuner=tuner,
-        tuning_deadline=lambda: time.time() + tuning_left,
     )
-    return Trainers(search), lines
+    return trainers, lines
 
 
 def check(trainers, backbone: str, image_size: int):
