@@ -32,7 +32,7 @@ RSS_GROWTH_LIMIT_MB = 200
 
 def serve_load(quick: bool) -> Result:
     sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import TINY_IMAGE_BACKBONE, decompression_bomb, make_image_folder
+    from helpers import TINY_IMAGE_BACKBONE, decompression_bomb, make_image_folder
 
     work = Path(tempfile.mkdtemp(prefix="automl-bench-serve-"))
     images = make_image_folder(work / "images", per_class=8)
