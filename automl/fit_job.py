@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from automl.config import FitConfig, dump_yaml
-from automl.errors import DataError
 from automl.run_folder import BEST_DIR, CONFIG_FILE, METRICS_FILE, write_json
 
 #: Lightning's "ddp" starts each other rank by running the same command: they find the run folder here
@@ -62,8 +61,7 @@ def fit_baseline(config: FitConfig, progress: bool = True, run_dir: Path | None 
             os.environ.pop(RUN_DIR_ENV, None)
     if not trained.trainer.is_global_zero:
         sys.exit(0)  # a helper rank of a distributed fit: rank zero writes the results
-    if trained.checkpoint is None:
-        raise DataError(f"Training ended before its first validation: no model to save in {run_dir / BEST_DIR}.")
+    assert trained.checkpoint is not None, "fit.validate refuses a training without a validated epoch"
     fit.save_best(run_dir / BEST_DIR, trained.checkpoint, datamodule, config)
     seconds = time.monotonic() - started
     details = {

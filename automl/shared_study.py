@@ -71,13 +71,13 @@ def counted_trials(trials: list) -> list:
     """Finished trials that count towards a study's total: a trial whose process died is replaced by
     its retry and does not count itself, nor does a surplus trial closed unused."""
     retried = {t.user_attrs[RETRY_OF] for t in trials if RETRY_OF in t.user_attrs}
-    finished = [t for t in trials if t.state.name in FINISHED_STATES and not trial_record.surplus(t)]
+    finished = [t for t in trials if t.state.name in FINISHED_STATES and not trial_record.closed_unused(t)]
     return [t for t in finished if t.number not in retried]
 
 
 def running(trials: list) -> list:
     """Trials being trained now (a surplus one is about to be closed unused)."""
-    return [t for t in trials if t.state.name == "RUNNING" and not trial_record.surplus(t)]
+    return [t for t in trials if t.state.name == "RUNNING" and not trial_record.closed_unused(t)]
 
 
 def alive(pid: int) -> bool:

@@ -385,16 +385,17 @@ def ensemble_members(search: Search, tier: Tier, best: StudyResult) -> dict[str,
     input size, and for texts the TF-IDF member."""
     from automl import ensemble as ens
 
-    members = {CHOSEN: {"name": CHOSEN, "kind": tier, "trial": best.best_trial, "params": best.params}}
+    members: dict[str, dict] = {CHOSEN: {"name": CHOSEN, "kind": tier, "trial": best.best_trial, "params": best.params}}
     for trial in head_candidates(search, tier, best):
-        name = f"head #{trial.number}"
+        record = TrialRecord.of(tier, trial)
+        name = f"head #{record.number}"
         members[name] = {
             "name": name,
             "kind": "head",
-            "trial": trial.number,
-            "params": trial.params,
-            "cv_mean": trial.user_attrs.get(trial_record.CV_MEAN),
-            "cv_std": trial.user_attrs.get(trial_record.CV_STD),
+            "trial": record.number,
+            "params": record.params,
+            "cv_mean": record.cv_mean,
+            "cv_std": record.cv_std,
         }
     if search.config.modality == "text" and search.datamodule.train_samples:
         members[ens.TFIDF_MEMBER] = {"name": ens.TFIDF_MEMBER, "kind": "tfidf", "trial": None, "params": {}}

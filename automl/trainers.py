@@ -216,7 +216,8 @@ class Trainers:
             for t in self.flash_tuner.study.get_trials(deepcopy=False)
         )
         deadline = self.tuning_deadline()
-        if not seen and deadline is not None:
+        assert deadline is not None, "a run with a budget has a tuning deadline"
+        if not seen:
             left = max(0.0, deadline - time.time())
             if needed > left:
                 skipped = (
@@ -227,7 +228,7 @@ class Trainers:
                 self.skipped[config.backbone] = skipped
                 raise tuning.SkipTrial(skipped)  # the other backbones' passes and the cheap heads go on
             return
-        allowance = self.budget.trial_allowance(self.tuning_deadline())
+        allowance = self.budget.trial_allowance(deadline)
         if needed > allowance:
             raise tuning.NoTimeForTrial(
                 f"{config.backbone}{size} would need about {minutes(needed)} to run over the data, "

@@ -76,8 +76,8 @@ def role(trial) -> Role:
     return Role.of(trial.user_attrs.get(ROLE))
 
 
-def surplus(trial) -> bool:
-    """Whether the trial was closed unused (it counts for nothing and is shown nowhere)."""
+def closed_unused(trial) -> bool:
+    """Whether the trial was closed unused (:data:`SURPLUS`): it counts for nothing and is shown nowhere."""
     return bool(trial.user_attrs.get(SURPLUS))
 
 
@@ -109,7 +109,6 @@ class TrialRecord:
     reason: str | None = None  # why it failed, was pruned or was run again
     cv_mean: float | None = None  # a head's cross-validated score and spread (None for other trials)
     cv_std: float | None = None
-    checkpoint: str | None = None
 
     @classmethod
     def of(cls, tier: Tier | str, trial, retry_reason: str | None = None) -> TrialRecord:
@@ -126,14 +125,13 @@ class TrialRecord:
             reason=reason(trial) or retry_reason,
             cv_mean=attrs.get(CV_MEAN),
             cv_std=attrs.get(CV_STD),
-            checkpoint=attrs.get(CHECKPOINT),
         )
 
     @classmethod
     def of_study(cls, tier: Tier | str, trials: list) -> list[TrialRecord]:
         """Every trial of a study that counts (not those closed unused), each with why it was retried."""
         retried = {t.user_attrs[RETRY_OF]: t.user_attrs.get(RETRY_REASON) for t in trials if RETRY_OF in t.user_attrs}
-        return [cls.of(tier, t, retried.get(t.number)) for t in trials if not surplus(t)]
+        return [cls.of(tier, t, retried.get(t.number)) for t in trials if not closed_unused(t)]
 
     @property
     def ranking_score(self) -> float | None:

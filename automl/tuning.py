@@ -36,8 +36,8 @@ from automl.trial_record import (
     WORKER,
     Role,
     TrialRecord,
+    closed_unused,
     role,
-    surplus,
 )
 
 if TYPE_CHECKING:
@@ -415,7 +415,7 @@ def _unless_unused(hook: Callable):
     """An Optuna callback that hands ``hook`` each finished trial but those closed unused."""
 
     def callback(study, trial) -> None:
-        if not surplus(trial):
+        if not closed_unused(trial):
             hook(trial)
 
     return callback

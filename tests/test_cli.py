@@ -69,6 +69,23 @@ def test_fit_writes_the_best_model_and_its_metrics(tmp_path, runner):
     assert model.labels == ["blue things", "green things", "red things"]
 
 
+def test_a_fit_that_ended_before_its_first_validation_says_so_and_writes_no_model(tmp_path, runner, monkeypatch):
+    """A training stopped before any validation has no best epoch: ``fit.validate`` says so, and
+    nothing is saved as the model."""
+    import dataclasses
+
+    from automl.flash import fit
+
+    real_train = fit.train
+    monkeypatch.setattr(fit, "train", lambda *a, **k: dataclasses.replace(real_train(*a, **k), checkpoint=None))
+    data = make_image_folder(tmp_path / "imgs", per_class=4)
+    result = runner.invoke(cli, fit_args(data, tmp_path / "runs", "--epochs", "1"))
+    assert result.exit_code == 2, result.output
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert "Training finished without a validation score" in result.output
+    assert not (run_dir / "best" / "model.ckpt").exists()
+
+
 def test_fit_reads_a_yaml_config_and_rejects_unknown_keys(tmp_path, runner):
     data = make_image_folder(tmp_path / "imgs", per_class=4)
     config = tmp_path / "fit.yaml"
