@@ -19,7 +19,7 @@ The plan, in the order a run meets it:
    trial's backbone and size, which cost a second each.
 
 5. The run's end (judging on validation and test, the MLflow model, the report) is kept out of the
-   last stage's time (``Search.finish_reserve``): the run ends within its budget.
+   last stage's time (``Plan.finish_reserve``): the run ends within its budget.
 
 Without a budget nothing here applies: every trial trains the epochs it was given.
 """
@@ -28,6 +28,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from automl.flash.features import FeatureCache
+    from automl.run_data import RunData
 
 #: the share of the budget the Flash tier may use when a missed target escalates to the Lightning tier
 TUNE_SHARE = 0.6
@@ -35,6 +40,9 @@ TUNE_SHARE = 0.6
 TRAIN_COST = 3.0
 #: a share of the training set below this is not worth a trial
 MIN_TRAIN_FRACTION = 0.1
+#: seconds the end of a run takes besides its passes over the data (the MLflow model, the report),
+#: planned inside the budget: 6-8 s measured here
+FINISH_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -101,3 +109,47 @@ def size_trial(
     if fraction < MIN_TRAIN_FRACTION:
         return None
     return TrialSize(1, round(fraction, 3), validate + fraction * train)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The budget's plan: when the Flash tier's trials must end, when the Lightning tier's must, and
+    what the run's end needs after its last trial (``finish_reserve``), all inside ``budget``."""
+
+    budget: Budget | None
+    data: RunData
+    features: FeatureCache
+    backbones: int  # how many backbones the Flash tier searches: a kept ensemble runs each over the test split
+
+    @property
+    def deadline(self) -> float | None:
+        return None if self.budget is None else self.budget.deadline
+
+    def finish_reserve(self) -> float:
+        """Seconds a run needs after its last trial, kept out of the trials' time: judging the chosen
+        trial on validation (up to three passes, with test-time augmentation), the final model on the
+        test split (an ensemble's members too), and :data:`FINISH_SECONDS` for the MLflow model and the
+        report."""
+        config, datamodule = self.data.config, self.data.datamodule
+        forward = self.features.forward_seconds(config.fit_config()) or 0.0
+        test = len(datamodule.test_samples)
+        examples = 3 * len(datamodule.val_samples) + test
+        if config.ensemble:
+            # a kept ensemble: its best single member judged alone too, the other backbones over the test
+            # split, and 2 x 34 examples timed (its heads and a TF-IDF model fit in seconds)
+            examples += test * self.backbones + 68
+        return forward * examples + FINISH_SECONDS
+
+    def tuning_deadline(self) -> float | None:
+        """When the Flash tier's trials must end: its share of the budget (it leaves the Lightning tier
+        the rest), and early enough for the run's end (``finish_reserve``) when it has the whole budget
+        (``--no-escalate``)."""
+        if self.budget is None:
+            return None
+        return min(self.budget.tune_deadline, self.budget.deadline - self.finish_reserve())
+
+    def escalation_deadline(self) -> float | None:
+        """The budget's end, less what the run's end takes after the study (``finish_reserve``)."""
+        if self.budget is None:
+            return None
+        return self.budget.deadline - self.finish_reserve()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from automl import evaluate, stages, trial_record
+from automl import evaluate, stages
 from automl.config import RunConfig, dump_yaml
 from automl.progress import Report, log_error
 from automl.run_folder import (
@@ -31,7 +31,7 @@ from automl.run_folder import (
     TrialResult,
     study_file,
 )
-from automl.search import Search, data_fingerprint
+from automl.search import data_fingerprint, enqueue_start, open_search
 from automl.stages import NUMBER, STAGES
 from automl.trial_record import Role, Tier
 from automl.trials import TrialLines
@@ -104,11 +104,11 @@ def run(
         try:
             job = RunJob(config, progress, report, pruner, started)
             if handle_interrupts:
-                job.stop.install(job.say)
+                job.search.studies.stop.install(job.say)
             try:
                 return job.execute()
             finally:
-                job.stop.uninstall()
+                job.search.studies.stop.uninstall()
         except BaseException as error:
             log_error(error)
             raise
@@ -125,7 +125,7 @@ class RunJob:
         self.total = len(STAGES)
         self.lines: list[StageLine] = []
         # a resumed run continues its MLflow parent run, named in the journal of its folder
-        self.search = search = Search(
+        self.search = search = open_search(
             config,
             progress,
             self.say,
@@ -133,20 +133,20 @@ class RunJob:
             started,
             resume_parent=lambda run_dir: Journal(run_dir / JOURNAL_FILE).mlflow_run_id,
         )
-        self.config, self.target, self.stop = search.config, search.target, search.stop
-        self.run_dir, self.tracker, self.parent, self.name = search.run_dir, search.tracker, search.parent, search.name
+        self.data, self.progress = search.data, progress
+        config, name = self.data.config, search.studies.name
         dump_yaml(
-            {k: list(v) if isinstance(v, tuple) else v for k, v in self.config.to_dict().items()},
-            self.run_dir / CONFIG_FILE,
+            {k: list(v) if isinstance(v, tuple) else v for k, v in config.to_dict().items()},
+            self.data.run_dir / CONFIG_FILE,
         )
-        self.journal = Journal(self.run_dir / JOURNAL_FILE)
-        self.journal.mlflow_run_id = self.parent
-        self.journal.study = self.name
+        self.journal = Journal(self.data.run_dir / JOURNAL_FILE)
+        self.journal.mlflow_run_id = search.parent.run_id
+        self.journal.study = name
         self.notifier = None
-        if self.config.notify_url:
+        if config.notify_url:
             from escalation.callbacks import WebhookNotifier
 
-            self.notifier = WebhookNotifier(self.config.notify_url, run=self.name)
+            self.notifier = WebhookNotifier(config.notify_url, run=name)
 
     def say(self, line: str) -> None:
         """A stage line: to the CLI's ``report`` hook (stderr) and to ``run.log``."""
@@ -160,47 +160,42 @@ class RunJob:
         return lambda text: self.say(f"[{NUMBER[name]}/{self.total}] {role or name}: {text}")
 
     def trial_lines(self, name: str, role: str) -> TrialLines:
-        return TrialLines(self.say, NUMBER[name], self.total, role, self.target.metric)
+        return TrialLines(self.say, NUMBER[name], self.total, role, self.data.target.metric)
 
     # ------------------------------------------------------------------ the stages, in order
     def execute(self) -> RunResult:
         if self.notifier:
-            self.notifier.run_started(task=self.config.task, target=str(self.target), data=self.config.data)
+            config = self.data.config
+            self.notifier.run_started(task=config.task, target=str(self.data.target), data=config.data)
         try:
             self.inspect()
             self.baseline()
             flash = self.tune()
             verdict = self.verdict(flash)
             final_tier, final, best = Tier.FLASH, verdict, flash
-            if self.stop.requested:
+            if self.search.studies.stop.requested:
                 self.lines.append(StageLine("escalate", note="skipped: interrupted (re-run the command to resume)"))
-            elif not self.target.met(verdict.score):  # the selection score decides; the test split judges
+            elif not self.data.target.met(verdict.score):  # the selection score decides; the test split judges
                 final_tier, final, best = self.escalate(flash, verdict)
             else:
                 self.lines.append(StageLine("escalate", note="not needed: the target is met"))
             ensembled = self.ensemble(final_tier, best)
             model = self.finalise(final_tier, best, final, ensembled)
             final = model.final_verdict() or final
-            self.tracker.set_tags(self.parent, {"stage": "finished", "verdict": final.verdict, "tier": final_tier})
-            self.tracker.end(self.parent, "FINISHED")
+            self.search.parent.set_tags({"stage": "finished", "verdict": final.verdict, "tier": final_tier})
+            self.search.parent.end("FINISHED")
         except BaseException as error:
-            self.tracker.end(self.parent, "FAILED")
+            self.search.parent.end("FAILED")
             if self.notifier:
                 self.notifier.run_finished("failed", f"{type(error).__name__}: {error}")
             raise
         if self.notifier:
             self.notifier.run_finished(final.verdict, final.outcome, score=final.score, tier=final_tier)
         seconds = time.monotonic() - self.started
+        interrupted = self.search.studies.stop.requested
+        run_dir, target = self.data.run_dir, str(self.data.target)
         return RunResult(
-            self.run_dir,
-            str(self.target),
-            final,
-            self.lines,
-            best.params,
-            seconds,
-            final_tier,
-            self.stop.requested,
-            model.mlflow(),
+            run_dir, target, final, self.lines, best.params, seconds, final_tier, interrupted, model.mlflow()
         )
 
     def stage(self, name: str, key: str, work: Callable[[], Result], summary: Callable[[Result], str] = str) -> Result:
@@ -210,7 +205,7 @@ class RunJob:
             self.stage_say(name)("done in an earlier run, skipped")
             return done
         t0 = time.monotonic()
-        self.tracker.set_tags(self.parent, {"stage": name})
+        self.search.parent.set_tags({"stage": name})
         result = work()
         self.journal.record(name, key, result, time.monotonic() - t0)
         if self.notifier:
@@ -218,70 +213,56 @@ class RunJob:
         return result
 
     def inspect(self) -> None:
-        config = self.config
+        config = self.data.config
         test_data = data_fingerprint(config.test_data) if config.test_data else None
         key = _key(data_fingerprint(config.data), config.val_split, config.seed, config.test_split, test_data)
         report = self.stage(
             "inspect",
             key,
-            lambda: stages.inspect(self.search, self.stage_say("inspect")),
+            lambda: stages.inspect(self.data, self.stage_say("inspect")),
             lambda r: f"{len(r.labels)} classes, {len(r.skipped)} files skipped",
         )
         self.lines.append(StageLine("inspect", note=report.line()))
 
     def baseline(self) -> None:
+        search, config, metric = self.search, self.data.config, self.data.target.metric
+        params = enqueue_start(search.flash, config, budgeted=search.plan.budget is not None)
+        lines, say = self.trial_lines("baseline", "baseline"), self.stage_say("baseline")
 
-        params = self.search.enqueue_start()
-        tuner, say = self.search.flash_tuner, self.stage_say("baseline")
+        def work() -> TrialResult:
+            return stages.baseline(search.flash, search.flash_train, search.plan, config.escalate, lines, say)
 
-        def work():
-            before = len(tuner.finished_trials())
-            why = tuner.run(
-                self.search.flash_train,
-                total_trials=1,
-                deadline=self.search.tuning_deadline(),
-                **self.trial_lines("baseline", "baseline").hooks(),
-            )
-            # trial 0, or its retry when the process running it died
-            baseline = [t for t in tuner.finished_trials() if trial_record.role(t) == Role.BASELINE]
-            if len(tuner.finished_trials()) == before:  # say why it trained nothing
-                if why == "budget":
-                    say(f"not started: {stages.no_time_left(self.search)}")
-                elif baseline:
-                    say(
-                        f"trial #{baseline[0].number} finished in an earlier run or by another worker "
-                        f"({self.target.metric} {baseline[0].value})"
-                    )
-            return stages.trial_result(baseline[0]) if baseline else TrialResult()
-
-        base = self.stage("baseline", _key(self.name, params), work, lambda r: f"{self.target.metric} {r.value}")
+        base = self.stage("baseline", _key(search.studies.name, params), work, lambda r: f"{metric} {r.value}")
         self.lines.append(StageLine("baseline", 1, base.value, base.seconds or 0.0, base.state))
 
     def tune(self) -> StudyResult:
-
-        search = self.search
+        search, config, reasons = self.search, self.data.config, self.data.run_dir / study_file(Tier.FLASH)
+        lines, deadline, budget = self.trial_lines("tune", "tuning"), search.plan.tuning_deadline(), search.plan.budget
         study = stages.run_study(
-            search,
-            search.flash_tuner,
+            search.flash,
             search.flash_train,
-            self.config.trials,
-            self.trial_lines("tune", "tuning"),
+            config.trials,
+            lines,
             "tune",
-            search.tuning_deadline(),
+            deadline,
+            reasons=reasons,
+            budget=budget,
+            escalate=config.escalate,
+            rebuild_head=search.trainers.rebuild_head,
         )
         flash = study.result
         self.lines.append(StageLine("tune", len(study.summary), flash.score, study.seconds, study.note))
-        stages.write_study(self.run_dir / study_file(Tier.FLASH), study.summary)
+        stages.write_study(reasons, study.summary)
         seconds = sum(record.seconds or 0.0 for record in study.summary if record.role != Role.BASELINE)
-        self.journal.record("tune", _key(self.name, self.config.trials), flash, seconds)
+        self.journal.record("tune", _key(search.studies.name, config.trials), flash, seconds)
         if self.notifier:
-            self.notifier.stage_finished("tune", f"best {self.target.metric} {flash.score:.4f}")
+            self.notifier.stage_finished("tune", f"best {self.data.target.metric} {flash.score:.4f}")
         return flash
 
     def verdict(self, flash: StudyResult) -> TierVerdict:
         t0 = time.monotonic()
-        key = _key(str(self.target), flash.best_trial, flash.score)
-        verdict = self.stage("verdict", key, lambda: stages.judge_flash(self.search, flash), lambda v: v.outcome)
+        key = _key(str(self.data.target), flash.best_trial, flash.score)
+        verdict = self.stage("verdict", key, lambda: stages.judge_flash(self.data, flash), lambda v: v.outcome)
         self._show_verdict("verdict", verdict, time.monotonic() - t0)
         return verdict
 
@@ -289,31 +270,35 @@ class RunJob:
         note = f"{verdict.outcome}; {verdict.tier} trial {verdict.best_trial}"
         self.lines.append(StageLine("verdict", None, verdict.score, seconds, note))
         self.stage_say(name, "verdict")(  # the escalation's verdict is numbered as its stage
-            f"{self.target.metric} {verdict.score:.4f} (95% CI {verdict.ci_low:.3f}-{verdict.ci_high:.3f}) "
+            f"{self.data.target.metric} {verdict.score:.4f} (95% CI {verdict.ci_low:.3f}-{verdict.ci_high:.3f}) "
             f"-> {verdict.outcome}"
         )
 
     def escalate(self, flash: StudyResult, verdict: TierVerdict) -> tuple[Tier, TierVerdict, StudyResult]:
         """The Lightning tier when the Flash tier missed; the better tier's model and verdict."""
-        if not self.config.escalate:
+        if not self.data.config.escalate:
             self.lines.append(StageLine("escalate", note="off (--no-escalate)"))
             return Tier.FLASH, verdict, flash
         from escalation.train import load_template
 
-        template = load_template(self.config.template)
+        template = load_template(self.data.config.template)
         say = self.stage_say("escalate")
         say(f"the target is missed; tuning the Lightning tier ({template.folder})")
         lines = self.trial_lines("escalate", "escalation")
         studies = []
 
         def work():
-            result, study = stages.escalate(self.search, flash, template, lines)
+            s = self.search
+            space = s.flash.space
+            result, study = stages.escalate(
+                self.data, flash, template, lines, s.studies, s.trainers, s.life, space, s.plan
+            )
             studies.append(study)
             return result
 
-        t0 = time.monotonic()
-        trials = self.config.escalation_trials or self.config.trials
-        key = _key(self.name, trials, str(self.config.template or "built-in"), flash.best_trial, str(self.target))
+        t0, config = time.monotonic(), self.data.config
+        trials, used = config.escalation_trials or config.trials, str(config.template or "built-in")
+        key = _key(self.search.studies.name, trials, used, flash.best_trial, str(self.data.target))
         result = self.stage("escalate", key, work, lambda r: f"lightning best {r.tier.score}")
         self.journal.template = result.template
         lightning = result.tier
@@ -325,38 +310,40 @@ class RunJob:
             note = f"{lightning.trials} trials, done in an earlier run"
             self.lines.append(StageLine("escalate", lightning.trials, lightning.score, 0.0, note))
         if not result.better:
-            why = (
-                f"the Lightning tier did not beat the Flash tier's {flash.score:.4f}"
-                if lightning.score is not None
-                else f"no Lightning-tier trial finished ({lightning.stopped}; see {study_file(Tier.LIGHTNING)})"
-            )
-            outcome = f"missed after escalation ({why}), short by {verdict.gap:.4f}"
-            final = TierVerdict.from_json({**verdict.to_json(), "outcome": outcome})
-            self.lines.append(StageLine("verdict", None, final.score, 0.0, outcome))
-            say(outcome)
+            final = stages.flash_kept(flash, verdict, lightning)
+            self.lines.append(StageLine("verdict", None, final.score, 0.0, final.outcome))
+            say(final.outcome)
             return Tier.FLASH, final, flash
         self._show_verdict("escalate", result.verdict, time.monotonic() - t0)
         return Tier.LIGHTNING, result.verdict, lightning
 
     def ensemble(self, tier: Tier, best: StudyResult) -> EnsembleResult:
-        key = _key(str(self.target), tier, best.best_trial, best.score, self.config.ensemble)
+        key = _key(str(self.data.target), tier, best.best_trial, best.score, self.data.config.ensemble)
         say = self.stage_say("ensemble")
         t0 = time.monotonic()
-        result = self.stage("ensemble", key, lambda: stages.ensemble(self.search, tier, best, say), lambda r: r.why)
+
+        def work() -> EnsembleResult:
+            return stages.ensemble(self.data, self.search.features, self.search.flash, tier, best, say)
+
+        result = self.stage("ensemble", key, work, lambda r: r.why)
         score = result.scores.get("ensemble") if result.kept else None
         note = f"{'kept' if result.kept else 'not kept'}: {result.why}"
         self.lines.append(StageLine("ensemble", len(result.members) or None, score, time.monotonic() - t0, note))
         return result
 
     def finalise(self, tier: Tier, best: StudyResult, verdict: TierVerdict, ensembled: EnsembleResult):
-        template = self.journal.template if self.config.template else None
-        say = self.stage_say("finalise")
-        key = _key(str(self.target), tier, best.best_trial, best.score, self.config.register, self.config.refit)
+        template = self.journal.template if self.data.config.template else None
+        say, search = self.stage_say("finalise"), self.search
+        # what making best/ uses besides the data
+        deadline, template_config = search.plan.deadline, search.trainers.template_config
+        inputs = stages.FinaliseInputs(search.features, search.flash, template_config, deadline, self.progress)
+        config = self.data.config
+        key = _key(str(self.data.target), tier, best.best_trial, best.score, config.register, config.refit)
         key = _key(key, ensembled.kept, [(m["name"], m["weight"]) for m in ensembled.chosen()])
         final = self.stage(
             "finalise",
             key,
-            lambda: stages.finalise(self.search, tier, best, verdict, template, say, ensembled),
+            lambda: stages.finalise(self.data, inputs, search.parent, tier, best, verdict, template, say, ensembled),
             lambda r: f"model in {r.best_dir}",
         )
         self.lines.append(StageLine("finalise", note=f"{BEST_DIR}/ from the {tier} tier, artifacts and model logged"))

@@ -1,192 +1,219 @@
-"""The search: what every process of a study shares (the data, the Flash tier's Optuna study, the
-MLflow parent run, the feature cache, the budget's plan) and its trainers (``automl.trainers``).
+"""The values one process of a study holds, each built on its own from the ones before it.
 
-``automl run`` builds one ``Search`` and runs its stages on it (``automl.pipeline``); an ``automl tune``
-worker builds one and only runs trials. ``Search.enqueue_start`` enqueues the candidates tried first
-(the baseline, the other backbones' heads, stronger penalties, the fine-tuning defaults), which
-``automl.space`` derives from the search space.
+``open_search`` builds them in the order that makes a bad input fail before anything is written:
+the data (``RunData``: read, its test split held out, the configuration fitted to it), the studies
+(``Studies``, and the Flash tier's ``Tuner``), the MLflow store, the run folder and its log, the
+feature cache, the MLflow parent run (``ParentRun``), the budget's plan (``Plan``) and the Flash
+tier's trial function (``Trainers`` wrapped by ``TrialLife``). ``automl run`` (``automl.pipeline``)
+and an ``automl tune`` worker (``automl.worker``) hand each stage the values it uses.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from automl import space
-from automl.budget import Budget
+from automl.budget import Budget, Plan
+from automl.callbacks import StopRequest
 from automl.config import RunConfig
-from automl.data.holdout import write_splits
+from automl.data.holdout import HoldOut, write_splits
 from automl.flash.features import FeatureCache
+from automl.run_data import RunData
 from automl.run_folder import SPLITS_FILE
+from automl.target import Target
 from automl.trainers import Trainers
 from automl.trial_record import Tier
 from automl.trials import TrialLife
 
+if TYPE_CHECKING:
+    from automl.space import SearchSpace
+    from automl.tracking import Tracker
+    from automl.tuning import Tuner
+
 #: the study's user attribute naming its MLflow parent run in each tracking store: {tracking URI: run id}
 PARENT_RUNS_ATTR = "mlflow_parent_runs"
-#: seconds the end of a run takes besides its passes over the data (the MLflow model, the report),
-#: planned inside the budget: 6-8 s measured here
-FINISH_SECONDS = 10.0
 
 
-class Search:
-    """The data, the stores and the folder of one study, as one process (a run or a worker) holds them.
+@dataclass(frozen=True)
+class Studies:
+    """Where the run's Optuna studies live and how one is opened: the Flash tier's is ``name``, the
+    Lightning tier's ``name-lightning``, both in ``storage``, stopped by the same Ctrl-C (``stop``)."""
 
-    The data is read first (a bad file fails before any store or folder is made) and the search is
-    fitted to it; the stores come next (an unreachable one fails before the run folder exists)."""
+    storage: str
+    name: str
+    target: Target
+    seed: int
+    pruner: Any
+    heartbeat: int | None
+    examples: int  # validation examples: the pruner's resolution
+    stop: StopRequest
+    sized: bool  # a time budget sizes each trial to the time left
 
-    def __init__(
-        self,
-        config: RunConfig,
-        progress: bool,
-        say: Callable[[str], None],
-        pruner=None,
-        started: float | None = None,
-        who: str = "",
-        resume_parent: Callable[[Path], str | None] = lambda run_dir: None,
-    ):
-        from automl import tracking
-        from automl.callbacks import StopRequest
-        from automl.data.common import existing_path
-        from automl.flash import fit
-        from automl.progress import attach_run_log
-        from automl.target import parse_target
-
-        fit.quiet_library_logs()
-        existing_path(config.data)
-        self.datamodule = fit.load_data(config)
-        self.holdout = hold_out_test(config, self.datamodule)
-        config = space.fit_to_data(config, self.datamodule)
-        self.config, self.progress, self.say = config, progress, say
-        self.pruner = pruner if pruner is not None else config.pruner
-        started = time.time() if started is None else started
-        seconds = config.budget_seconds
-        self.deadline = None if seconds is None else started + seconds
-        self.budget = None if seconds is None else Budget(started, seconds, config.escalate)
-        self.target = parse_target(config.target)
-
-        self.output = Path(config.output)
-        self.output.mkdir(parents=True, exist_ok=True)
-        self.name = study_name(config)
-        self.storage = config.storage or f"sqlite:///{(self.output / 'optuna.db').resolve()}"
-        self.stop = StopRequest()
-        self.flash_tuner = self.tuner(self.name, space.search_space(config, Tier.FLASH))
-        self.flash_tuner.cheaper = lambda: space.cheaper(self.flash_tuner)
-        uri = config.tracking_uri or tracking.default_tracking_uri(self.output)
-        self.tracker = tracking.Tracker(uri, self.output / "mlartifacts")
-
-        self.run_dir = self.output / self.name
-        self.run_dir.mkdir(exist_ok=True)
-        write_splits(self.run_dir / SPLITS_FILE, self.datamodule)
-        attach_run_log(self.run_dir, who)
-        if self.flash_tuner.recovered:
-            say(
-                f"trials {self.flash_tuner.recovered} were left running by a process that died: "
-                "recorded as failed and run again"
-            )
-        self.features = FeatureCache(self.run_dir / "features")
-        tags = {"task": config.task, "target": str(self.target), "study": self.name}
-        self.parent = self._parent_run(tags, resume_parent(self.run_dir))
-        self.tracker.log_params(self.parent, {k: v for k, v in config.to_dict().items() if v is not None})
-        self.life = TrialLife(
-            self.tracker, self.parent, self.run_dir, self.target.metric, self.target.maximize, say, config.batch_size
-        )
-        self.trainers = self._trainers()
-        self.flash_train = self.life.tracked(Tier.FLASH, self.trainers.flash)
-
-    def _trainers(self) -> Trainers:
-        """The tiers' trial functions, given what they use of this search."""
-        return Trainers(
-            self.config,
-            self.datamodule,
-            self.features,
-            self.flash_tuner,
-            self.target,
-            self.run_dir,
-            budget=self.budget,
-            tuning_deadline=self.tuning_deadline,
-            finish_reserve=self.finish_reserve,
-            say=self.say,
-            progress=self.progress,
-        )
-
-    def finish_reserve(self) -> float:
-        """Seconds a run needs after its last trial, kept out of the trials' time: judging the chosen
-        trial on validation (up to three passes, with test-time augmentation), the final model on the
-        test split (an ensemble's members too), and :data:`FINISH_SECONDS` for the MLflow model and the
-        report."""
-        forward = self.features.forward_seconds(self.config.fit_config()) or 0.0
-        test = len(self.datamodule.test_samples)
-        examples = 3 * len(self.datamodule.val_samples) + test
-        if self.config.ensemble:
-            # a kept ensemble: its best single member judged alone too, the other backbones over the test
-            # split, and 2 x 34 examples timed (its heads and a TF-IDF model fit in seconds)
-            examples += test * len(self.flash_tuner.space.backbones) + 68
-        return forward * examples + FINISH_SECONDS
-
-    def tuning_deadline(self) -> float | None:
-        """When the Flash tier's trials must end: its share of the budget (it leaves the Lightning tier
-        the rest), and early enough for the run's end (``finish_reserve``) when it has the whole budget
-        (``--no-escalate``)."""
-        if self.budget is None:
-            return None
-        return min(self.budget.tune_deadline, self.budget.deadline - self.finish_reserve())
-
-    def tuner(self, name: str, search_space):
+    def open(self, tier: Tier, search_space: SearchSpace) -> Tuner:
         from automl import tuning
 
+        name = self.name if tier == Tier.FLASH else f"{self.name}-{tier}"
+        target = self.target
         tuner = tuning.Tuner(
             search_space,
             self.storage,
             name,
-            self.target.direction,
-            self.target.metric,
-            seed=self.config.seed,
+            target.direction,
+            target.metric,
+            seed=self.seed,
             pruner=self.pruner,
-            heartbeat=self.config.heartbeat,
-            examples=len(self.datamodule.val_samples),
+            heartbeat=self.heartbeat,
+            examples=self.examples,
         )
         tuner.stop = self.stop  # one Ctrl-C stops whichever study is running
-        tuner.sized_trials = self.budget is not None
+        tuner.sized_trials = self.sized
+        if tier == Tier.FLASH:
+            tuner.cheaper = lambda: space.cheaper(tuner)
         return tuner
 
-    def _parent_run(self, tags: dict[str, str], resume: str | None) -> str:
-        """The study's MLflow parent run: this run folder's (a resumed run), else the one the study's
-        workers share in this tracking store (its id kept in the study), else a new one. On a shared
-        database one process at a time picks it, so workers started together make one, not one each."""
-        from automl.storage import PARENT_RUN_LOCK_KEY, advisory_lock
 
-        study = self.flash_tuner.study
-        uri = self.tracker.tracking_uri
-        with advisory_lock(self.storage, PARENT_RUN_LOCK_KEY):
-            known = dict(study.user_attrs.get(PARENT_RUNS_ATTR, {}))
-            parent = self.tracker.start_parent(self.name, tags, resume_run_id=resume or known.get(uri))
-            if known.get(uri) != parent:
-                study.set_user_attr(PARENT_RUNS_ATTR, {**known, uri: parent})
-        return parent
+@dataclass(frozen=True)
+class ParentRun:
+    """The study's MLflow parent run (shared by its workers) in one tracking store."""
 
-    def enqueue_start(self) -> dict:
-        """Trial 0 of a new study is the Flash-tier defaults (with a budget: their head on cached
-        features), then the candidates tried first; returns trial 0's parameters."""
-        config = self.config
-        flash_space = self.flash_tuner.space
-        params = space.baseline_params(
-            flash_space, config.learning_rate, config.weight_decay, config.dropout, config.label_smoothing
-        )
-        defaults = params
-        if self.budget is not None and config.strategy == space.DEFAULT_STRATEGY:
-            # with a budget the baseline is the default backbone's head on cached features: seconds,
-            # and its one pass over the data measures what that backbone costs here
-            params = space.as_head(params, config)
-        self.flash_tuner.enqueue_baseline(params)
-        # then the same cheap head on every other backbone: the best one's linear probe within minutes;
-        # and the defaults as they are (fine-tuning), sized to the budget, before the search goes on
-        probes = space.probe_params(config, flash_space, params, penalties=self.budget is not None)
-        if defaults is not params:
-            probes.append(defaults)
-        self.flash_tuner.enqueue_probes(probes[: max(config.trials - 1, 0)])
-        return params
+    tracker: Tracker
+    run_id: str
+
+    def set_tags(self, tags: dict) -> None:
+        self.tracker.set_tags(self.run_id, tags)
+
+    def end(self, status: str) -> None:
+        self.tracker.end(self.run_id, status)
+
+
+@dataclass(frozen=True)
+class Search:
+    """What ``open_search`` built, each value on its own; the pipeline and the worker hand each stage
+    the ones it uses."""
+
+    data: RunData
+    studies: Studies
+    flash: Tuner  # the Flash tier's study
+    features: FeatureCache
+    parent: ParentRun
+    plan: Plan
+    trainers: Trainers
+    life: TrialLife  # an MLflow child run, retries and clean-up around each trial
+    flash_train: Callable  # one Flash-tier trial, tracked: what ``Tuner.run`` calls
+
+
+def open_search(
+    config: RunConfig,
+    progress: bool,
+    say: Callable[[str], None],
+    pruner=None,
+    started: float | None = None,
+    who: str = "",
+    resume_parent: Callable[[Path], str | None] = lambda run_dir: None,
+) -> Search:
+    """The values of one process of the study (a run or a worker), in the order that fails early: the
+    data first (a bad file fails before any store or folder is made), then the stores (an unreachable
+    one fails before the run folder exists), then the folder. ``resume_parent``: the MLflow parent run
+    a run folder names (a resumed run continues it)."""
+    from automl import tracking
+    from automl.progress import attach_run_log
+    from automl.target import parse_target
+
+    config, datamodule, holdout = read_data(config)
+    target = parse_target(config.target)
+    output = Path(config.output)
+    output.mkdir(parents=True, exist_ok=True)
+    name = study_name(config)
+    budget = None
+    if config.budget_seconds is not None:
+        budget = Budget(time.time() if started is None else started, config.budget_seconds, config.escalate)
+    studies = Studies(
+        storage=config.storage or f"sqlite:///{(output / 'optuna.db').resolve()}",
+        name=name,
+        target=target,
+        seed=config.seed,
+        pruner=pruner if pruner is not None else config.pruner,
+        heartbeat=config.heartbeat,
+        examples=len(datamodule.val_samples),
+        stop=StopRequest(),
+        sized=budget is not None,
+    )
+    flash = studies.open(Tier.FLASH, space.search_space(config, Tier.FLASH))
+    tracker = tracking.Tracker(config.tracking_uri or tracking.default_tracking_uri(output), output / "mlartifacts")
+
+    data = RunData(config, datamodule, holdout, target, output / name)
+    data.run_dir.mkdir(exist_ok=True)
+    write_splits(data.run_dir / SPLITS_FILE, datamodule)
+    attach_run_log(data.run_dir, who)
+    if flash.recovered:
+        say(f"trials {flash.recovered} were left running by a process that died: recorded as failed and run again")
+    features = FeatureCache(data.run_dir / "features")
+    tags = {"task": config.task, "target": str(target), "study": name}
+    parent = ParentRun(tracker, parent_run(tracker, flash, studies.storage, name, tags, resume_parent(data.run_dir)))
+    tracker.log_params(parent.run_id, {k: v for k, v in config.to_dict().items() if v is not None})
+    plan = Plan(budget, data, features, len(flash.space.backbones))
+    life = TrialLife(tracker, parent.run_id, data.run_dir, target.metric, target.maximize, say, config.batch_size)
+    trainers = Trainers(data, features, flash, plan, say=say, progress=progress)
+    return Search(
+        data, studies, flash, features, parent, plan, trainers, life, life.tracked(Tier.FLASH, trainers.flash)
+    )
+
+
+def read_data(config: RunConfig) -> tuple[RunConfig, Any, HoldOut]:
+    """The run's data (a bad file fails here, before anything is written), its test split held out
+    before anything else sees it, and the configuration fitted to the data."""
+    from automl.data.common import existing_path
+    from automl.flash import fit
+
+    fit.quiet_library_logs()
+    existing_path(config.data)
+    datamodule = fit.load_data(config)
+    holdout = hold_out_test(config, datamodule)
+    return space.fit_to_data(config, datamodule), datamodule, holdout
+
+
+def parent_run(
+    tracker: Tracker, flash: Tuner, storage: str, name: str, tags: dict[str, str], resume: str | None
+) -> str:
+    """The study's MLflow parent run: this run folder's (a resumed run), else the one the study's
+    workers share in this tracking store (its id kept in the study), else a new one. On a shared
+    database one process at a time picks it, so workers started together make one, not one each."""
+    from automl.storage import PARENT_RUN_LOCK_KEY, advisory_lock
+
+    study = flash.study
+    uri = tracker.tracking_uri
+    with advisory_lock(storage, PARENT_RUN_LOCK_KEY):
+        known = dict(study.user_attrs.get(PARENT_RUNS_ATTR, {}))
+        parent = tracker.start_parent(name, tags, resume_run_id=resume or known.get(uri))
+        if known.get(uri) != parent:
+            study.set_user_attr(PARENT_RUNS_ATTR, {**known, uri: parent})
+    return parent
+
+
+def enqueue_start(flash: Tuner, config: RunConfig, budgeted: bool) -> dict:
+    """Trial 0 of a new study is the Flash-tier defaults (with a budget: their head on cached
+    features), then the candidates tried first; returns trial 0's parameters."""
+    flash_space = flash.space
+    params = space.baseline_params(
+        flash_space, config.learning_rate, config.weight_decay, config.dropout, config.label_smoothing
+    )
+    defaults = params
+    if budgeted and config.strategy == space.DEFAULT_STRATEGY:
+        # with a budget the baseline is the default backbone's head on cached features: seconds,
+        # and its one pass over the data measures what that backbone costs here
+        params = space.as_head(params, config)
+    flash.enqueue_baseline(params)
+    # then the same cheap head on every other backbone: the best one's linear probe within minutes;
+    # and the defaults as they are (fine-tuning), sized to the budget, before the search goes on
+    probes = space.probe_params(config, flash_space, params, penalties=budgeted)
+    if defaults is not params:
+        probes.append(defaults)
+    flash.enqueue_probes(probes[: max(config.trials - 1, 0)])
+    return params
 
 
 # --------------------------------------------------------------------------- a study's name and its data

@@ -1,6 +1,7 @@
-"""The work of each stage of ``automl run``, as functions of a ``Search`` and typed inputs to a typed
-result (``automl.run_folder``). ``automl.pipeline`` runs them in order, journals their results and
-prints their lines; nothing here decides whether a stage runs."""
+"""The work of each stage of ``automl run``: typed inputs (the run's data, and the values of
+``automl.search`` the stage uses) to a typed result (``automl.run_folder``). ``automl.pipeline``
+runs them in order, journals their results and prints their lines; nothing here decides whether a
+stage runs."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from automl import metrics as m
 from automl import trial_record
 from automl.config import FitConfig, dump_yaml
 from automl.data.holdout import NONE
 from automl.errors import DataError
+from automl.run_data import RunData
 from automl.run_folder import (
     BEST_DIR,
     CHECKPOINT_FILE,
@@ -44,9 +47,17 @@ from automl.run_folder import (
     tier_predictions_file,
     write_json,
 )
-from automl.search import Search
 from automl.trial_record import Role, Tier, TrialRecord
 from automl.trials import TrialLines, minutes
+
+if TYPE_CHECKING:
+    from automl.budget import Budget, Plan
+    from automl.flash.features import FeatureCache
+    from automl.search import ParentRun, Studies
+    from automl.space import SearchSpace
+    from automl.trainers import Trainers
+    from automl.trials import TrialLife
+    from automl.tuning import Tuner
 
 #: the stages of ``automl run``, in order (``automl.pipeline`` runs them), and each one's number
 STAGES = ("inspect", "baseline", "tune", "verdict", "escalate", "ensemble", "finalise")
@@ -56,15 +67,15 @@ Say = Callable[[str], None]
 
 
 # --------------------------------------------------------------------------- inspect
-def inspect(search: Search, say: Say) -> DataReport:
+def inspect(data: RunData, say: Say) -> DataReport:
     """The data doctor on the run's data and split; its findings go to inspection.json. ``say``
     takes the stage's lines (the pipeline puts the stage before them), as in every stage here."""
-    config = search.config
-    found = inspect_data(config, search.datamodule, config.max_bad_share)
+    config, holdout = data.config, data.holdout
+    found = inspect_data(config, data.datamodule, config.max_bad_share)
     say(found.summary())
-    say(search.holdout.line())
-    result = {**found.as_dict(), "test_size": len(search.datamodule.test_samples), "holdout": search.holdout.to_json()}
-    write_json(search.run_dir / INSPECTION_FILE, result)
+    say(holdout.line())
+    result = {**found.as_dict(), "test_size": len(data.datamodule.test_samples), "holdout": holdout.to_json()}
+    write_json(data.run_dir / INSPECTION_FILE, result)
     return DataReport.from_json(result)
 
 
@@ -103,15 +114,22 @@ class StudyRun:
 
 
 def run_study(
-    search: Search,
     tuner,
     train,
     trials: int,
     lines: TrialLines,
     stage_name: str,
     deadline: float | None,
+    *,
+    reasons: Path,
+    budget: Budget | None,
+    escalate: bool = True,
+    rebuild_head: Callable[[int, dict], str | None] | None = None,
 ) -> StudyRun:
-    """Run ``tuner`` up to ``trials`` or ``deadline``: the study's best trial as a ``StudyResult``."""
+    """Run ``tuner`` up to ``trials`` or ``deadline``: the study's best trial as a ``StudyResult``.
+    ``reasons``: the study file that will say why trials failed; ``budget`` and ``escalate``: what a
+    stage that started no trial says; ``rebuild_head``: the Flash tier's way back to a chosen head's
+    checkpoint that ``keep_only_best`` removed (``Trainers.rebuild_head``)."""
     t0 = time.monotonic()
     before = len(tuner.finished_trials())
     why = tuner.run(train, total_trials=trials, deadline=deadline, **lines.hooks())
@@ -127,20 +145,21 @@ def run_study(
     for skipped in tuner.skipped:
         note += "" if skipped in note else f"; {skipped}"
     if new == 0 and why in ("budget", "trials"):
-        note = why_no_new_trial(search, tuner, why, trials, before, stage_name, deadline)
+        note = why_no_new_trial(tuner, why, trials, before, stage_name, deadline, budget, escalate)
         lines.say(f"{lines.prefix}: {note}")
     note = f"{note}; {new} new; " + ", ".join(f"{n} {state}" for state, n in counts.items())
     if best is None and stage_name == "tune":
         if why == "budget" and not tuner.finished_trials():  # none even started
             raise DataError(
-                f"No trial could start within the time budget: {no_time_left(search)}. Give a larger --time-budget."
+                f"No trial could start within the time budget: {no_time_left(budget, escalate)}. "
+                "Give a larger --time-budget."
             )
-        reasons = search.run_dir / study_file(Tier.FLASH)
         raise DataError(f"No {lines.role} trial finished with a score; see the reasons in {reasons}.")
     checkpoint = best.user_attrs[trial_record.CHECKPOINT] if best else None
-    rebuild = tuner is search.flash_tuner and best is not None and tuner.space.head_only(best.params)
+    rebuild = rebuild_head is not None and best is not None and tuner.space.head_only(best.params)
     if checkpoint and not Path(checkpoint).exists() and rebuild:  # chosen by its cross-validated score
-        checkpoint = search.trainers.rebuild_head(best.number, best.params)
+        assert rebuild_head is not None and best is not None
+        checkpoint = rebuild_head(best.number, best.params)
     result = StudyResult(
         study=tuner.study.study_name,
         best_trial=best.number if best else None,
@@ -153,14 +172,16 @@ def run_study(
     return StudyRun(result, summary, why, new, time.monotonic() - t0, note)
 
 
-def why_no_new_trial(search: Search, tuner, why: str, trials: int, before: int, stage_name: str, deadline) -> str:
+def why_no_new_trial(
+    tuner, why: str, trials: int, before: int, stage_name: str, deadline, budget: Budget | None, escalate: bool
+) -> str:
     """What a stage that started no trial says: the time it lacked, or who ran the trials it asks for."""
     if why == "budget":
         if tuner.out_of_time:
             return f"no new trial: {tuner.out_of_time}"
         ran_here = before > tuner.finished_before  # the baseline stage trained in this run
         after = {"tune": "the baseline" if ran_here else "", "escalate": "tuning"}.get(stage_name, "")
-        return no_time_left(search, after, deadline if stage_name == "tune" else None)
+        return no_time_left(budget, escalate, after, deadline if stage_name == "tune" else None)
     earlier = min(before, tuner.finished_before)
     here = before - earlier
     if earlier == 0:
@@ -173,18 +194,35 @@ def why_no_new_trial(search: Search, tuner, why: str, trials: int, before: int, 
     )
 
 
-def no_time_left(search: Search, after: str = "", deadline: float | None = None) -> str:
-    """``no time left after the baseline (14m of the 20m budget spent; ...)``."""
-    budget = search.budget
+def no_time_left(budget: Budget | None, escalate: bool, after: str = "", deadline: float | None = None) -> str:
+    """``no time left after the baseline (14m of the 20m budget spent; ...)``; ``escalate``: whether
+    the budget's rest is the escalation's."""
     assert budget is not None, "only a run with a time budget runs out of time"
     spent = time.time() - budget.started
     text = "no time left" + (f" after {after}" if after else "")
     text += f" ({minutes(spent)} of the {minutes(budget.seconds)} budget spent"
     if deadline is not None and deadline < budget.deadline - 1:
         share = deadline - budget.started
-        rest = "the escalation's" if search.config.escalate else "kept to judge the model and write the report"
+        rest = "the escalation's" if escalate else "kept to judge the model and write the report"
         text += f"; tuning may use {minutes(share)} of it, the rest is {rest}"
     return text + ")"
+
+
+def baseline(tuner: Tuner, train, plan: Plan, escalate: bool, lines: TrialLines, say: Say) -> TrialResult:
+    """Trial 0 (enqueued by ``automl.search.enqueue_start``), or its retry when the process running it
+    died; when it trained nothing here, ``say`` tells why (no time, or it finished earlier)."""
+    before = len(tuner.finished_trials())
+    why = tuner.run(train, total_trials=1, deadline=plan.tuning_deadline(), **lines.hooks())
+    trials = [t for t in tuner.finished_trials() if trial_record.role(t) == Role.BASELINE]
+    if len(tuner.finished_trials()) == before:
+        if why == "budget":
+            say(f"not started: {no_time_left(plan.budget, escalate)}")
+        elif trials:
+            say(
+                f"trial #{trials[0].number} finished in an earlier run or by another worker "
+                f"({lines.metric} {trials[0].value})"
+            )
+    return trial_result(trials[0]) if trials else TrialResult()
 
 
 def trial_result(trial) -> TrialResult:
@@ -214,31 +252,31 @@ def write_study(path: Path, summary: list[TrialRecord]) -> None:
 
 
 # --------------------------------------------------------------------------- verdict
-def judge_flash(search: Search, flash: StudyResult) -> TierVerdict:
+def judge_flash(data: RunData, flash: StudyResult) -> TierVerdict:
     """The best Flash-tier model on the validation split, judged against the target."""
     from automl.flash import fit
 
-    best_config = search.config.fit_config(**flash.params)
+    best_config = data.config.fit_config(**flash.params)
     assert flash.checkpoint is not None, "the tune stage ends in an error when no trial finished"
     model = fit.load_classifier(flash.checkpoint)
-    served = fit.data_for(best_config, search.datamodule)
-    targets, probabilities, ids = fit.predict_validation(model, served, search.config.accelerator)
-    return judge(search, Tier.FLASH, flash, targets, probabilities, ids)
+    served = fit.data_for(best_config, data.datamodule)
+    targets, probabilities, ids = fit.predict_validation(model, served, data.config.accelerator)
+    return judge(data, Tier.FLASH, flash, targets, probabilities, ids)
 
 
-def judge(search: Search, tier: Tier, best: StudyResult, targets, probabilities, ids) -> TierVerdict:
+def judge(data: RunData, tier: Tier, best: StudyResult, targets, probabilities, ids) -> TierVerdict:
     """A tier's best trial on the validation split: the *selection* score, which decides whether the
     run escalates; the run's verdict comes from the test split (``judge_test``)."""
     from automl.evaluate import safe_score
     from automl.target import judge as judged
 
-    labels, target = search.datamodule.labels, search.target
-    write_predictions(search.run_dir / tier_predictions_file(tier), ids, targets, probabilities, labels)
-    verdict = judged(target, targets, probabilities, seed=search.config.seed)
+    labels, target = data.labels, data.target
+    write_predictions(data.run_dir / tier_predictions_file(tier), ids, targets, probabilities, labels)
+    verdict = judged(target, targets, probabilities, seed=data.config.seed)
     scores = {name: safe_score(name, targets, probabilities) for name in m.VALIDATION_METRICS}
     if target.met(verdict.score):
         outcome = f"met by the {tier} tier on the validation split"
-    elif tier == Tier.LIGHTNING or not search.config.escalate:
+    elif tier == Tier.LIGHTNING or not data.config.escalate:
         outcome = f"missed{' after escalation' if tier == Tier.LIGHTNING else ''}, short by {verdict.gap:.4f}"
     else:
         outcome = f"missed by the flash tier, short by {verdict.gap:.4f}"
@@ -271,32 +309,33 @@ def write_predictions(path: Path, inputs, targets, probabilities, labels: list[s
 
 
 # --------------------------------------------------------------------------- escalate
-def escalate(search: Search, flash: StudyResult, template, lines: TrialLines) -> tuple[EscalationResult, StudyRun]:
+def escalate(
+    data: RunData,
+    flash: StudyResult,
+    template,
+    lines: TrialLines,
+    studies: Studies,
+    trainers: Trainers,
+    life: TrialLife,
+    flash_space: SearchSpace,
+    plan: Plan,
+) -> tuple[EscalationResult, StudyRun]:
     """The Lightning tier: a second study over the template, warm-started from the best Flash
     parameters, under what is left of the budget; its best model judged when it beats the Flash tier.
     The warm-start trial also starts from the best Flash model's weights (``escalation.train.warm_start``):
     its head, and its backbone unless that stayed the pretrained one (frozen), so its first epoch
-    starts at the Flash score rather than at chance."""
-    from automl.space import search_space, warm_start_params
-    from escalation.train import WARM_START_DIR, predict_validation, warm_start
+    starts at the Flash score rather than at chance. ``studies`` opens the Lightning tier's study,
+    ``trainers`` and ``life`` make its trials, ``flash_space`` is the Flash tier's (which of its
+    trials are heads), ``plan`` says when the trials must end."""
+    from automl.space import search_space
+    from escalation.train import predict_validation
 
-    trainers = search.trainers
-    space = search_space(search.config, Tier.LIGHTNING)
-    tuner = search.tuner(f"{search.name}-{Tier.LIGHTNING}", space)
-    warm = warm_start_params(space, flash.params)
-    frozen = search.config.pretrained and str(flash.params.get("strategy")) == "freeze"
-    start = warm_start(
-        template,
-        flash.checkpoint,
-        search.config.to_dict(),
-        warm,
-        search.target.metric,
-        search.datamodule.labels,
-        search.run_dir / "escalation" / WARM_START_DIR,
-        backbone=not frozen,
-    )
+    config, target = data.config, data.target
+    space = search_space(config, Tier.LIGHTNING)
+    tuner = studies.open(Tier.LIGHTNING, space)
+    start, warm = warm_start(data, flash, template, space, flash_space)
     lines.say(f"{lines.prefix}: {start.note}")
-    tracked = search.life.tracked(Tier.LIGHTNING, trainers.lightning(template))
+    tracked = life.tracked(Tier.LIGHTNING, trainers.lightning(template))
 
     def warm_trials() -> list[int]:  # the enqueued warm-start trial, and any retry of it
         return [t.number for t in tuner.study.get_trials(deepcopy=False) if trial_record.role(t) == Role.WARM_START]
@@ -306,26 +345,65 @@ def escalate(search: Search, flash: StudyResult, template, lines: TrialLines) ->
             params = {**params, **start.settings}  # logged with the trial's parameters
         return tracked(number, params, callbacks)
 
-    if "init_head" in start.settings and search.flash_tuner.space.head_only(flash.params):
-        warm = warm_start_params(space, flash.params, from_head=True)  # a gentle first epoch
     tuner.enqueue_baseline({**warm, **start.params}, role=Role.WARM_START)
-    trials = search.config.escalation_trials or search.config.trials
-    study = run_study(search, tuner, train, trials, lines, "escalate", trainers.escalation_deadline())
-    write_study(search.run_dir / study_file(Tier.LIGHTNING), study.summary)
+    trials = config.escalation_trials or config.trials
+    reasons = data.run_dir / study_file(Tier.LIGHTNING)
+    study = run_study(
+        tuner, train, trials, lines, "escalate", plan.escalation_deadline(), reasons=reasons, budget=plan.budget
+    )
+    write_study(reasons, study.summary)
     lightning = study.result
     score, before = lightning.score, flash.score
     assert before is not None, "escalation follows a Flash-tier model"
-    better = score is not None and (score > before if search.target.maximize else score < before)
+    better = score is not None and (score > before if target.maximize else score < before)
     result = EscalationResult(lightning, str(template.folder), better)
     if start.settings:
         result.warm_start = {**start.settings, "trials": warm_trials()}
     if better:
         assert lightning.best_trial is not None and lightning.checkpoint is not None  # it scored
-        config = trainers.template_config(lightning.params, lightning.best_trial, template)
-        targets, probabilities, ids = predict_validation(template, lightning.checkpoint, config, search.datamodule)
-        result.verdict = judge(search, Tier.LIGHTNING, lightning, targets, probabilities, ids)
-        result.template_config = config
+        template_config = trainers.template_config(lightning.params, lightning.best_trial, template)
+        targets, probabilities, ids = predict_validation(
+            template, lightning.checkpoint, template_config, data.datamodule
+        )
+        result.verdict = judge(data, Tier.LIGHTNING, lightning, targets, probabilities, ids)
+        result.template_config = template_config
     return result, study
+
+
+def warm_start(data: RunData, flash: StudyResult, template, space: SearchSpace, flash_space: SearchSpace):
+    """The warm-start trial's start (``escalation.train.warm_start``: the best Flash model's weights
+    written for the template) and its parameters: the best Flash trial's, and a gentle first epoch
+    (``space.FROM_HEAD_RECIPE``) when it starts from a head fitted on cached features."""
+    from automl.space import warm_start_params
+    from escalation.train import WARM_START_DIR
+    from escalation.train import warm_start as start_from
+
+    warm = warm_start_params(space, flash.params)
+    frozen = data.config.pretrained and str(flash.params.get("strategy")) == "freeze"
+    start = start_from(
+        template,
+        flash.checkpoint,
+        data.config.to_dict(),
+        warm,
+        data.target.metric,
+        data.labels,
+        data.run_dir / "escalation" / WARM_START_DIR,
+        backbone=not frozen,
+    )
+    if "init_head" in start.settings and flash_space.head_only(flash.params):
+        warm = warm_start_params(space, flash.params, from_head=True)
+    return start, warm
+
+
+def flash_kept(flash: StudyResult, verdict: TierVerdict, lightning: StudyResult) -> TierVerdict:
+    """The Flash tier's verdict after an escalation that did not beat it, saying why."""
+    why = (
+        f"the Lightning tier did not beat the Flash tier's {flash.score:.4f}"
+        if lightning.score is not None
+        else f"no Lightning-tier trial finished ({lightning.stopped}; see {study_file(Tier.LIGHTNING)})"
+    )
+    outcome = f"missed after escalation ({why}), short by {verdict.gap:.4f}"
+    return TierVerdict.from_json({**verdict.to_json(), "outcome": outcome})
 
 
 # --------------------------------------------------------------------------- ensemble
@@ -333,32 +411,35 @@ def escalate(search: Search, flash: StudyResult, template, lines: TrialLines) ->
 CHOSEN = "chosen"
 
 
-def ensemble(search: Search, tier: Tier, best: StudyResult, say: Say) -> EnsembleResult:
+def ensemble(
+    data: RunData, features: FeatureCache, flash: Tuner, tier: Tier, best: StudyResult, say: Say
+) -> EnsembleResult:
     """An ensemble (``automl.ensemble``: Caruana's greedy selection, or equal weights over one model
     per backbone, :func:`one_per_backbone`) of the chosen model, the best head on cached features of
     each other backbone and input size (refitted here in a second each) and, for texts, a TF-IDF +
     logistic regression; kept only when its gain is more than the selection data resolves.
     That data is the validation split, or, when the chosen model is a head too, out-of-fold
-    predictions over train+val (five times as many examples). ``finalise`` builds the kept one into best/."""
+    predictions over train+val (five times as many examples). ``finalise`` builds the kept one into best/.
+    ``features``: the study's cache; ``flash``: the Flash tier's study (its heads are the candidates)."""
     from automl import ensemble as ens
 
-    if not search.config.ensemble:
+    if not data.config.ensemble:
         return EnsembleResult(False, "off (--no-ensemble)")
-    members = ensemble_members(search, tier, best)
-    if tier != Tier.LIGHTNING and search.flash_tuner.space.head_only(best.params):
+    members = ensemble_members(data, flash, tier, best)
+    if tier != Tier.LIGHTNING and flash.space.head_only(best.params):
         # every candidate is a head (or TF-IDF): out-of-fold predictions over train+val, on the folds
         # that ranked the heads, resolve far more than the validation split alone
         split = "out-of-fold predictions over train+val"
-        probabilities, targets = out_of_fold_probabilities(search, members)
+        probabilities, targets = out_of_fold_probabilities(data, features, members)
     else:
         split = "the validation split"
-        found = validation_probabilities(search, tier, members)
+        found = validation_probabilities(data, features, tier, members)
         if found is None:
             return EnsembleResult(False, "the chosen model's validation predictions are not in the split's order")
         probabilities, targets = found
-    target = search.target
+    target = data.target
     equal = one_per_backbone(members, target.maximize)
-    decision = ens.decide(probabilities, targets, target.metric, target.maximize, search.config.seed, equal)
+    decision = ens.decide(probabilities, targets, target.metric, target.maximize, data.config.seed, equal)
     rows = [
         {**member, "weight": decision.weights.get(name, 0.0), "score": decision.single_scores.get(name)}
         for name, member in members.items()
@@ -380,13 +461,13 @@ def ensemble(search: Search, tier: Tier, best: StudyResult, say: Say) -> Ensembl
     return EnsembleResult(decision.kept, decision.why, rows, scores)
 
 
-def ensemble_members(search: Search, tier: Tier, best: StudyResult) -> dict[str, dict]:
+def ensemble_members(data: RunData, flash: Tuner, tier: Tier, best: StudyResult) -> dict[str, dict]:
     """The ensemble's candidates by name: the chosen model, the best head of each other backbone and
     input size, and for texts the TF-IDF member."""
     from automl import ensemble as ens
 
     members: dict[str, dict] = {CHOSEN: {"name": CHOSEN, "kind": tier, "trial": best.best_trial, "params": best.params}}
-    for trial in head_candidates(search, tier, best):
+    for trial in head_candidates(flash, data, tier, best):
         record = TrialRecord.of(tier, trial)
         name = f"head #{record.number}"
         members[name] = {
@@ -397,7 +478,7 @@ def ensemble_members(search: Search, tier: Tier, best: StudyResult) -> dict[str,
             "cv_mean": record.cv_mean,
             "cv_std": record.cv_std,
         }
-    if search.config.modality == "text" and search.datamodule.train_samples:
+    if data.config.modality == "text" and data.datamodule.train_samples:
         members[ens.TFIDF_MEMBER] = {"name": ens.TFIDF_MEMBER, "kind": "tfidf", "trial": None, "params": {}}
     return members
 
@@ -406,7 +487,7 @@ def _texts(datamodule) -> list[str]:
     return [text for text, _ in datamodule.train_samples + datamodule.val_samples]
 
 
-def out_of_fold_probabilities(search: Search, members: dict[str, dict]):
+def out_of_fold_probabilities(data: RunData, features: FeatureCache, members: dict[str, dict]):
     """Each member's out-of-fold probabilities over train+val (the folds that ranked the heads) and
     the targets they predict."""
     import numpy as np
@@ -414,20 +495,20 @@ def out_of_fold_probabilities(search: Search, members: dict[str, dict]):
     from automl import ensemble as ens
     from automl.flash import fit, heads
 
-    config, datamodule, labels = search.config, search.datamodule, search.datamodule.labels
+    config, datamodule, labels = data.config, data.datamodule, data.labels
     probabilities: dict[str, np.ndarray] = {}
     for name, member in members.items():
         if member["kind"] == "tfidf":
             continue
         fit_config = config.fit_config(**member["params"])
-        features = search.features.get(fit_config, fit.data_for(fit_config, datamodule))
-        x, y = features.labelled()
+        cached = features.get(fit_config, fit.data_for(fit_config, datamodule))
+        x, y = cached.labelled()
         folds = heads.cross_validate(
             x,
             y,
             len(labels),
             fit_config.weight_decay,
-            search.target.metric,
+            data.target.metric,
             fit_config.label_smoothing,
             seed=config.seed,
         )
@@ -438,7 +519,7 @@ def out_of_fold_probabilities(search: Search, members: dict[str, dict]):
     return probabilities, targets
 
 
-def validation_probabilities(search: Search, tier: Tier, members: dict[str, dict]):
+def validation_probabilities(data: RunData, features: FeatureCache, tier: Tier, members: dict[str, dict]):
     """Each member's probabilities on the validation split (the chosen model's as its tier wrote
     them; the others fitted on the training split here) and its targets; None when the chosen
     model's predictions file is not in the split's order."""
@@ -448,9 +529,9 @@ def validation_probabilities(search: Search, tier: Tier, members: dict[str, dict
     from automl import ensemble as ens
     from automl.flash import fit, heads
 
-    config, datamodule, labels = search.config, search.datamodule, search.datamodule.labels
+    config, datamodule, labels = data.config, data.datamodule, data.labels
     targets = np.array([t for _, t in datamodule.val_samples])
-    frame = pd.read_csv(search.run_dir / tier_predictions_file(tier), keep_default_na=False)
+    frame = pd.read_csv(data.run_dir / tier_predictions_file(tier), keep_default_na=False)
     truth = np.array([labels.index(str(value)) for value in frame["true"]])
     if len(truth) != len(targets) or not np.array_equal(truth, targets):
         return None
@@ -459,15 +540,15 @@ def validation_probabilities(search: Search, tier: Tier, members: dict[str, dict
     for name, member in members.items():
         if member["kind"] == "head":
             fit_config = config.fit_config(**member["params"])
-            features = search.features.get(fit_config, fit.data_for(fit_config, datamodule))
+            cached = features.get(fit_config, fit.data_for(fit_config, datamodule))
             head = heads.fit_linear(
-                features.train,
-                features.train_targets,
+                cached.train,
+                cached.train_targets,
                 len(labels),
                 fit_config.weight_decay,
                 fit_config.label_smoothing,
             )
-            probabilities[name] = head.probabilities(features.val).astype(np.float64)
+            probabilities[name] = head.probabilities(cached.val).astype(np.float64)
         elif member["kind"] == "tfidf":
             train_targets = [t for _, t in datamodule.train_samples]
             tfidf = ens.TfidfMember.fit(texts[:trained], train_targets, labels, config.seed)
@@ -492,11 +573,10 @@ def one_per_backbone(members: dict[str, dict], maximize: bool = True) -> list[st
     return [name for _, name in picked.values()]
 
 
-def head_candidates(search: Search, tier: Tier, best: StudyResult) -> list:
-    """The best head on cached features (by cross-validated score) of each backbone and input size,
-    but the chosen trial's own when the chosen trial is such a head."""
-    tuner = search.flash_tuner
-    size = "image_size" if search.config.modality == "image" else "max_length"
+def head_candidates(tuner: Tuner, data: RunData, tier: Tier, best: StudyResult) -> list:
+    """The best head on cached features (by cross-validated score) of each backbone and input size
+    in ``tuner`` (the Flash tier's study), but the chosen trial's own when the chosen trial is such a head."""
+    size = "image_size" if data.config.modality == "image" else "max_length"
 
     def group(params: dict) -> tuple:
         return params.get("backbone"), params.get(size)
@@ -507,7 +587,7 @@ def head_candidates(search: Search, tier: Tier, best: StudyResult) -> list:
         if t.state.name == "COMPLETE" and t.value is not None and tuner.space.head_only(t.params)
     ]
     skip = group(best.params) if tier != Tier.LIGHTNING and tuner.space.head_only(best.params) else None
-    sign = 1.0 if search.target.maximize else -1.0
+    sign = 1.0 if data.target.maximize else -1.0
     chosen: dict[tuple, tuple[float, object]] = {}  # (rank, Optuna's trial) by backbone and size
     for trial in complete:
         key = group(trial.params)
@@ -518,8 +598,24 @@ def head_candidates(search: Search, tier: Tier, best: StudyResult) -> list:
 
 
 # --------------------------------------------------------------------------- finalise
+@dataclass(frozen=True)
+class FinaliseInputs:
+    """What making best/ uses besides the run's data: the study's feature cache (heads refitted on
+    it), the Flash tier's study (the chosen trial's time, which parameters make a head), the Lightning
+    tier's template settings of a trial (``Trainers.template_config``), the budget's end (a refit
+    stops there) and whether a refit's epochs show progress bars."""
+
+    features: FeatureCache
+    flash: Tuner
+    template_config: Callable[..., dict]
+    deadline: float | None
+    progress: bool
+
+
 def finalise(
-    search: Search,
+    data: RunData,
+    inputs: FinaliseInputs,
+    parent: ParentRun,
     tier: Tier,
     best: StudyResult,
     verdict: TierVerdict,
@@ -531,54 +627,56 @@ def finalise(
     test split, metrics.json, the MLflow artifacts and model, the report. ``verdict``: the chosen
     trial's selection score (validation); ``template``: the edited template the escalation used (None:
     the built-in one)."""
-    run_dir = search.run_dir
+    run_dir = data.run_dir
     best_dir = run_dir / BEST_DIR
     (best_dir / ENSEMBLE_FILE).unlink(missing_ok=True)  # a resumed run's earlier ensemble
     shutil.rmtree(best_dir / MEMBERS_DIR, ignore_errors=True)
-    refit_note = save_chosen(search, tier, best, template, best_dir)
+    refit_note = save_chosen(data, inputs, tier, best, template, best_dir)
     say(f"refit: {refit_note}")
     # the built-in template as None: the path differs on the machine that loads the run folder,
     # and a path there is code that `automl predict` runs only with --trust-checkpoint
     ModelTier(tier, template).write(best_dir)
     shutil.copy2(run_dir / tier_predictions_file(tier), run_dir / PREDICTIONS_FILE)
     kept = ensembled if ensembled is not None and ensembled.kept else None
-    single = judge_test(search, tier, best_dir, verdict, refit_note, template) if kept else None
+    single = judge_test(data, tier, best_dir, verdict, refit_note, template) if kept else None
     if kept:
-        build_ensemble(search, best_dir, tier, kept)
+        build_ensemble(data, inputs.features, inputs.flash.space, best_dir, tier, kept)
         say(f"the ensemble of {len(kept.chosen())} members is the final model")
-    final = judge_test(search, tier, best_dir, verdict, refit_note, template)
+    final = judge_test(data, tier, best_dir, verdict, refit_note, template)
     say(f"verdict on the {final.split} split: {final.outcome}")
     ensemble_facts = ensembled.to_json() if ensembled is not None else {}
     if kept and single is not None:
         ensemble_facts.update(single_test_score=single.score, single_test_split=single.split)
-        ensemble_facts.update(prediction_seconds(search, best_dir, template))
-    summary = _summary(search, tier, best, verdict, final, refit_note, ensemble_facts)
+        ensemble_facts.update(prediction_seconds(data, best_dir, template))
+    summary = _summary(data, tier, best, verdict, final, refit_note, ensemble_facts)
     folder = RunFolder(run_dir)
     folder.write_summary(summary)
-    tracker, parent = search.tracker, search.parent
-    tracker.log_metrics(parent, {f"final_{k}": v for k, v in verdict.scores.items() if v is not None})
-    tracker.log_metrics(parent, {k: v for k, v in final.test_scores.items() if v is not None})
-    tracker.set_tags(parent, {"verdict": final.verdict, "tier": tier, "best_trial": best.best_trial})
-    logged = log_model(search, best_dir, template, final, say)
+    tracker, run_id = parent.tracker, parent.run_id
+    tracker.log_metrics(run_id, {f"final_{k}": v for k, v in verdict.scores.items() if v is not None})
+    tracker.log_metrics(run_id, {k: v for k, v in final.test_scores.items() if v is not None})
+    tracker.set_tags(run_id, {"verdict": final.verdict, "tier": tier, "best_trial": best.best_trial})
+    logged = log_model(data, parent, best_dir, template, final, say)
     model = FinalModel(str(best_dir), tier, verdict=final.to_json(), **logged)
     folder.write_summary(dataclasses.replace(summary, **model.mlflow()))
     report = write_report(run_dir, say)
     for path in sorted(run_dir.glob("*.csv")) + [run_dir / n for n in (*LOGGED_FILES, *report)]:
-        tracker.log_artifact(parent, path)
+        tracker.log_artifact(run_id, path)
     return model
 
 
-def save_chosen(search: Search, tier: Tier, best: StudyResult, template: str | None, best_dir: Path) -> str:
+def save_chosen(
+    data: RunData, inputs: FinaliseInputs, tier: Tier, best: StudyResult, template: str | None, best_dir: Path
+) -> str:
     """The chosen model's files in best/ (a Flash-tier model refitted on train+val when it can be);
     returns what the refit did, in words."""
     from automl.flash import fit
 
     assert best.checkpoint is not None and best.best_trial is not None, "a chosen trial has its weights"
-    config, datamodule = search.config, search.datamodule
+    config, datamodule = data.config, data.datamodule
     if tier == Tier.FLASH:
         fit_config = config.fit_config(**best.params)
         try:
-            checkpoint, refit_note = refit(search, best, fit_config)
+            checkpoint, refit_note = refit(data, inputs, best, fit_config)
         except Exception as error:  # a refit that fails costs the refit, never the run
             checkpoint, refit_note = None, f"kept the chosen trial's weights: the refit failed ({error!r})"
         fit.save_best(best_dir, checkpoint or best.checkpoint, fit.data_for(fit_config, datamodule), fit_config)
@@ -586,7 +684,7 @@ def save_chosen(search: Search, tier: Tier, best: StudyResult, template: str | N
         from escalation.train import load_template, preprocessing
 
         refit_note = "kept the chosen trial's weights: refitting a Lightning-tier trial on train+val is not built yet"
-        template_config = search.trainers.template_config(best.params, best.best_trial, load_template(template))
+        template_config = inputs.template_config(best.params, best.best_trial, load_template(template))
         best_dir.mkdir(parents=True, exist_ok=True)
         shutil.copy2(best.checkpoint, best_dir / CHECKPOINT_FILE)
         write_json(best_dir / LABELS_FILE, datamodule.labels)
@@ -595,16 +693,16 @@ def save_chosen(search: Search, tier: Tier, best: StudyResult, template: str | N
             {**preprocessing(template_config), "task": config.task, "backbone": template_config["backbone"]},
         )
         dump_yaml(template_config, best_dir / TEMPLATE_CONFIG_FILE)
-    if search.holdout.source == NONE:
+    if data.holdout.source == NONE:
         refit_note = "not done: with no test split, the validation split is all that is left to judge on"
     elif not config.refit:
         refit_note = "off (--no-refit): the chosen trial's own weights"
     return refit_note
 
 
-def _summary(search, tier, best, verdict, final, refit_note, ensemble_facts) -> Summary:
+def _summary(data: RunData, tier, best, verdict, final, refit_note, ensemble_facts) -> Summary:
     return Summary(
-        target=str(search.target),
+        target=str(data.target),
         verdict=final.verdict,
         outcome=final.outcome,
         tier=tier,
@@ -614,7 +712,7 @@ def _summary(search, tier, best, verdict, final, refit_note, ensemble_facts) -> 
         gap=final.gap,
         best_trial=best.best_trial,
         best_params=best.params,
-        labels=search.datamodule.labels,
+        labels=data.labels,
         scores=verdict.scores,
         test_scores=final.test_scores,
         judged_on=final.split,
@@ -622,13 +720,20 @@ def _summary(search, tier, best, verdict, final, refit_note, ensemble_facts) -> 
         interval=final.interval,
         selection_score=verdict.score,
         notes=final.notes,
-        holdout=search.holdout.to_json(),
+        holdout=data.holdout.to_json(),
         refit=refit_note,
         ensemble=ensemble_facts,
     )
 
 
-def build_ensemble(search: Search, best_dir: Path, tier: Tier, ensembled: EnsembleResult) -> None:
+def build_ensemble(
+    data: RunData,
+    features: FeatureCache,
+    flash_space: SearchSpace,
+    best_dir: Path,
+    tier: Tier,
+    ensembled: EnsembleResult,
+) -> None:
     """best/ becomes the ensemble: its own model is the chosen member; each other member goes under
     best/members/ (heads and the TF-IDF model refitted on train+val when the run refits, as the
     chosen one is; their weights stay those chosen on validation); ensemble.json lists them."""
@@ -637,8 +742,8 @@ def build_ensemble(search: Search, best_dir: Path, tier: Tier, ensembled: Ensemb
     from automl import ensemble as ens
     from automl.flash import fit, heads
 
-    config, datamodule, labels = search.config, search.datamodule, search.datamodule.labels
-    both = config.refit and search.holdout.source != NONE
+    config, datamodule, labels = data.config, data.datamodule, data.labels
+    both = config.refit and data.holdout.source != NONE
     entries = []
     for member in ensembled.chosen():
         name, weight = member["name"], member["weight"]
@@ -651,20 +756,20 @@ def build_ensemble(search: Search, best_dir: Path, tier: Tier, ensembled: Ensemb
                 {"name": name, "kind": "tfidf", "folder": str(folder.relative_to(best_dir)), "weight": weight}
             )
             continue
-        head_only = tier != Tier.LIGHTNING and search.flash_tuner.space.head_only(member["params"])
+        head_only = tier != Tier.LIGHTNING and flash_space.head_only(member["params"])
         fit_config = config.fit_config(**member["params"])
         shares = frozen_backbone(fit_config) if head_only else None
         if name == CHOSEN:
             entries.append({"name": name, "kind": tier, "folder": ".", "weight": weight, "shares": shares})
             continue
         served = fit.data_for(fit_config, datamodule)
-        features = search.features.get(fit_config, served)
-        x, y = features.labelled() if both else (features.train, features.train_targets)
+        cached = features.get(fit_config, served)
+        x, y = cached.labelled() if both else (cached.train, cached.train_targets)
         head = heads.fit_linear(x, y, len(labels), fit_config.weight_decay, fit_config.label_smoothing)
         torch.manual_seed(fit_config.seed)  # --no-pretrained: the random backbone the features came from
         model = fit.build_model(fit_config, labels)
         model.head.load_state_dict(head.state_dict())
-        checkpoint = search.run_dir / "ensemble" / f"trial-{member['trial']}.ckpt"
+        checkpoint = data.run_dir / "ensemble" / f"trial-{member['trial']}.ckpt"
         fit.save_checkpoint(model, checkpoint, 0)
         folder = best_dir / MEMBERS_DIR / f"trial-{member['trial']}"
         fit.save_best(folder, str(checkpoint), served, fit_config)
@@ -689,13 +794,13 @@ def frozen_backbone(config: FitConfig) -> str:
     return f"{default_backbone(config)}|{config.weights}|{config.pretrained}|{size}"
 
 
-def prediction_seconds(search: Search, best_dir: Path, template: str | None) -> dict:
+def prediction_seconds(data: RunData, best_dir: Path, template: str | None) -> dict:
     """Seconds per example of the ensemble and of its best single member, on up to 32 test (else
     validation) inputs, one batch each after a warm-up."""
     from automl.evaluate import probabilities
     from automl.predict import Predictor
 
-    samples = (search.datamodule.test_samples or search.datamodule.val_samples)[:32]
+    samples = (data.datamodule.test_samples or data.datamodule.val_samples)[:32]
     inputs = [item for item, _ in samples]
     timings = {}
     for key, members in (("ensemble_seconds_per_example", True), ("single_seconds_per_example", False)):
@@ -707,34 +812,36 @@ def prediction_seconds(search: Search, best_dir: Path, template: str | None) -> 
     return timings
 
 
-def refit(search: Search, best: StudyResult, config: FitConfig) -> tuple[str | None, str]:
+def refit(data: RunData, inputs: FinaliseInputs, best: StudyResult, config: FitConfig) -> tuple[str | None, str]:
     """(checkpoint, what was done): the chosen Flash-tier configuration trained again on train+val,
     so that the judged model has seen all the labelled data the search could use. A head on cached
     features refits in seconds; a fine-tune when its measured time fits in what is left of the budget.
     None: the chosen trial's own weights are kept, and the text says why."""
     from automl.flash import fit
 
-    if not search.config.refit or search.holdout.source == NONE:
+    if not data.config.refit or data.holdout.source == NONE:
         return None, ""
-    datamodule = search.datamodule
+    datamodule, metric = data.datamodule, data.target.metric
     served = fit.data_for(config, datamodule)
-    out = search.run_dir / "refit"
+    out = data.run_dir / "refit"
     shutil.rmtree(out, ignore_errors=True)
     started = time.monotonic()
     examples = len(datamodule.train_samples) + len(datamodule.val_samples)
-    if search.flash_tuner.space.head_only(best.params):
-        features = search.features.get(config, served)  # the study's cache: train and val, never test
+    if inputs.flash.space.head_only(best.params):
+        features = inputs.features.get(config, served)  # the study's cache: train and val, never test
         x, y = features.labelled()
         both = dataclasses.replace(features, train=x, train_targets=y)
-        trained = fit.train_head(config, served, out, both, search.target.metric)
+        trained = fit.train_head(config, served, out, both, metric)
         if trained.checkpoint is None:
             return None, "kept the chosen trial's weights: the refitted head did not train"
         return trained.checkpoint, f"the head retrained on train+val ({examples} examples) in {_secs(started)}"
-    trial = search.flash_tuner.study.trials[best.best_trial]
+    assert best.best_trial is not None, "a chosen trial has a number"
+    trial = inputs.flash.study.trials[best.best_trial]
     seconds = trial_record.seconds(trial)
     share = examples / max(len(datamodule.train_samples), 1)
     needed = None if seconds is None else seconds * share
-    left = None if search.deadline is None else search.deadline - time.time()
+    deadline = inputs.deadline
+    left = None if deadline is None else deadline - time.time()
     if needed is not None and left is not None and needed > left:
         return None, (
             f"kept the chosen trial's weights: retraining on train+val would take about {minutes(needed)}, "
@@ -745,7 +852,7 @@ def refit(search: Search, best: StudyResult, config: FitConfig) -> tuple[str | N
     samples = datamodule.train_samples + datamodule.val_samples
     note = ""
     try:
-        trained = _refit_once(refitted, served, samples, out, search)
+        trained = _refit_once(refitted, served, samples, out, metric, deadline, inputs.progress)
     except Exception as error:  # a refit that fails costs the refit, never the run
         from automl import tuning
 
@@ -755,7 +862,8 @@ def refit(search: Search, best: StudyResult, config: FitConfig) -> tuple[str | N
         note = f"; out of GPU memory at batch size {refitted.batch_size}, retrained with {half}"
         refitted = dataclasses.replace(refitted, batch_size=half)
         try:
-            trained = _refit_once(refitted, served.with_options(batch_size=half), samples, out, search)
+            served = served.with_options(batch_size=half)
+            trained = _refit_once(refitted, served, samples, out, metric, deadline, inputs.progress)
         except Exception as again:
             return None, f"kept the chosen trial's weights: the refit failed ({tuning.describe_error(again)})"
     if not trained.checkpoint:
@@ -765,7 +873,9 @@ def refit(search: Search, best: StudyResult, config: FitConfig) -> tuple[str | N
     )
 
 
-def _refit_once(config: FitConfig, served, samples: list, out: Path, search: Search):
+def _refit_once(
+    config: FitConfig, served, samples: list, out: Path, metric: str, deadline: float | None, progress: bool
+):
     """One fine-tune of ``config`` on ``samples`` (train+val); the validation split only feeds the
     checkpoint callback, as every example in it is now a training example. It stops at the budget's
     deadline (a trial sized to a share of each epoch's batches costs more here), its validated epochs kept."""
@@ -774,8 +884,8 @@ def _refit_once(config: FitConfig, served, samples: list, out: Path, search: Sea
 
     shutil.rmtree(out, ignore_errors=True)
     both = served.with_options(train_samples=samples)
-    callbacks = [Deadline(search.deadline)] if search.deadline is not None else []
-    return fit.train(config, both, out, search.target.metric, callbacks, progress=search.progress)
+    callbacks = [Deadline(deadline)] if deadline is not None else []
+    return fit.train(config, both, out, metric, callbacks, progress=progress)
 
 
 def _best_epochs(checkpoint: str | None) -> int | None:
@@ -791,7 +901,7 @@ def _secs(started: float) -> str:
 
 
 def judge_test(
-    search: Search, tier: Tier, best_dir: Path, selection: TierVerdict, refit_note: str, template: str | None = None
+    data: RunData, tier: Tier, best_dir: Path, selection: TierVerdict, refit_note: str, template: str | None = None
 ) -> TierVerdict:
     """The run's verdict: the model in ``best_dir`` on the test split (the examples no trial saw), the
     same computation as ``automl evaluate`` on those examples; with no test split, the selection
@@ -800,7 +910,7 @@ def judge_test(
     from automl.predict import Predictor
     from automl.target import describe
 
-    datamodule, target, holdout = search.datamodule, search.target, search.holdout
+    datamodule, target, holdout = data.datamodule, data.target, data.holdout
     notes = [holdout.line()]
     if refit_note:
         notes.append(f"refit: {refit_note}")
@@ -814,9 +924,9 @@ def judge_test(
     predictor = Predictor.load_folder(best_dir, trust_checkpoint=template is not None, template=template)
     samples = datamodule.test_samples
     inputs, targets = [item for item, _ in samples], [t for _, t in samples]
-    scored = judge_inputs(predictor, inputs, targets, [str(item) for item in inputs], target, seed=search.config.seed)
+    scored = judge_inputs(predictor, inputs, targets, [str(item) for item in inputs], target, seed=data.config.seed)
     write_predictions(
-        search.run_dir / TEST_PREDICTIONS_FILE,
+        data.run_dir / TEST_PREDICTIONS_FILE,
         scored.inputs,
         scored.targets,
         scored.probabilities,
@@ -825,7 +935,7 @@ def judge_test(
     )
     verdict = scored.verdict
     test_scores = {f"test_{name}": value for name, value in scored.scores.items()}
-    notes += _test_notes(search, predictor, scored, selection)
+    notes += _test_notes(data, predictor, scored, selection)
     story = _story(tier, selection)
     if (best_dir / ENSEMBLE_FILE).exists():
         members = len(read_json(best_dir / ENSEMBLE_FILE)["members"])
@@ -843,13 +953,13 @@ def judge_test(
     )
 
 
-def _test_notes(search: Search, predictor, scored, selection: TierVerdict) -> list[str]:
+def _test_notes(data: RunData, predictor, scored, selection: TierVerdict) -> list[str]:
     """What a reader of the test verdict should know: unreadable test examples, test examples with a
     copy in the training data (scored with and without them), a selection score the test interval
     does not cover."""
     from automl.evaluate import judge_inputs
 
-    target, holdout, samples, verdict = search.target, search.holdout, search.datamodule.test_samples, scored.verdict
+    target, holdout, samples, verdict = data.target, data.holdout, data.datamodule.test_samples, scored.verdict
     notes = []
     if scored.unreadable:
         notes.append(f"{len(scored.unreadable)} test examples could not be read: {scored.unreadable[0][0]}, ...")
@@ -894,20 +1004,22 @@ def _verdict_of(tier_verdict: TierVerdict):
     return Verdict(**{k: v for k, v in tier_verdict.to_json().items() if k in names})
 
 
-def log_model(search: Search, best_dir: Path, template: str | None, verdict: TierVerdict, say: Say) -> dict:
+def log_model(
+    data: RunData, parent: ParentRun, best_dir: Path, template: str | None, verdict: TierVerdict, say: Say
+) -> dict:
     """The final model in MLflow (and the registry with ``--register``). The run's files are
     written already: a store that refuses the model costs a warning, not the run."""
     from automl import mlflow_model
 
-    tags = {"verdict": verdict.verdict, "score": f"{verdict.score:.4f}", "run_folder": str(search.run_dir)}
+    tags = {"verdict": verdict.verdict, "score": f"{verdict.score:.4f}", "run_folder": str(data.run_dir)}
     try:
         logged = mlflow_model.log_model(
-            search.tracker.tracking_uri,
-            search.parent,
+            parent.tracker.tracking_uri,
+            parent.run_id,
             best_dir,
-            input_example(search.datamodule),
+            input_example(data.datamodule),
             template=template,
-            register=search.config.register,
+            register=data.config.register,
             tags=tags,
         )
     except Exception as exc:  # mlflow raises many types for a store that refuses

@@ -3,8 +3,8 @@ in seconds, or a fine-tune sized to the time left from a measured training step)
 ``Trainers.lightning(template)`` (the template's ``fit``), the functions ``TrialLife.tracked`` wraps
 and the study loop (``automl.tuning``) calls.
 
-Built from the values it uses (the run's configuration, data, feature cache, Flash-tier study, target,
-folder, budget and the run's plan of it), not from the run's ``Search``.
+Built from the values it uses: the run's data (``RunData``), the feature cache, the Flash tier's study
+and the budget's plan (``automl.budget.Plan``).
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from automl import space, trial_record
-from automl.budget import TRAIN_COST, Budget
+from automl.budget import TRAIN_COST, Plan
 from automl.callbacks import Deadline
-from automl.config import FitConfig, RunConfig
+from automl.config import FitConfig
 from automl.trial_record import Tier
 from automl.trials import minutes
 
 if TYPE_CHECKING:
     from automl.flash.features import FeatureCache
-    from automl.target import Target
+    from automl.run_data import RunData
     from automl.tuning import Tuner
 
 
@@ -65,27 +65,18 @@ class Trainers:
 
     def __init__(
         self,
-        config: RunConfig,
-        datamodule,
+        data: RunData,
         features: FeatureCache,
         flash_tuner: Tuner,
-        target: Target,
-        run_dir: Path,
+        plan: Plan,
         *,
-        budget: Budget | None,
-        tuning_deadline: Callable[[], float | None],
-        finish_reserve: Callable[[], float],
         say: Callable[[str], None],
         progress: bool,
     ) -> None:
-        self.config, self.datamodule, self.features, self.flash_tuner = config, datamodule, features, flash_tuner
-        self.target, self.run_dir, self.say, self.progress = target, run_dir, say, progress
-        #: the budget and the run's plan of it: when the Flash tier's trials must end, and what the
-        #: run's end takes after its last study (``Search.tuning_deadline``, ``Search.finish_reserve``)
-        self.budget, self.tuning_deadline, self.finish_reserve = budget, tuning_deadline, finish_reserve
-        self.deadline = None if budget is None else budget.deadline
+        self.data, self.features, self.flash_tuner, self.plan = data, features, flash_tuner, plan
+        self.say, self.progress = say, progress
         self.correction = 1.0  # real / estimated time of the last fine-tuning trial
-        self.steps = TrainingSteps(self.datamodule)
+        self.steps = TrainingSteps(data.datamodule)
         self.skipped: dict[str, str] = {}  # backbones whose first pass did not fit the time left, and why
 
     def flash(self, number: int, params: dict, callbacks: list, logger):
@@ -93,31 +84,31 @@ class Trainers:
         from automl.flash import fit
         from automl.progress import EpochLines
 
-        config = self.config.fit_config(**params)
-        served = fit.data_for(config, self.datamodule)
-        out = self.run_dir / "trials" / str(number)
+        config = self.data.config.fit_config(**params)
+        served = fit.data_for(config, self.data.datamodule)
+        out = self.data.run_dir / "trials" / str(number)
         if self.flash_tuner.space.head_only(params):
             callbacks = [*callbacks, EpochLines(f"trial #{number}")]
             self._check_time_for_features(config, served)
             features = self.features.get(config, served)
-            if self.deadline is not None:
+            if self.plan.deadline is not None:
                 # the head trains in seconds once the features exist: it may run into the escalation's
                 # share rather than stop half-trained, but not past the budget
-                callbacks = [c for c in callbacks if not isinstance(c, Deadline)] + [Deadline(self.deadline)]
-            trained = fit.train_head(config, served, out, features, self.target.metric, callbacks, logger)
+                callbacks = [c for c in callbacks if not isinstance(c, Deadline)] + [Deadline(self.plan.deadline)]
+            trained = fit.train_head(config, served, out, features, self.data.target.metric, callbacks, logger)
             extra = self._cross_validate(config, features) if trained.checkpoint else {}
             return tuning.TrialOutcome(trained.best_score, trained.checkpoint, trained.best_epoch, extra=extra)
         epochs = config.epochs
         config, head = self._warm_head(config, served, out)
         # after a head trained on cached features for the first epochs, the lines count on from them
         callbacks = [*callbacks, EpochLines(f"trial #{number}", first=epochs - config.epochs)]
-        size, callbacks = self.sized(config, callbacks, self.tuning_deadline(), number)
+        size, callbacks = self.sized(config, callbacks, self.plan.tuning_deadline(), number)
         limit = 1.0
         if size is not None:
             config = dataclasses.replace(config, epochs=size.epochs)
             limit = size.train_fraction
         started = time.time()
-        metric = self.target.metric
+        metric = self.data.target.metric
         trained = fit.train(config, served, out, metric, callbacks, logger, self.progress, limit, head=head)
         if size is not None and size.seconds:
             self.correction = max(0.2, min(5.0, self.correction * (time.time() - started) / size.seconds))
@@ -129,11 +120,11 @@ class Trainers:
         whose checkpoint ``keep_only_best`` removed."""
         from automl.flash import fit
 
-        config = self.config.fit_config(**params)
-        served = fit.data_for(config, self.datamodule)
+        config = self.data.config.fit_config(**params)
+        served = fit.data_for(config, self.data.datamodule)
         features = self.features.get(config, served)
-        out = self.run_dir / "trials" / str(number)
-        return fit.train_head(config, served, out, features, self.target.metric).checkpoint
+        out = self.data.run_dir / "trials" / str(number)
+        return fit.train_head(config, served, out, features, self.data.target.metric).checkpoint
 
     def _cross_validate(self, config, features) -> dict:
         """A head's score over k folds of train+val (``automl.flash.heads``): what ranks the heads,
@@ -145,11 +136,11 @@ class Trainers:
         folds = heads.cross_validate(
             x,
             y,
-            len(self.datamodule.labels),
+            len(self.data.datamodule.labels),
             config.weight_decay,
-            self.target.metric,
+            self.data.target.metric,
             config.label_smoothing,
-            seed=self.config.seed,
+            seed=self.data.config.seed,
         )
         if not folds.scores:
             return {}
@@ -173,15 +164,15 @@ class Trainers:
         unfreeze = strategy.unfreeze_epoch
         if strategy.name != "freeze_unfreeze" or unfreeze is None or not 0 < unfreeze < config.epochs:
             return config, None
-        if self.budget is not None and not self.features.has(config, served):
+        if self.plan.budget is not None and not self.features.has(config, served):
             return config, None  # computing the features would take the trial's own time
         features = self.features.get(config, served)
         tuner = self.flash_tuner
         penalty = space.head_penalty(
-            tuner.study.get_trials(deepcopy=False), tuner.space, config, self.config, self.target.maximize
+            tuner.study.get_trials(deepcopy=False), tuner.space, config, self.data.config, self.data.target.maximize
         )
         frozen = dataclasses.replace(config, epochs=unfreeze, weight_decay=penalty)
-        head = fit.train_head(frozen, served, out / "head", features, self.target.metric, checkpoint=False)
+        head = fit.train_head(frozen, served, out / "head", features, self.data.target.metric, checkpoint=False)
         if head.best_score is None:  # stopped before its first validation
             return config, None
         rest = dataclasses.replace(config, strategy="freeze_unfreeze:0", epochs=config.epochs - unfreeze)
@@ -202,20 +193,20 @@ class Trainers:
         is decoded once and cropped for all of them, so a later backbone's pass does not read it again."""
         from automl import tuning
 
-        if self.config.modality == "image":
-            self.features.plan_images({self.config.image_size, *self.flash_tuner.space.image_sizes}, self.say)
-        if self.budget is None or self.features.has(config, served) or self.flash_tuner.best_trial() is None:
+        if self.data.config.modality == "image":
+            self.features.plan_images({self.data.config.image_size, *self.flash_tuner.space.image_sizes}, self.say)
+        if self.plan.budget is None or self.features.has(config, served) or self.flash_tuner.best_trial() is None:
             return  # the first model trains whatever the budget says: without it there is nothing to judge
         if config.backbone in self.skipped:  # its penalty probes, or the search proposing it again
             raise tuning.SkipTrial(self.skipped[config.backbone])
         examples = len(served.train_samples) + len(served.val_samples)
         needed = self.features.measure(config, served) * examples
-        size = f" at {config.image_size} px" if self.config.modality == "image" else ""
+        size = f" at {config.image_size} px" if self.data.config.modality == "image" else ""
         seen = any(
             t.state.name == "COMPLETE" and t.params.get("backbone") == config.backbone
             for t in self.flash_tuner.study.get_trials(deepcopy=False)
         )
-        deadline = self.tuning_deadline()
+        deadline = self.plan.tuning_deadline()
         assert deadline is not None, "a run with a budget has a tuning deadline"
         if not seen:
             left = max(0.0, deadline - time.time())
@@ -228,7 +219,7 @@ class Trainers:
                 self.skipped[config.backbone] = skipped
                 raise tuning.SkipTrial(skipped)  # the other backbones' passes and the cheap heads go on
             return
-        allowance = self.budget.trial_allowance(deadline)
+        allowance = self.plan.budget.trial_allowance(deadline)
         if needed > allowance:
             raise tuning.NoTimeForTrial(
                 f"{config.backbone}{size} would need about {minutes(needed)} to run over the data, "
@@ -242,19 +233,19 @@ class Trainers:
         ``NoTimeForTrial`` when not even a tenth of an epoch fits. ``(None, callbacks)`` without a budget."""
         from automl import budget, tuning
 
-        if self.budget is None:
+        if self.plan.budget is None:
             return None, callbacks
         forward = self.features.forward_seconds(config)
         if forward is None:  # no backbone has run over the data yet: measure this one on a few examples
-            forward = self.features.measure(config, self.datamodule)
-        examples = (len(self.datamodule.train_samples), len(self.datamodule.val_samples))
-        allowance = self.budget.trial_allowance(deadline)
+            forward = self.features.measure(config, self.data.datamodule)
+        examples = (len(self.data.datamodule.train_samples), len(self.data.datamodule.val_samples))
+        allowance = self.plan.budget.trial_allowance(deadline)
         # a training step is never cheaper than its forward pass: when the guess does not fit, nothing does
         size = budget.size_trial(config.epochs, allowance, forward, *examples, self.correction)
         step = None
         if size is not None and self.steps.affordable(config, forward, allowance):
             step = self.steps.seconds(config)
-            allowance = self.budget.trial_allowance(deadline)  # what is left once the step was timed
+            allowance = self.plan.budget.trial_allowance(deadline)  # what is left once the step was timed
             size = budget.size_trial(config.epochs, allowance, forward, *examples, self.correction, train_seconds=step)
         if size is None:
             raise tuning.NoTimeForTrial(
@@ -281,13 +272,13 @@ class Trainers:
         def train(number: int, params: dict, callbacks: list, logger):
             config = self.template_config(params, number, template)
             shared = {k: v for k, v in params.items() if k in FitConfig.keys()}
-            size, callbacks = self.sized(self.config.fit_config(**shared), callbacks, self.deadline, number)
+            size, callbacks = self.sized(self.data.config.fit_config(**shared), callbacks, self.plan.deadline, number)
             if size is not None:
                 config["epochs"], config["limit_train_batches"] = size.epochs, size.train_fraction
             extra = [*callbacks, fit.QuietLibraries(), EpochLines(f"{Tier.LIGHTNING} trial #{number}")]
             # the data read once for the run, not again by every trial
             result = template.fit(
-                config, extra_callbacks=extra, logger=logger, progress=self.progress, samples=self.datamodule
+                config, extra_callbacks=extra, logger=logger, progress=self.progress, samples=self.data.datamodule
             )
             return tuning.TrialOutcome(result.best_score, result.checkpoint, result.best_epoch)
 
@@ -296,15 +287,9 @@ class Trainers:
     def template_config(self, params: dict, number: int, template=None) -> dict:
         from escalation.train import template_config
 
-        out = self.run_dir / "escalation" / str(number)
-        config = template_config(self.config.to_dict(), params, out, self.target.metric, template)
-        config["strategy"] = self.config.trial_strategy  # Lightning's, as for the Flash tier's trials
-        if self.config.precision:
-            config["precision"] = self.config.precision
+        out = self.data.run_dir / "escalation" / str(number)
+        config = template_config(self.data.config.to_dict(), params, out, self.data.target.metric, template)
+        config["strategy"] = self.data.config.trial_strategy  # Lightning's, as for the Flash tier's trials
+        if self.data.config.precision:
+            config["precision"] = self.data.config.precision
         return config
-
-    def escalation_deadline(self) -> float | None:
-        """The budget's end, less what the run's end takes after the study (``finish_reserve``)."""
-        if self.deadline is None:
-            return None
-        return self.deadline - self.finish_reserve()

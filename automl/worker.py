@@ -6,7 +6,7 @@ from __future__ import annotations
 from automl import stages, trial_record
 from automl.config import RunConfig
 from automl.progress import Report, log_error
-from automl.search import Search
+from automl.search import enqueue_start, open_search
 from automl.stages import NUMBER, STAGES
 from automl.trials import TrialLines
 
@@ -26,30 +26,29 @@ def tune_worker(config: RunConfig, progress: bool = True, report: Report | None 
     total = len(STAGES)
     with own_tracking_uri():
         try:
-            search = Search(config, progress, say, who=WORKER)
-            search.stop.install(say)
+            search = open_search(config, progress, say, who=WORKER)
+            stop, flash, plan = search.studies.stop, search.flash, search.plan
+            stop.install(say)
             try:
-                stages.inspect(search, lambda text: say(f"[1/{total}] inspect: {text}"))
-                search.enqueue_start()
-                lines = TrialLines(say, NUMBER["tune"], total, "tuning", search.target.metric)
-                why = search.flash_tuner.run(
-                    search.flash_train, total_trials=config.trials, deadline=search.deadline, **lines.hooks()
-                )
-                search.tracker.end(search.parent, "FINISHED")
+                stages.inspect(search.data, lambda text: say(f"[1/{total}] inspect: {text}"))
+                enqueue_start(flash, search.data.config, budgeted=plan.budget is not None)
+                lines = TrialLines(say, NUMBER["tune"], total, "tuning", search.data.target.metric)
+                why = flash.run(search.flash_train, total_trials=config.trials, deadline=plan.deadline, **lines.hooks())
+                search.parent.end("FINISHED")
             except BaseException:
-                search.tracker.end(search.parent, "FAILED")
+                search.parent.end("FAILED")
                 raise
             finally:
-                search.stop.uninstall()
+                stop.uninstall()
         except BaseException as error:
             log_error(error)
             raise
         finally:
             detach_run_log()
-    trials = search.flash_tuner.finished_trials()
-    best = search.flash_tuner.best_trial()
+    trials = flash.finished_trials()
+    best = flash.best_trial()
     return {
-        "study": search.name,
+        "study": search.studies.name,
         "stopped": why,
         "finished": len(trials),
         "requested": config.trials,

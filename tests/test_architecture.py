@@ -24,7 +24,7 @@ LAYERS = (
     ),
     ("the search", ("automl.search", "automl.trainers", "automl.trials", "escalation.train", "escalation.eject")),
     ("the study", ("automl.tuning", "automl.shared_study", "automl.space", "automl.callbacks", "automl.ensemble")),
-    ("services", ("automl.tracking", "automl.budget", "escalation.callbacks")),
+    ("services", ("automl.tracking", "automl.budget", "automl.run_data", "escalation.callbacks")),
     ("models", ("automl.flash", "escalation.template")),
     ("data", ("automl.data",)),
     (

@@ -86,3 +86,39 @@ def test_a_measured_training_step_prices_the_epochs_instead_of_three_forward_pas
     )
     assert guessed.epochs == 2 and measured.epochs == 1
     assert measured.seconds == pytest.approx(50 * 0.01 + 100 * 0.05)
+
+
+def plan(seconds: float, escalate: bool, ensemble: bool, forward: float | None = 0.01) -> budget.Plan:
+    """A run's plan of ``seconds`` started now: 100 validation and 50 test examples, 3 backbones, one
+    example's forward pass at ``forward`` seconds (None: no backbone has run over the data yet)."""
+    import time
+    from types import SimpleNamespace
+
+    config = SimpleNamespace(fit_config=lambda: None, ensemble=ensemble)
+    datamodule = SimpleNamespace(val_samples=[None] * 100, test_samples=[None] * 50)
+    data = SimpleNamespace(config=config, datamodule=datamodule)
+    features = SimpleNamespace(forward_seconds=lambda config: forward)
+    given = None if seconds is None else budget.Budget(time.time(), seconds, escalate)
+    return budget.Plan(given, data, features, backbones=3)
+
+
+def test_the_plan_keeps_the_runs_end_out_of_the_trials_time():
+    # judging: 3 x 100 validation + 50 test examples at 10 ms, and FINISH_SECONDS for the model and report
+    alone = plan(600, escalate=False, ensemble=False)
+    assert alone.finish_reserve() == pytest.approx(0.01 * 350 + budget.FINISH_SECONDS)
+    assert alone.tuning_deadline() == pytest.approx(alone.deadline - alone.finish_reserve())
+    assert alone.escalation_deadline() == pytest.approx(alone.tuning_deadline())
+    # a kept ensemble runs every backbone over the test split, and times 68 examples
+    ensembled = plan(600, escalate=False, ensemble=True)
+    assert ensembled.finish_reserve() == pytest.approx(0.01 * (350 + 3 * 50 + 68) + budget.FINISH_SECONDS)
+    # with escalation, tuning stops at its share; the escalation runs to the end less the reserve
+    shared = plan(600, escalate=True, ensemble=False)
+    assert shared.tuning_deadline() == pytest.approx(shared.budget.started + budget.TUNE_SHARE * 600)
+    assert shared.escalation_deadline() == pytest.approx(shared.deadline - shared.finish_reserve())
+    # nothing measured yet: only the fixed part is kept back
+    assert plan(600, escalate=False, ensemble=True, forward=None).finish_reserve() == budget.FINISH_SECONDS
+
+
+def test_without_a_budget_nothing_has_a_deadline():
+    free = plan(None, escalate=True, ensemble=True)
+    assert (free.deadline, free.tuning_deadline(), free.escalation_deadline()) == (None, None, None)

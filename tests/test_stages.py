@@ -1,9 +1,7 @@
-"""Stage functions on their own: a study run by ``stages.run_study`` with a fake training function and
-a stand-in for the run's Search, and what it writes and says."""
+"""Stage functions on their own: a study run by ``stages.run_study`` with a fake training function,
+and what it writes and says."""
 
 from __future__ import annotations
-
-import types
 
 import pandas as pd
 import pytest
@@ -26,11 +24,6 @@ def study(tmp_path) -> tuning.Tuner:
     return tuner
 
 
-def fake_search(tmp_path):
-    """What run_study reads of a Search: the run folder, which study is the Flash tier's, the budget."""
-    return types.SimpleNamespace(run_dir=tmp_path, flash_tuner=None, budget=None, config=types.SimpleNamespace())
-
-
 def train_with(scores: dict[int, float | None]):
     def train(number, params, callbacks):
         if scores.get(number) is None:
@@ -47,7 +40,7 @@ def lines(said: list[str]) -> TrialLines:
 def test_a_study_run_gives_its_best_trial_every_record_and_a_line_that_counts_them(tmp_path):
     tuner, said = study(tmp_path), []
     run = stages.run_study(
-        fake_search(tmp_path), tuner, train_with({0: 0.6, 1: None, 2: 0.8}), 3, lines(said), "tune", None
+        tuner, train_with({0: 0.6, 1: None, 2: 0.8}), 3, lines(said), "tune", None, reasons=tmp_path, budget=None
     )
     result = run.result
     assert (result.best_trial, result.score, result.checkpoint, result.trials) == (2, 0.8, "ckpt-2", 3)
@@ -70,21 +63,50 @@ def test_a_study_run_gives_its_best_trial_every_record_and_a_line_that_counts_th
 
 def test_a_stage_with_nothing_left_to_run_says_where_its_trials_came_from(tmp_path):
     tuner = study(tmp_path)
-    search = fake_search(tmp_path)
-    stages.run_study(search, tuner, train_with({0: 0.6, 1: 0.7}), 2, lines([]), "tune", None)
+    stages.run_study(tuner, train_with({0: 0.6, 1: 0.7}), 2, lines([]), "tune", None, reasons=tmp_path, budget=None)
     again, said = study(tmp_path), []  # the same command run again: the study already holds them
-    run = stages.run_study(search, again, train_with({}), 2, lines(said), "tune", None)
+    run = stages.run_study(again, train_with({}), 2, lines(said), "tune", None, reasons=tmp_path, budget=None)
     assert run.new == 0 and run.result.best_trial == 1
     assert run.note.startswith("no new trial: 2 of 2 trials finished in earlier runs or by other workers")
     assert said == ["[3/7] tuning: " + run.note.split(";")[0]]
 
 
 def test_a_tuning_stage_where_no_trial_scored_is_an_error_that_points_at_the_reasons(tmp_path):
-    with pytest.raises(DataError, match=f"No tuning trial finished with a score; see the reasons in {tmp_path}"):
-        stages.run_study(fake_search(tmp_path), study(tmp_path), train_with({}), 2, lines([]), "tune", None)
+    reasons = tmp_path / "study.csv"
+    with pytest.raises(DataError, match=f"No tuning trial finished with a score; see the reasons in {reasons}"):
+        stages.run_study(study(tmp_path), train_with({}), 2, lines([]), "tune", None, reasons=reasons, budget=None)
 
 
 def test_the_study_file_of_each_tier():
     from automl.run_folder import study_file
 
     assert (study_file(Tier.FLASH), study_file(Tier.LIGHTNING)) == ("study.csv", "study.lightning.csv")
+
+
+def test_a_baseline_with_no_time_left_says_how_much_of_the_budget_went(tmp_path):
+    import time
+    from types import SimpleNamespace
+
+    from automl.budget import Budget
+
+    spent = Budget(time.time() - 500, 600, escalate=True)  # 8m of 10m gone: past tuning's 6m
+    plan = SimpleNamespace(budget=spent, tuning_deadline=lambda: spent.tune_deadline)
+    said = []
+    result = stages.baseline(study(tmp_path), train_with({0: 0.9}), plan, True, lines([]), said.append)
+    assert (result.number, result.state) == (None, "not started")
+    assert said == ["not started: no time left (8m of the 10m budget spent)"]
+
+
+def test_an_escalation_that_did_not_win_keeps_the_flash_verdict_and_says_why():
+    from automl.run_folder import StudyResult, TierVerdict
+
+    verdict = TierVerdict(
+        "val_accuracy>=0.9", "val_accuracy", 0.8, 0.7, 0.9, "missed", 0.1, {}, 3, "flash", "missed by the flash tier"
+    )
+    flash = StudyResult("s", 3, 0.8, {}, "ckpt-3", "trials", 10)
+    beaten = stages.flash_kept(flash, verdict, StudyResult("s-lightning", 0, 0.75, {}, "ckpt-0", "trials", 2))
+    assert beaten.score == 0.8 and beaten.outcome == (
+        "missed after escalation (the Lightning tier did not beat the Flash tier's 0.8000), short by 0.1000"
+    )
+    none = stages.flash_kept(flash, verdict, StudyResult("s-lightning", None, None, {}, None, "budget", 0))
+    assert "no Lightning-tier trial finished (budget; see study.lightning.csv)" in none.outcome

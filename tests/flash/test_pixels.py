@@ -145,19 +145,11 @@ def trainers(seconds: dict[str, float], finished: list[str], tuning_left: float 
         best_trial=lambda: trials[0],
         space=SimpleNamespace(image_sizes=(224, 240, 260)),
     )
-    trainers = Trainers(
-        SimpleNamespace(modality="image", image_size=224),
-        None,
-        SlowPasses(seconds),
-        tuner,
-        None,
-        None,
-        budget=Budget(time.time(), 600),
-        tuning_deadline=lambda: time.time() + tuning_left,
-        finish_reserve=lambda: 0.0,
-        say=lines.append,
-        progress=False,
-    )
+    budget = Budget(time.time(), 600)
+    # the budget's plan: tuning_left seconds of tuning, nothing kept back for the run's end
+    plan = SimpleNamespace(budget=budget, deadline=budget.deadline, tuning_deadline=lambda: time.time() + tuning_left)
+    data = SimpleNamespace(config=SimpleNamespace(modality="image", image_size=224), datamodule=None)
+    trainers = Trainers(data, SlowPasses(seconds), tuner, plan, say=lines.append, progress=False)
     return trainers, lines
 
 
