@@ -270,9 +270,11 @@ class Trainers:
         from automl.progress import EpochLines
 
         def train(number: int, params: dict, callbacks: list, logger):
-            config = self.template_config(params, number, template)
             shared = {k: v for k, v in params.items() if k in FitConfig.keys()}
-            size, callbacks = self.sized(self.data.config.fit_config(**shared), callbacks, self.plan.deadline, number)
+            # sized to the time the study may use (the run's end kept back), as the study loop stops
+            deadline = self.plan.escalation_deadline()
+            size, callbacks = self.sized(self.data.config.fit_config(**shared), callbacks, deadline, number)
+            config = self.template_config(params, number, template)
             if size is not None:
                 config["epochs"], config["limit_train_batches"] = size.epochs, size.train_fraction
             extra = [*callbacks, fit.QuietLibraries(), EpochLines(f"{Tier.LIGHTNING} trial #{number}")]

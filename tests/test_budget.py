@@ -122,3 +122,29 @@ def test_the_plan_keeps_the_runs_end_out_of_the_trials_time():
 def test_without_a_budget_nothing_has_a_deadline():
     free = plan(None, escalate=True, ensemble=True)
     assert (free.deadline, free.tuning_deadline(), free.escalation_deadline()) == (None, None, None)
+
+
+def test_a_lightning_trial_is_sized_to_the_time_the_escalation_may_use_not_the_budgets_end():
+    """Seconds before the escalation's deadline, with the run's end still to come: no trial fits, even
+    though half the time to the budget's end would hold several epochs."""
+    import time
+    from types import SimpleNamespace
+
+    from automl.trainers import Trainers
+
+    given = budget.Budget(time.time() - 540, 600)  # 60 s of 10m left, 55 s of it kept for the run's end
+    plan = SimpleNamespace(budget=given, deadline=given.deadline, escalation_deadline=lambda: given.deadline - 55)
+    # an epoch: 100 training examples at 3 x 50 ms and 50 validation examples at 50 ms, 17.5 s; a tenth
+    # of its training and all of its validation, 4 s, is more than half the 5 s left to the escalation
+    trial = SimpleNamespace(  # a batch too big to time a step on
+        epochs=3, batch_size=10_000, backbone="tf_efficientnet_lite0", task="image_classification", image_size=224
+    )
+    config = SimpleNamespace(fit_config=lambda **params: trial)
+    datamodule = SimpleNamespace(train_samples=[None] * 100, val_samples=[None] * 50)
+    features = SimpleNamespace(forward_seconds=lambda config: 0.05)
+    trainers = Trainers(
+        SimpleNamespace(config=config, datamodule=datamodule), features, None, plan, say=print, progress=False
+    )
+    never = SimpleNamespace(fit=lambda *args, **kwargs: pytest.fail("a trial that does not fit must not train"))
+    with pytest.raises(tuning.NoTimeForTrial, match="fine-tuning tf_efficientnet_lite0 needs more than the 2s"):
+        trainers.lightning(never)(1, {"learning_rate": 1e-3}, [], None)
