@@ -12,9 +12,10 @@ from pathlib import Path
 
 import click
 
-from automl import __version__
-from automl.config import DEFAULT_MAX_PIXELS, PRUNERS, TASKS, FitConfig, RunConfig, check_task, load_yaml
+from automl.config import DEFAULT_MAX_PIXELS, PRUNERS, TASKS, FitConfig, RunConfig, check_task, load_yaml, yaml_text
 from automl.errors import AutoMLError
+from automl.presets import PRESETS
+from automl.version import __version__
 
 #: when this command started: a --time-budget counts from here, Python's imports included
 STARTED = time.time()
@@ -108,6 +109,12 @@ _FIT_OPTIONS = [
 
 # what `automl run` and `automl tune` (a worker of the same study) share besides the fit options
 _STUDY_OPTIONS = [
+    click.option(
+        "--preset",
+        type=click.Choice(PRESETS),
+        help="fast: one backbone's heads, 1m, no escalation; balanced: the defaults; best: a 20m budget for "
+        "fine-tuning and escalation. Options given explicitly win.  [default: balanced]",
+    ),
     click.option(
         "--heartbeat",
         type=click.IntRange(min=1),
@@ -231,6 +238,12 @@ def fit(config_file: Path | None, quiet: bool, no_pretrained: bool, no_header: b
     metavar="NAME",
     help="Register the final model in the MLflow Model Registry as NAME, with the alias 'challenger'.",
 )
+@click.option(
+    "--print-config",
+    "print_config",
+    is_flag=True,
+    help="Print the resolved configuration (preset, options, the search space of each tier) as YAML and exit.",
+)
 def run(
     config_file: Path | None,
     quiet: bool,
@@ -239,6 +252,7 @@ def run(
     no_escalate: bool,
     no_refit: bool,
     no_ensemble: bool,
+    print_config: bool,
     **options,
 ) -> None:
     """Baseline, Optuna tuning, a verdict against --target and, when it is missed, escalation to
@@ -261,6 +275,11 @@ def run(
     if no_ensemble:
         values["ensemble"] = False
     config = RunConfig.from_dict(values)
+    if print_config:
+        from automl.space import resolved_config
+
+        click.echo(yaml_text(resolved_config(config)), nl=False)
+        return
 
     from automl.pipeline import run as run_pipeline
 

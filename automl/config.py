@@ -110,10 +110,16 @@ class FitConfig:
         return {key: getattr(self, key) for key in self.keys()}
 
 
-def dump_yaml(values: dict, path: Path) -> None:
+def yaml_text(values: dict) -> str:
+    """``values`` as YAML, in their order; tuples as lists."""
     import yaml
 
-    path.write_text(yaml.safe_dump(values, sort_keys=False))
+    plain = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+    return yaml.safe_dump(plain, sort_keys=False)
+
+
+def dump_yaml(values: dict, path: Path) -> None:
+    path.write_text(yaml_text(values))
 
 
 def load_yaml(path: Path) -> dict:
@@ -158,6 +164,8 @@ class RunConfig(FitConfig):
     test_data: str | None = None  # labelled data that only judges (any input from_path reads)
     refit: bool = True  # retrain the chosen configuration on train+val before the test verdict
     ensemble: bool = True  # a weighted ensemble of the candidates, kept when validation resolves its gain
+    preset: str = "balanced"  # fast | balanced | best (automl.presets): a bundle of the options above
+    search_space: dict | None = None  # the user's shape of the search (automl.shaping), checked
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -191,6 +199,20 @@ class RunConfig(FitConfig):
                 f"test_split is a share in [0, 1) that leaves training data beside val_split {self.val_split:g}, "
                 f"got {self.test_split:g}."
             )
+        from automl import shaping
+        from automl.presets import preset_values
+
+        preset_values(self.preset, self.modality)  # an unknown preset names the known ones
+        shaping.check(self.search_space, self.modality)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> RunConfig:
+        """``values`` over their preset's (``preset``, default balanced): an explicit option wins."""
+        from automl.presets import DEFAULT_PRESET, preset_values
+
+        preset = values.get("preset") or DEFAULT_PRESET
+        modality = TASKS.get(str(values.get("task", "")))
+        return super().from_dict({**preset_values(preset, modality), **values, "preset": preset})
 
     @property
     def budget_seconds(self) -> float | None:

@@ -147,7 +147,7 @@ def log_model(
 
     Returns what the run folder records: ``model_uri``, and ``registered_model``, ``model_version``,
     ``model_alias`` when registered."""
-    import automl
+    from automl.version import __version__
 
     best_dir = Path(best_dir)
     labels = read_json(best_dir / LABELS_FILE)
@@ -166,7 +166,7 @@ def log_model(
                 artifacts=artifacts,
                 signature=signature(kind, labels),
                 input_example=example,
-                pip_requirements=[f"automl=={automl.__version__}", *_requirements()],
+                pip_requirements=[f"automl=={__version__}", *_requirements()],
             )
         model_uri = f"runs:/{parent_run_id}/{MODEL_PATH}"
         logged = {"model_uri": model_uri, "tracking_uri": tracking_uri}

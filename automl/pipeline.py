@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from automl import evaluate, stages
+from automl import evaluate, space, stages
 from automl.config import RunConfig, dump_yaml
 from automl.progress import Report, log_error
 from automl.run_folder import (
     BEST_DIR,
     CONFIG_FILE,
     JOURNAL_FILE,
+    SEARCH_SPACE_FILE,
     EnsembleResult,
     Journal,
     StudyResult,
@@ -135,10 +136,9 @@ class RunJob:
         )
         self.data, self.progress = search.data, progress
         config, name = self.data.config, search.studies.name
-        dump_yaml(
-            {k: list(v) if isinstance(v, tuple) else v for k, v in config.to_dict().items()},
-            self.data.run_dir / CONFIG_FILE,
-        )
+        dump_yaml(config.to_dict(), self.data.run_dir / CONFIG_FILE)
+        searched = {Tier.FLASH: search.flash.space, Tier.LIGHTNING: space.search_space(config, Tier.LIGHTNING)}
+        dump_yaml({str(t): s.described() for t, s in searched.items()}, self.data.run_dir / SEARCH_SPACE_FILE)
         self.journal = Journal(self.data.run_dir / JOURNAL_FILE)
         self.journal.mlflow_run_id = search.parent.run_id
         self.journal.study = name

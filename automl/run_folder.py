@@ -39,6 +39,8 @@ METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions_val.csv"
 TEST_PREDICTIONS_FILE = "predictions_test.csv"
 SPLITS_FILE = "splits.csv"
+#: the space each tier's study searched: its knobs' ranges and choices (the user's shape applied)
+SEARCH_SPACE_FILE = "search_space.yaml"
 STUDY_FILE = "study.csv"
 REPORT_HTML, REPORT_JSON = "report.html", "report.json"
 BEST_DIR = "best"

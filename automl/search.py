@@ -202,14 +202,15 @@ def enqueue_start(flash: Tuner, config: RunConfig, budgeted: bool) -> dict:
         flash_space, config.learning_rate, config.weight_decay, config.dropout, config.label_smoothing
     )
     defaults = params
-    if budgeted and config.strategy == space.DEFAULT_STRATEGY:
+    heads = flash_space.allows("strategy", "freeze")  # the user's shape may leave no head to try
+    if budgeted and config.strategy == space.DEFAULT_STRATEGY and heads:
         # with a budget the baseline is the default backbone's head on cached features: seconds,
         # and its one pass over the data measures what that backbone costs here
         params = space.as_head(params, config)
     flash.enqueue_baseline(params)
     # then the same cheap head on every other backbone: the best one's linear probe within minutes;
     # and the defaults as they are (fine-tuning), sized to the budget, before the search goes on
-    probes = space.probe_params(config, flash_space, params, penalties=budgeted)
+    probes = space.probe_params(config, flash_space, params, penalties=budgeted) if heads else []
     if defaults is not params:
         probes.append(defaults)
     flash.enqueue_probes(probes[: max(config.trials - 1, 0)])
@@ -218,8 +219,9 @@ def enqueue_start(flash: Tuner, config: RunConfig, budgeted: bool) -> dict:
 
 # --------------------------------------------------------------------------- a study's name and its data
 def study_name(config: RunConfig) -> str:
-    """The task and a fingerprint of the data and of how its test split is chosen: a run with another
-    test split is another study (its trials must never have trained on the new test examples)."""
+    """The task and a fingerprint of the data, of how its test split is chosen and of the user's
+    search space: a run with another test split is another study (its trials must never have trained
+    on the new test examples), and so is a run with another shape of the space."""
     if config.study:
         return config.study
     fingerprint = data_fingerprint(config.data)
@@ -227,6 +229,8 @@ def study_name(config: RunConfig) -> str:
         fingerprint = _hash(fingerprint, "test data", data_fingerprint(config.test_data))
     elif config.test_split != 0.15:
         fingerprint = _hash(fingerprint, "test split", config.test_split)
+    if config.search_space:  # trials outside the user's shape must not be chosen
+        fingerprint = _hash(fingerprint, "search space", sorted(config.search_space.items(), key=str))
     return f"{config.task}-{fingerprint}"
 
 

@@ -14,6 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
+from automl import shaping
 from automl.config import FitConfig, RunConfig
 from automl.trial_record import Tier
 
@@ -39,19 +40,77 @@ class SearchSpace:
     augment: bool = True
     #: more image sizes to offer (each backbone's native one), besides ``image_size`` and a smaller one
     image_sizes: tuple[int, ...] = ()
+    #: the user's ``search_space:`` for this tier (``automl.shaping``): knob -> (FIXED, v) | (RANGE, lo, hi)
+    #: | (CHOICES, values), as pairs so the space stays hashable
+    shape: tuple[tuple[str, tuple], ...] = ()
 
     def suggest(self, trial) -> dict:
         params = self.shared(trial)
-        params["strategy"] = trial.suggest_categorical(
-            "strategy", self._choices(self.strategy, ("freeze", "freeze_unfreeze:1", "no_freeze"))
-        )
+        params["strategy"] = self.pick(trial, "strategy", ("freeze", "freeze_unfreeze:1", "no_freeze"), self.strategy)
         if self.modality == "image":
             if params["strategy"] == "freeze":
                 # a frozen backbone trains its head on cached features of the un-augmented images
                 params["augment"] = False
             else:  # flips and crops help photos and hurt e.g. digits: the study decides
-                params["augment"] = trial.suggest_categorical("augment", [True, False])
+                params["augment"] = self.pick(trial, "augment", (True, False))
         return params
+
+    # ------------------------------------------------------------------ the user's shape
+    def pick_float(self, trial, name: str, low: float, high: float, log: bool = False) -> float:
+        """A float knob: the built-in range, or the user's range or value."""
+        spec = dict(self.shape).get(name)
+        if spec is not None and spec[0] == shaping.FIXED:
+            return trial.suggest_categorical(name, [spec[1]])
+        if spec is not None:
+            low, high = spec[1], spec[2]
+        return trial.suggest_float(name, low, high, log=log)
+
+    def pick_int(self, trial, name: str, low: int, high: int) -> int:
+        spec = dict(self.shape).get(name)
+        if spec is not None and spec[0] == shaping.FIXED:
+            return trial.suggest_categorical(name, [spec[1]])
+        if spec is not None:
+            low, high = int(spec[1]), int(spec[2])
+        return trial.suggest_int(name, low, high)
+
+    def pick(self, trial, name: str, choices, default=None):
+        """A choice knob: the built-in choices (with ``default``), or the user's list or value."""
+        return trial.suggest_categorical(name, self.choices(name, choices, default))
+
+    def choices(self, name: str, choices, default=None) -> list:
+        spec = dict(self.shape).get(name)
+        if spec is None:
+            return self._choices(default, choices) if default is not None else list(choices)
+        return [spec[1]] if spec[0] == shaping.FIXED else list(spec[1])
+
+    def allows(self, name: str, value) -> bool:
+        """Whether the user's shape leaves ``value`` of knob ``name`` to try (a head: strategy freeze)."""
+        spec = dict(self.shape).get(name)
+        if spec is None:
+            return True
+        if spec[0] == shaping.RANGE:
+            return spec[1] <= value <= spec[2]
+        return value in ([spec[1]] if spec[0] == shaping.FIXED else spec[1])
+
+    def within(self, params: dict) -> dict:
+        """``params`` (an enqueued trial: the baseline, a probe, the warm start) moved inside the
+        user's shape: a fixed knob to its value, a range's end, a choice list's first choice."""
+        moved = dict(params)
+        for name, spec in self.shape:
+            if name not in moved or self.allows(name, moved[name]):
+                continue
+            if spec[0] == shaping.RANGE:
+                moved[name] = min(max(moved[name], spec[1]), spec[2])
+            else:
+                moved[name] = spec[1] if spec[0] == shaping.FIXED else spec[1][0]
+        return moved
+
+    def described(self) -> dict:
+        """The space searched, for people (``--print-config``, search_space.yaml, the report): each
+        knob's ``[low, high]`` or list of choices, as ``suggest`` samples them (a fixed knob: its value)."""
+        recorder = _Recorder()
+        self.suggest(recorder)
+        return recorder.knobs
 
     @staticmethod
     def head_only(params: dict) -> bool:
@@ -64,27 +123,47 @@ class SearchSpace:
         """The knobs both tiers have, with the same ranges, so a Flash-tier trial can seed the
         Lightning tier's study."""
         params = {
-            "learning_rate": trial.suggest_float("learning_rate", 1e-4, 3e-2, log=True),
-            "batch_size": trial.suggest_categorical("batch_size", self._choices(self.batch_size, (16, 32, 64))),
-            "backbone": trial.suggest_categorical("backbone", list(self.backbones)),
-            "weight_decay": trial.suggest_float("weight_decay", *WEIGHT_DECAY_RANGE, log=True),
-            "dropout": trial.suggest_float("dropout", 0.0, 0.5),
-            "epochs": trial.suggest_int("epochs", max(1, self.epochs - 2), self.epochs + 2),
-            "label_smoothing": trial.suggest_float("label_smoothing", 0.0, 0.2),
+            "learning_rate": self.pick_float(trial, "learning_rate", 1e-4, 3e-2, log=True),
+            "batch_size": self.pick(trial, "batch_size", (16, 32, 64), self.batch_size),
+            "backbone": self.pick(trial, "backbone", self.backbones),
+            "weight_decay": self.pick_float(trial, "weight_decay", *WEIGHT_DECAY_RANGE, log=True),
+            "dropout": self.pick_float(trial, "dropout", 0.0, 0.5),
+            "epochs": self.pick_int(trial, "epochs", max(1, self.epochs - 2), self.epochs + 2),
+            "label_smoothing": self.pick_float(trial, "label_smoothing", 0.0, 0.2),
         }
         if self.modality == "image":
             # below 64 px an ImageNet backbone's last feature map is 1x1 and learns little
             smaller = max(min(64, self.image_size), int(round(self.image_size * 0.75 / 8)) * 8)
-            sizes = self._choices(self.image_size, (smaller, *self.image_sizes))
-            params["image_size"] = trial.suggest_categorical("image_size", sizes)
+            params["image_size"] = self.pick(trial, "image_size", (smaller, *self.image_sizes), self.image_size)
         else:
             shorter = max(16, self.max_length // 2)
-            params["max_length"] = trial.suggest_categorical("max_length", self._choices(self.max_length, (shorter,)))
+            params["max_length"] = self.pick(trial, "max_length", (shorter,), self.max_length)
         return params
 
     @staticmethod
     def _choices(value, others):
         return sorted({value, *others}, key=str)
+
+
+class _Recorder:
+    """A stand-in Optuna trial that writes down each knob ``suggest`` asks for (the last choice taken,
+    so a Flash trial records the knobs of fine-tuning too)."""
+
+    def __init__(self) -> None:
+        self.knobs: dict = {}
+
+    def suggest_float(self, name: str, low: float, high: float, log: bool = False) -> float:
+        self.knobs[name] = [low, high]
+        return low
+
+    def suggest_int(self, name: str, low: int, high: int) -> int:
+        self.knobs[name] = [low, high]
+        return low
+
+    def suggest_categorical(self, name: str, choices):
+        choices = list(choices)
+        self.knobs[name] = choices[0] if len(choices) == 1 else choices
+        return choices[-1]
 
 
 @dataclass(frozen=True)
@@ -95,18 +174,18 @@ class TemplateSearchSpace(SearchSpace):
 
     def suggest(self, trial) -> dict:
         params = self.shared(trial)
-        params["backbone_lr_ratio"] = trial.suggest_float("backbone_lr_ratio", 0.01, 1.0, log=True)
-        params["warmup_epochs"] = trial.suggest_int("warmup_epochs", 0, 1)
-        params["gradient_clip"] = trial.suggest_categorical("gradient_clip", [0.0, 1.0])
-        params["weight_averaging"] = trial.suggest_categorical("weight_averaging", ["none", "ema", "swa"])
-        params["class_weighted"] = trial.suggest_categorical("class_weighted", [True, False])
+        params["backbone_lr_ratio"] = self.pick_float(trial, "backbone_lr_ratio", 0.01, 1.0, log=True)
+        params["warmup_epochs"] = self.pick_int(trial, "warmup_epochs", 0, 1)
+        params["gradient_clip"] = self.pick(trial, "gradient_clip", (0.0, 1.0))
+        params["weight_averaging"] = self.pick(trial, "weight_averaging", ("none", "ema", "swa"))
+        params["class_weighted"] = self.pick(trial, "class_weighted", (True, False))
         if self.modality == "image":
-            params["augment"] = trial.suggest_categorical("augment", ["none", "trivialaugment", "randaugment"])
-            params["mix"] = trial.suggest_categorical("mix", ["none", "mixup", "cutmix"])
-            params["tta"] = trial.suggest_categorical("tta", [True, False])
+            params["augment"] = self.pick(trial, "augment", ("none", "trivialaugment", "randaugment"))
+            params["mix"] = self.pick(trial, "mix", ("none", "mixup", "cutmix"))
+            params["tta"] = self.pick(trial, "tta", (True, False))
         else:
-            params["pooling"] = trial.suggest_categorical("pooling", ["mean", "cls"])
-            params["layer_decay"] = trial.suggest_float("layer_decay", 0.6, 1.0)
+            params["pooling"] = self.pick(trial, "pooling", ("mean", "cls"))
+            params["layer_decay"] = self.pick_float(trial, "layer_decay", 0.6, 1.0)
         return params
 
 
@@ -179,7 +258,11 @@ def search_space(config: RunConfig, tier: str):
 
     modality = config.modality
     default = bb.DEFAULT_IMAGE_BACKBONE if modality == "image" else bb.DEFAULT_TEXT_BACKBONE
-    if config.backbones:
+    shape = shaping.check(config.search_space, modality).of(str(tier))
+    if "backbone" in shape:  # the user's shape names them
+        spec = shape["backbone"]
+        backbones = (spec[1],) if spec[0] == shaping.FIXED else tuple(spec[1])
+    elif config.backbones:
         backbones = tuple(config.backbones)
     elif config.backbone:
         backbones = (config.backbone,)
@@ -199,9 +282,18 @@ def search_space(config: RunConfig, tier: str):
         config.strategy,
     )
     sizes = tuple(sorted(set(native_sizes(config, backbones).values())))
+    shaped = tuple(shape.items())
     if tier == Tier.FLASH:
-        return SearchSpace(*fields, augment=config.augment, image_sizes=sizes)
-    return TemplateSearchSpace(*fields, image_sizes=sizes)
+        return SearchSpace(*fields, augment=config.augment, image_sizes=sizes, shape=shaped)
+    return TemplateSearchSpace(*fields, image_sizes=sizes, shape=shaped)
+
+
+def resolved_config(config: RunConfig) -> dict:
+    """``config`` as ``automl run --print-config`` shows it: every option (the preset's values with the
+    explicit ones over them), then ``searched``: each tier's knobs with the ranges or choices its study
+    samples (before the data is read: a text run's ``max_length`` may still be fitted to the texts)."""
+    searched = {str(tier): search_space(config, tier).described() for tier in (Tier.FLASH, Tier.LIGHTNING)}
+    return {**config.to_dict(), "searched": searched}
 
 
 DEFAULT_STRATEGY = FitConfig.__dataclass_fields__["strategy"].default
@@ -297,7 +389,7 @@ def cheaper(tuner) -> dict | None:
     """When a fine-tuning trial no longer fits the budget: heads on the cached features of the best
     trial's backbone and input size, their other knobs left to the search."""
     best = tuner.best_trial()
-    if best is None:
+    if best is None or not tuner.space.allows("strategy", "freeze"):
         return None
     fixed = {"strategy": "freeze"}
     for key in ("backbone", "image_size", "max_length"):

@@ -242,17 +242,26 @@ class Tuner:
 
     def enqueue_baseline(self, params: dict, role: Role = Role.BASELINE) -> None:
         """Trial 0 runs ``params`` (once per study, however often the run resumes): the Flash-tier
-        baseline, or the best Flash-tier parameters that warm-start the Lightning tier."""
+        baseline, or the best Flash-tier parameters that warm-start the Lightning tier; moved inside
+        the user's shape of the space (``SearchSpace.within``)."""
+        params = self.space.within(params)
         if not self.study.get_trials(deepcopy=False):
             # skip_if_exists: a worker starting at the same moment may have just enqueued it
             self.study.enqueue_trial(params, user_attrs={ROLE: str(role)}, skip_if_exists=True)
 
     def enqueue_probes(self, probes: list[dict]) -> None:
-        """Cheap trials that run right after the baseline, once per study (:attr:`Role.PROBE`)."""
+        """Cheap trials that run right after the baseline, once per study (:attr:`Role.PROBE`), inside
+        the user's shape of the space (two that it makes the same run once)."""
         trials = self.study.get_trials(deepcopy=False)
         if any(role(t) == Role.PROBE for t in trials) or len(trials) > 1:
             return
-        for index, params in enumerate(probes):
+        seen = [t.params or t.system_attrs.get("fixed_params", {}) for t in trials]
+        inside = []
+        for params in map(self.space.within, probes):
+            if params not in seen:
+                seen.append(params)
+                inside.append(params)
+        for index, params in enumerate(inside):
             attrs = {ROLE: str(Role.PROBE), PROBE_INDEX: index}
             self.study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=True)
 
@@ -352,7 +361,7 @@ class Tuner:
         cheaper = None if self.cheaper is None else self.cheaper()
         if cheaper is None:
             return False
-        self.study.enqueue_trial(cheaper, user_attrs={ROLE: str(Role.TUNING)})
+        self.study.enqueue_trial(self.space.within(cheaper), user_attrs={ROLE: str(Role.TUNING)})
         return True
 
     def _next_number(self) -> int:

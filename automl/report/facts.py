@@ -16,6 +16,7 @@ import pandas as pd
 
 from automl.run_folder import (
     PREDICTIONS_FILE,
+    SEARCH_SPACE_FILE,
     TEST_PREDICTIONS_FILE,
     Journal,
     RunFolder,
@@ -112,13 +113,30 @@ def _target_metric(target: str) -> str:
 
 def reproduce_command(config: dict) -> str:
     """The ``automl run`` command line that reproduces this run (options that differ from defaults)."""
-    from automl.config import RunConfig
+    from automl.config import TASKS, RunConfig
+    from automl.presets import DEFAULT_PRESET, preset_values
 
+    preset = config.get("preset") or DEFAULT_PRESET
     defaults = {f: getattr(RunConfig, f, None) for f in RunConfig.keys()}
+    defaults.update(
+        {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in preset_values(preset, TASKS.get(config.get("task", ""))).items()
+        }
+    )
     parts = ["automl", "run"]
-    flags = {"pretrained": "--no-pretrained", "header": "--no-header", "escalate": "--no-escalate"}
+    flags = {
+        "pretrained": "--no-pretrained",
+        "header": "--no-header",
+        "escalate": "--no-escalate",
+        "refit": "--no-refit",
+        "ensemble": "--no-ensemble",
+    }
     for key, value in config.items():
         if value is None or value == defaults.get(key) or (isinstance(value, list) and not value):
+            continue
+        if key == "search_space":  # YAML only: the run folder's config.yaml holds it
+            parts += ["--config", "config.yaml"]
             continue
         if key in flags:
             if value is False:
@@ -205,7 +223,11 @@ def study_facts(folder: RunFolder, config: dict, journal: Journal) -> dict:
         importances = dict(param_importances(storage, journal.study))
     except Exception as exc:  # the study store may be gone or remote: the report still renders
         importances = {"_unavailable": f"{type(exc).__name__}: {exc}"}
-    return {"trials": studies, "importances": importances}
+    import yaml
+
+    path = folder / SEARCH_SPACE_FILE
+    searched = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}  # older runs have none
+    return {"trials": studies, "importances": importances, "searched": searched}
 
 
 def confusion(frame: pd.DataFrame, labels: list[str]) -> dict:
