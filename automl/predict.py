@@ -441,10 +441,11 @@ def read_inputs(predictor: Predictor, path: str | Path, input_field: str | None 
     return lines, [f"line {i + 1}" for i in range(len(lines))]
 
 
-def write_predictions(rows: list[dict], path: str | Path | TextIO) -> None:
+def predictions_frame(rows: list[dict]):
+    """The rows of ``predict_images`` / ``predict_texts`` as ``automl predict`` writes them."""
     import pandas as pd
 
-    frame = pd.DataFrame(
+    return pd.DataFrame(
         {
             "id": [r["id"] for r in rows],
             "label": [r["label"] for r in rows],
@@ -453,4 +454,7 @@ def write_predictions(rows: list[dict], path: str | Path | TextIO) -> None:
             "error": [r["error"] or "" for r in rows],
         }
     )
-    frame.to_csv(path, index=False)
+
+
+def write_predictions(rows: list[dict], path: str | Path | TextIO) -> None:
+    predictions_frame(rows).to_csv(path, index=False)
