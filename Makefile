@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Nothing here needs the network beyond the package registries.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup demo test test-fast lint browser postgres screenshot bench bench-quick clean
+.PHONY: setup demo test test-fast lint docs browser postgres screenshot bench bench-quick clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,13 +32,17 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+# The user guide and API reference (docs/, mkdocs.yml) into site/; strict: a broken reference or link fails.
+docs: setup
+	$(VENV)/bin/mkdocs build --strict --quiet
+
 browser:
 	@bash scripts/install-browser.sh
 
 postgres:
 	@bash scripts/start-postgres.sh
 
-test: setup lint browser postgres
+test: setup lint docs browser postgres
 	$(PY) -m pytest
 
 # The tests to run in a loop while changing code: all but those marked slow (subprocesses, several
@@ -58,4 +62,4 @@ bench-quick: setup data/digits
 	$(PY) -m bench --quick
 
 clean:
-	rm -rf runs data .pytest_cache
+	rm -rf runs data site .pytest_cache
