@@ -207,12 +207,16 @@ class RunConfig(FitConfig):
 
     @classmethod
     def from_dict(cls, values: dict) -> RunConfig:
-        """``values`` over their preset's (``preset``, default balanced): an explicit option wins."""
+        """``values`` over their preset's (``preset``, default balanced): an explicit option wins, and
+        a ``search_space`` given is laid knob by knob over the preset's."""
         from automl.presets import DEFAULT_PRESET, preset_values
 
         preset = values.get("preset") or DEFAULT_PRESET
         modality = TASKS.get(str(values.get("task", "")))
-        return super().from_dict({**preset_values(preset, modality), **values, "preset": preset})
+        under = preset_values(preset, modality)
+        if isinstance(values.get("search_space"), dict) and under.get("search_space"):
+            values = {**values, "search_space": {**under["search_space"], **values["search_space"]}}
+        return super().from_dict({**under, **values, "preset": preset})
 
     @property
     def budget_seconds(self) -> float | None:

@@ -211,7 +211,7 @@ def enqueue_start(flash: Tuner, config: RunConfig, budgeted: bool) -> dict:
     # then the same cheap head on every other backbone: the best one's linear probe within minutes;
     # and the defaults as they are (fine-tuning), sized to the budget, before the search goes on
     probes = space.probe_params(config, flash_space, params, penalties=budgeted) if heads else []
-    if defaults is not params:
+    if defaults is not params and flash_space.allows("strategy", defaults["strategy"]):
         probes.append(defaults)
     flash.enqueue_probes(probes[: max(config.trials - 1, 0)])
     return params

@@ -103,6 +103,8 @@ class SearchSpace:
                 moved[name] = min(max(moved[name], spec[1]), spec[2])
             else:
                 moved[name] = spec[1] if spec[0] == shaping.FIXED else spec[1][0]
+        if self.tier == Tier.FLASH and moved.get("strategy") == "freeze" and moved.get("augment"):
+            moved["augment"] = False  # as suggest does: a frozen backbone's head trains on cached features
         return moved
 
     def described(self) -> dict:

@@ -86,9 +86,12 @@ def test_a_preset_is_laid_under_the_explicit_options_and_recorded():
     fast = config(preset="fast")
     assert (fast.preset, fast.time_budget, fast.escalate, fast.ensemble) == ("fast", "1m", False, False)
     assert fast.backbones == ("tf_efficientnet_lite0",) and fast.search_space == {"strategy": ["freeze"]}
+    assert fast.image_size == 128 and config(preset="fast", task="text_classification").image_size == 224
     mine = config(preset="fast", trials=5, escalate=True)
     assert (mine.trials, mine.escalate, mine.time_budget) == (5, True, "1m")
     assert config().preset == "balanced" and config().trials == 10
+    shaped = config(preset="fast", search_space={"backbone": "tf_efficientnet_lite1"})  # laid over the preset's
+    assert shaped.search_space == {"strategy": ["freeze"], "backbone": "tf_efficientnet_lite1"}
     assert config().to_dict()["preset"] == "balanced"
     with pytest.raises(ConfigError, match="Unknown preset 'quick'. Presets: fast, balanced, best"):
         config(preset="quick")
