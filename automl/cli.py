@@ -363,8 +363,12 @@ def report(run_dir: Path) -> None:
 
 @cli.command()
 @click.option("--output", default="runs", type=click.Path(path_type=Path), help="Runs folder.  [default: runs]")
-def runs(output: Path) -> None:
-    """A leaderboard of the finished runs under --output, newest first."""
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as one JSON list (whole values, for programs).")
+def runs(output: Path, as_json: bool) -> None:
+    """A leaderboard of the finished runs under --output, newest first. On a terminal a table; piped
+    or redirected, one tab-separated line per run with a header line (no cell is cut)."""
+    import json
+
     from rich.console import Console
     from rich.table import Table
 
@@ -392,12 +396,21 @@ def runs(output: Path) -> None:
                 str(folder.path),
             )
         )
+    columns = ("finished", "task", "data", "target", "val", "test", "verdict", "tier", "seconds", "path")
+    if as_json:
+        click.echo(json.dumps([dict(zip(columns, row, strict=True)) for row in sorted(rows, reverse=True)]))
+        return
     if not rows:
-        click.echo(f"No finished runs under {output}/ (automl run writes them there).")
+        click.echo(f"No finished runs under {output}/ (automl run writes them there).", err=True)
+        return
+    if not sys.stdout.isatty():  # a file or another program: whole values, one line a run
+        click.echo("\t".join(columns))
+        for row in sorted(rows, reverse=True):
+            click.echo("\t".join("" if value is None else str(value) for value in row))
         return
     table = Table(title=f"runs in {output}/", title_justify="left")
-    for column in ("finished", "task", "data", "target", "val", "test", "verdict", "tier", "time", "path"):
-        table.add_column(column, justify="right" if column in ("val", "test", "time") else "left")
+    for column in columns:
+        table.add_column(column, justify="right" if column in ("val", "test", "seconds") else "left")
     for finished, task, data, target, val, test, verdict, tier, seconds, path in sorted(rows, reverse=True):
         table.add_row(
             finished,

@@ -144,7 +144,9 @@ class RunConfig(FitConfig):
     """``automl run``: the Flash-tier options (the baseline) plus tuning, target and tracking."""
 
     target: str | None = None  # e.g. "accuracy>=0.9"; required
-    trials: int = 10  # every finished trial of the study counts, the baseline included
+    # every finished trial of the study counts, the baseline included; with a time budget and no
+    # trials given, BUDGETED_TRIALS: the budget is the limit
+    trials: int = 10
     time_budget: str | None = None  # "90s", "20m", "1h": no new trial starts past it
     storage: str | None = None  # Optuna storage URL; default sqlite:///<output>/optuna.db
     study: str | None = None  # default: task + data fingerprint, so re-running resumes
@@ -216,7 +218,10 @@ class RunConfig(FitConfig):
         under = preset_values(preset, modality)
         if isinstance(values.get("search_space"), dict) and under.get("search_space"):
             values = {**values, "search_space": {**under["search_space"], **values["search_space"]}}
-        return super().from_dict({**under, **values, "preset": preset})
+        resolved = {**under, **values, "preset": preset}
+        if resolved.get("time_budget") and values.get("trials") is None:
+            resolved["trials"] = BUDGETED_TRIALS  # a budget is a budget: it alone bounds the trials
+        return super().from_dict(resolved)
 
     @property
     def budget_seconds(self) -> float | None:
@@ -237,6 +242,8 @@ class RunConfig(FitConfig):
 
 
 TRIAL_STRATEGIES = ("auto", "single_device", "ddp", "ddp_spawn")
+#: trials of a run with a time budget and no --trials: more than any budget holds, so the budget decides
+BUDGETED_TRIALS = 1000
 #: Optuna pruners a study can use (``tuning.make_pruner`` builds them)
 PRUNERS = ("median", "hyperband", "none")
 

@@ -4,14 +4,14 @@ and every resolved value.
 
 ``fast``
     The task's default backbone only, heads on its cached features (a logistic regression on one
-    pass over the data; no fine-tuning), images at 128 px, 20 trials within a 1-minute budget, no
-    escalation, no ensemble: a judged model in about a minute on the demo digits.
+    pass over the data; no fine-tuning), images at 128 px, as many trials as a 1-minute budget
+    holds, no escalation, no ensemble: a judged model in about a minute on the demo digits.
 ``balanced``
     The defaults: every backbone whose weights are here looked at, heads first, fine-tuning sized
     to the time left, escalation when the target is missed, an ensemble when it resolves a gain.
 ``best``
-    The budget is the limit (200 trials, 20-minute budget unless given): fine-tuning and, when the
-    target is missed, the Lightning tier's escalation (50 trials) get the time; 8 epochs a trial.
+    A 20-minute budget unless given, and the budget is the only limit: fine-tuning and, when the
+    target is missed, the Lightning tier's escalation get the time; 8 epochs a trial.
 """
 
 from __future__ import annotations
@@ -32,13 +32,12 @@ def preset_values(name: str, modality: str | None) -> dict:
             "backbones": (default,),
             "search_space": {"strategy": ["freeze"]},
             **({"image_size": 128} if modality == "image" else {}),
-            "trials": 20,
             "time_budget": "1m",
             "escalate": False,
             "ensemble": False,
         },
         DEFAULT_PRESET: {},
-        "best": {"trials": 200, "time_budget": "20m", "escalation_trials": 50, "epochs": 8},
+        "best": {"time_budget": "20m", "epochs": 8},
     }
     if name not in presets:
         raise ConfigError(f"Unknown preset '{name}'. Presets: {', '.join(presets)}.")

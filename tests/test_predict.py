@@ -13,10 +13,30 @@ from automl.cli import cli
 from automl.predict import Predictor
 
 
-def test_runs_lists_the_finished_runs(image_run):
-    result = CliRunner().invoke(cli, ["runs", "--output", str(image_run.parent)], env={"COLUMNS": "250"})
+def test_runs_lists_the_finished_runs_whole_when_piped_and_as_json(image_run):
+    # CliRunner's stdout is not a terminal: tab-separated lines, every value whole
+    result = CliRunner().invoke(cli, ["runs", "--output", str(image_run.parent)], env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
-    assert image_run.name in result.output and "met" in result.output and "image_classification" in result.output
+    header, *lines = result.stdout.splitlines()
+    assert header.split("\t") == [
+        "finished",
+        "task",
+        "data",
+        "target",
+        "val",
+        "test",
+        "verdict",
+        "tier",
+        "seconds",
+        "path",
+    ]
+    mine = next(line for line in lines if line.endswith(str(image_run)))
+    row = dict(zip(header.split("\t"), mine.split("\t"), strict=True))
+    assert (row["task"], row["verdict"], row["path"]) == ("image_classification", "met", str(image_run))
+    assert "…" not in result.stdout and float(row["test"]) > 0
+    listed = json.loads(CliRunner().invoke(cli, ["runs", "--output", str(image_run.parent), "--json"]).stdout)
+    (mine,) = [run for run in listed if run["path"] == str(image_run)]
+    assert mine["verdict"] == "met" and mine["test"] == float(row["test"]) and mine["target"] == row["target"]
 
 
 def test_predict_writes_a_row_for_each_input_and_an_error_row_for_a_corrupt_file(image_run, tmp_path):

@@ -135,3 +135,12 @@ def test_the_shape_of_the_yaml_section_is_checked_too():
     with pytest.raises(ConfigError, match="search_space must map knob names"):
         shaping.check(["backbone"], "image")
     assert not shaping.check(None, "text")
+
+
+def test_a_time_budget_without_trials_is_the_only_limit_and_given_trials_still_cap():
+    from automl.config import BUDGETED_TRIALS
+
+    assert config(time_budget="3m").trials == BUDGETED_TRIALS
+    assert config(time_budget="3m", trials=12).trials == 12
+    assert config().trials == 10  # no budget: the default number of trials
+    assert config(preset="fast").trials == BUDGETED_TRIALS  # its 1m budget decides
