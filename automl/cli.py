@@ -226,6 +226,12 @@ def fit(config_file: Path | None, quiet: bool, no_pretrained: bool, no_header: b
     is_flag=True,
     help="Keep the chosen model alone (no weighted ensemble of the candidates after tuning).",
 )
+@click.option(
+    "--no-calibrate",
+    "no_calibrate",
+    is_flag=True,
+    help="Keep the final model's raw probabilities (no temperature fitted on the selection split).",
+)
 @click.option("--escalation-trials", type=int, help="Trials of the Lightning-tier study.  [default: --trials]")
 @click.option(
     "--template",
@@ -252,6 +258,7 @@ def run(
     no_escalate: bool,
     no_refit: bool,
     no_ensemble: bool,
+    no_calibrate: bool,
     print_config: bool,
     **options,
 ) -> None:
@@ -274,6 +281,8 @@ def run(
         values["refit"] = False
     if no_ensemble:
         values["ensemble"] = False
+    if no_calibrate:
+        values["calibrate"] = False
     config = RunConfig.from_dict(values)
     if print_config:
         from automl.space import resolved_config
@@ -361,17 +370,8 @@ def report(run_dir: Path) -> None:
     click.echo(f"wrote {html} and {data}")
 
 
-@cli.command()
-@click.option("--output", default="runs", type=click.Path(path_type=Path), help="Runs folder.  [default: runs]")
-@click.option("--json", "as_json", is_flag=True, help="Print the runs as one JSON list (whole values, for programs).")
-def runs(output: Path, as_json: bool) -> None:
-    """A leaderboard of the finished runs under --output, newest first. On a terminal a table; piped
-    or redirected, one tab-separated line per run with a header line (no cell is cut)."""
-    import json
-
-    from rich.console import Console
-    from rich.table import Table
-
+def _finished_runs(output: Path) -> list[tuple]:
+    """(finished, task, data, target, val, test, verdict, tier, seconds, path) of each finished run."""
     from automl.run_folder import METRICS_FILE, RunFolder
 
     rows = []
@@ -396,6 +396,21 @@ def runs(output: Path, as_json: bool) -> None:
                 str(folder.path),
             )
         )
+    return rows
+
+
+@cli.command()
+@click.option("--output", default="runs", type=click.Path(path_type=Path), help="Runs folder.  [default: runs]")
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as one JSON list (whole values, for programs).")
+def runs(output: Path, as_json: bool) -> None:
+    """A leaderboard of the finished runs under --output, newest first. On a terminal a table; piped
+    or redirected, one tab-separated line per run with a header line (no cell is cut)."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = _finished_runs(output)
     columns = ("finished", "task", "data", "target", "val", "test", "verdict", "tier", "seconds", "path")
     if as_json:
         click.echo(json.dumps([dict(zip(columns, row, strict=True)) for row in sorted(rows, reverse=True)]))

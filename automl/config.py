@@ -166,6 +166,7 @@ class RunConfig(FitConfig):
     test_data: str | None = None  # labelled data that only judges (any input from_path reads)
     refit: bool = True  # retrain the chosen configuration on train+val before the test verdict
     ensemble: bool = True  # a weighted ensemble of the candidates, kept when validation resolves its gain
+    calibrate: bool = True  # a temperature fitted on the selection split makes the probabilities calibrated
     preset: str = "balanced"  # fast | balanced | best (automl.presets): a bundle of the options above
     search_space: dict | None = None  # the user's shape of the search (automl.shaping), checked
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from automl.calibration import scaled
 from automl.errors import AutoMLError, ConfigError
 from automl.predict import Predictor
 from automl.run_folder import BEST_DIR, EXPORT_FILE, PREDICTIONS_FILE
@@ -38,9 +39,10 @@ class ImageNetwork(nn.Module):
         # LightningModule itself stays out, its Trainer-bound properties break TorchScript tracing
         self.backbone, self.head = predictor.model.backbone, predictor.model.head
         object.__setattr__(self, "logits", predictor.logits_fn)
+        self.temperature = predictor.temperature  # best/calibration.json's: calibrated probabilities
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.logits(images).softmax(dim=-1)
+        return (self.logits(images) / self.temperature).softmax(dim=-1)
 
 
 class TextNetwork(nn.Module):
@@ -52,9 +54,11 @@ class TextNetwork(nn.Module):
         # LightningModule itself stays out, its Trainer-bound properties break TorchScript tracing
         self.backbone, self.head = predictor.model.backbone, predictor.model.head
         object.__setattr__(self, "logits", predictor.logits_fn)
+        self.temperature = predictor.temperature
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.logits({"input_ids": input_ids, "attention_mask": attention_mask}).softmax(dim=-1)
+        logits = self.logits({"input_ids": input_ids, "attention_mask": attention_mask})
+        return (logits / self.temperature).softmax(dim=-1)
 
 
 class EnsembleNetwork(nn.Module):
@@ -75,6 +79,7 @@ class EnsembleNetwork(nn.Module):
         object.__setattr__(self, "features", [member.predictor.model.features for member in members])
         object.__setattr__(self, "logits", [member.predictor.logits_fn for member in members])
         self.text = predictor.kind == "text"
+        self.temperature = predictor.temperature
         # images come in resized and cropped but not normalised: each member normalises as it was trained
         for index, member in enumerate(members):
             p = member.predictor.preprocessing
@@ -100,7 +105,7 @@ class EnsembleNetwork(nn.Module):
             part = weight * logits.softmax(dim=-1)
             total = part if total is None else total + part
         assert total is not None, "an ensemble has members"
-        return total
+        return scaled(total, self.temperature)
 
 
 def one_graph_problem(predictor) -> str | None:
@@ -160,7 +165,7 @@ def export(run_dir: str | Path, fmt: str, trust_checkpoint: bool = False) -> Exp
     if warning:
         warning = (
             f"the final model is an ensemble that cannot be one {fmt} graph ({warning}); exported its best "
-            "single member instead: its probabilities differ from `automl predict`'s"
+            "single member instead: its probabilities (not calibrated) differ from `automl predict`'s"
         )
         predictor = Predictor.load_folder(run_dir / BEST_DIR, trust_checkpoint, members=False)
     members = getattr(predictor, "members", None)

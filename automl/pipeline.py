@@ -339,6 +339,7 @@ class RunJob:
         inputs = stages.FinaliseInputs(search.features, search.flash, template_config, deadline, self.progress)
         config = self.data.config
         key = _key(str(self.data.target), tier, best.best_trial, best.score, config.register, config.refit)
+        key = _key(key, config.calibrate)
         key = _key(key, ensembled.kept, [(m["name"], m["weight"]) for m in ensembled.chosen()])
         final = self.stage(
             "finalise",

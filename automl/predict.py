@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TextIO, cast
 
 import torch
 
+from automl.calibration import read_temperature, scaled
 from automl.config import DEFAULT_MAX_PIXELS
 from automl.errors import DataError
 from automl.run_folder import (
@@ -51,6 +52,8 @@ class Predictor:
     tier: str
     tokenizer: Any = None
     max_pixels: int = DEFAULT_MAX_PIXELS
+    #: best/calibration.json's (automl.calibration): probabilities are softmax(log p / temperature)
+    temperature: float = 1.0
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -120,9 +123,14 @@ class Predictor:
 
                 tokenizer = AutoTokenizer.from_pretrained(model.tokenizer_source)
         model.eval()
-        single = cls(model, logits_fn, labels, preprocessing, tier.tier, tokenizer, max_pixels)
-        if members and (best / ENSEMBLE_FILE).exists():
-            return EnsemblePredictor.around(single, best, trust_checkpoint)
+        ensemble = (best / ENSEMBLE_FILE).exists()
+        # the folder's temperature is its final model's: the ensemble's when it is one, and then its
+        # best single member (as a member, or judged alone with members=False) keeps raw probabilities
+        temperature = read_temperature(best)
+        raw = 1.0 if ensemble else temperature
+        single = cls(model, logits_fn, labels, preprocessing, tier.tier, tokenizer, max_pixels, raw)
+        if members and ensemble:
+            return EnsemblePredictor.around(single, best, trust_checkpoint, temperature)
         return single
 
     @property
@@ -209,7 +217,7 @@ class Predictor:
     # ------------------------------------------------------------------ predicting
     @torch.inference_mode()
     def probabilities(self, inputs) -> torch.Tensor:
-        return self.logits_fn(inputs).float().softmax(dim=-1)
+        return (self.logits_fn(inputs).float() / self.temperature).softmax(dim=-1)
 
     def prepare(self, item):
         """One input (an image source, or a text) made ready for :meth:`batch_probabilities`; raises
@@ -305,7 +313,9 @@ class EnsemblePredictor(Predictor):
     members: list[Member] = field(default_factory=list)
 
     @classmethod
-    def around(cls, single: Predictor, best: Path, trust_checkpoint: bool = False) -> EnsemblePredictor:
+    def around(
+        cls, single: Predictor, best: Path, trust_checkpoint: bool = False, temperature: float = 1.0
+    ) -> EnsemblePredictor:
         from automl.ensemble import TfidfMember
 
         spec = read_json(best / ENSEMBLE_FILE)
@@ -322,7 +332,7 @@ class EnsemblePredictor(Predictor):
             )
             members.append(Member(entry["name"], entry["weight"], predictor, shares=entry.get("shares")))
         fields = {name: getattr(single, name) for name in single.__dataclass_fields__}
-        return cls(**fields, members=members)
+        return cls(**{**fields, "temperature": temperature}, members=members)
 
     def _networks(self) -> list[Predictor]:
         return [member.predictor for member in self.members if member.predictor is not None]
@@ -372,7 +382,7 @@ class EnsemblePredictor(Predictor):
                 probabilities = logits.float().softmax(dim=-1)
             total = member.weight * probabilities if total is None else total + member.weight * probabilities
         assert total is not None, "an ensemble has members"
-        return total
+        return scaled(total, self.temperature)
 
     def probabilities(self, inputs) -> torch.Tensor:
         raise TypeError("an ensemble's members take different inputs: use prepare() and batch_probabilities()")

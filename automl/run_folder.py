@@ -191,6 +191,8 @@ class TierVerdict(_Record):
     split: str = "val"  # the split it was judged on: "test" for the run's verdict when it has one
     test_scores: dict = field(default_factory=dict)  # test_accuracy, ...: every metric on the test split
     notes: list = field(default_factory=list)  # what a reader of the verdict should know
+    # the final model's calibration on the verdict's split (automl.calibration.measured); {}: none
+    calibration: dict = field(default_factory=dict)
 
     @property
     def met(self) -> bool:
@@ -387,6 +389,8 @@ class Summary(_Record):
     # the ensemble stage (EnsembleResult's fields), and when kept the best single member on the test
     # split and the prediction time per example of both
     ensemble: dict = field(default_factory=dict)
+    # the temperature and the ECE before and after it on the verdict's split (automl.calibration)
+    calibration: dict = field(default_factory=dict)
     # the final model in MLflow (flat in the file too)
     model_uri: str | None = None
     tracking_uri: str | None = None

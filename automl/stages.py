@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from automl import metrics as m
 from automl import trial_record
+from automl.calibration import CALIBRATION_FILE
 from automl.config import FitConfig, dump_yaml
 from automl.data.holdout import NONE
 from automl.errors import DataError
@@ -454,6 +455,11 @@ def ensemble(
         "split": split,
         "method": decision.method,
     }
+    if decision.kept:  # its temperature, on the data that chose it (automl.calibration)
+        from automl import calibration
+
+        mixed = sum(weight * probabilities[name] for name, weight in decision.weights.items() if weight)
+        scores["temperature"] = calibration.fit_temperature(mixed, targets)
     weights = ", ".join(f"{name} {weight:.2f}" for name, weight in decision.weights.items())
     outcome = "kept" if decision.kept else "not kept"
     found = f"{len(members)} candidate(s) on {len(targets)} {split}, {decision.method} {weights}"
@@ -629,7 +635,8 @@ def finalise(
     the built-in one)."""
     run_dir = data.run_dir
     best_dir = run_dir / BEST_DIR
-    (best_dir / ENSEMBLE_FILE).unlink(missing_ok=True)  # a resumed run's earlier ensemble
+    (best_dir / ENSEMBLE_FILE).unlink(missing_ok=True)  # a resumed run's earlier ensemble and temperature
+    (best_dir / CALIBRATION_FILE).unlink(missing_ok=True)
     shutil.rmtree(best_dir / MEMBERS_DIR, ignore_errors=True)
     refit_note = save_chosen(data, inputs, tier, best, template, best_dir)
     say(f"refit: {refit_note}")
@@ -642,6 +649,7 @@ def finalise(
     if kept:
         build_ensemble(data, inputs.features, inputs.flash.space, best_dir, tier, kept)
         say(f"the ensemble of {len(kept.chosen())} members is the final model")
+    calibrate(data, best_dir, kept, say)
     final = judge_test(data, tier, best_dir, verdict, refit_note, template)
     say(f"verdict on the {final.split} split: {final.outcome}")
     ensemble_facts = ensembled.to_json() if ensembled is not None else {}
@@ -662,6 +670,36 @@ def finalise(
     for path in sorted(run_dir.glob("*.csv")) + [run_dir / n for n in (*LOGGED_FILES, *report)]:
         tracker.log_artifact(run_id, path)
     return model
+
+
+def calibrate(data: RunData, best_dir: Path, kept: EnsembleResult | None, say: Say) -> None:
+    """best/calibration.json: the final model's temperature (``automl.calibration``), fitted on the
+    split that chose it (a kept ensemble's: fitted in its stage, on its own selection data); none with
+    ``--no-calibrate``."""
+    from automl import calibration
+
+    (best_dir / calibration.CALIBRATION_FILE).unlink(missing_ok=True)
+    if not data.config.calibrate:
+        return
+    if kept is not None:
+        temperature = float(kept.scores.get("temperature", 1.0))
+        fitted_on, examples = str(kept.scores.get("split", "")), int(kept.scores.get("examples", 0))
+    else:
+        frame = read_predictions(data.run_dir / PREDICTIONS_FILE, data.labels)
+        temperature = calibration.fit_temperature(*frame)
+        fitted_on, examples = "the validation split", len(frame[1])
+    calibration.write_temperature(best_dir, temperature, fitted_on, examples)
+    say(f"calibration: temperature {temperature:.3f}, fitted on {examples} examples of {fitted_on}")
+
+
+def read_predictions(path: Path, labels: list[str]):
+    """(probabilities, true class indices) of a predictions CSV that ``write_predictions`` wrote."""
+    import numpy as np
+    import pandas as pd
+
+    frame = pd.read_csv(path, keep_default_na=False)
+    probabilities = frame[[f"p_{label}" for label in labels]].to_numpy(dtype=np.float64)
+    return probabilities, np.array([labels.index(str(value)) for value in frame["true"]])
 
 
 def save_chosen(
@@ -723,6 +761,7 @@ def _summary(data: RunData, tier, best, verdict, final, refit_note, ensemble_fac
         holdout=data.holdout.to_json(),
         refit=refit_note,
         ensemble=ensemble_facts,
+        calibration=final.calibration,
     )
 
 
@@ -919,7 +958,11 @@ def judge_test(
             f"{selection.verdict} by the {tier} tier on the validation split that chose the model (no test split: "
             f"optimistic): {describe(_verdict_of(selection))}"
         )
-        return dataclasses.replace(selection, split="val", outcome=outcome, notes=notes, tier=tier)
+        facts = {}
+        if not (best_dir / ENSEMBLE_FILE).exists():  # the predictions file is the chosen model's, not an ensemble's
+            probabilities, targets = read_predictions(data.run_dir / PREDICTIONS_FILE, data.labels)
+            facts = _calibration(best_dir, probabilities, targets, "val (the split the temperature was fitted on)")
+        return dataclasses.replace(selection, split="val", outcome=outcome, notes=notes, tier=tier, calibration=facts)
     # this run wrote the checkpoint and already ran the user's edited template (--template): both trusted
     predictor = Predictor.load_folder(best_dir, trust_checkpoint=template is not None, template=template)
     samples = datamodule.test_samples
@@ -935,6 +978,7 @@ def judge_test(
     )
     verdict = scored.verdict
     test_scores = {f"test_{name}": value for name, value in scored.scores.items()}
+    facts = _calibration(best_dir, scored.probabilities, scored.targets, "test")
     notes += _test_notes(data, predictor, scored, selection)
     story = _story(tier, selection)
     if (best_dir / ENSEMBLE_FILE).exists():
@@ -950,7 +994,21 @@ def judge_test(
         split="test",
         test_scores=test_scores,
         notes=notes,
+        calibration=facts,
     )
+
+
+def _calibration(best_dir: Path, probabilities, targets, split: str) -> dict:
+    """ECE before and after calibration of the final model's ``probabilities`` on ``split`` (and the
+    reliability diagrams); {} without calibration.json (``--no-calibrate``) or examples."""
+    from automl import calibration
+
+    path = best_dir / calibration.CALIBRATION_FILE
+    if not path.exists() or not len(targets):
+        return {}
+    temperature = calibration.read_temperature(best_dir)
+    with_selection = {"fitted_on": read_json(path).get("fitted_on")}
+    return {**calibration.measured(probabilities, targets, temperature, split), **with_selection}
 
 
 def _test_notes(data: RunData, predictor, scored, selection: TierVerdict) -> list[str]:

@@ -44,6 +44,7 @@ LAYERS = (
             "automl.version",
             "automl.presets",
             "automl.shaping",
+            "automl.calibration",
             "escalation",
         ),
     ),

@@ -170,6 +170,7 @@ def test_a_kept_ensemble_is_the_final_model_and_its_members_are_recorded(ensembl
 
 
 def test_the_ensemble_predicts_the_weighted_mean_of_its_members(ensemble_run):
+    from automl.calibration import scaled
     from automl.predict import Predictor
 
     images = sorted(Path(json.loads((ensemble_run / "report.json").read_text())["run"]["data"]).rglob("*.png"))[:6]
@@ -179,7 +180,9 @@ def test_the_ensemble_predicts_the_weighted_mean_of_its_members(ensemble_run):
         member.weight * member.predictor.probabilities(torch.stack([member.predictor.image_tensor(p) for p in images]))
         for member in predictor.members
     ]
-    torch.testing.assert_close(together, sum(parts), atol=1e-5, rtol=0)
+    # its members' probabilities are raw; the ensemble's mean is calibrated by its own temperature
+    assert all(member.predictor.temperature == 1.0 for member in predictor.members)
+    torch.testing.assert_close(together, scaled(sum(parts), predictor.temperature), atol=1e-5, rtol=0)
     alone = Predictor.load_folder(ensemble_run / "best", members=False)
     assert not hasattr(alone, "members")
 

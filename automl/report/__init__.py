@@ -34,6 +34,8 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     curves = {k: v for k, v in facts["learning_curves"].items() if not k.startswith("_")}
     if curves:
         figures["curves"] = plots.learning_curves(curves, target.metric)
+    if facts["calibration"].get("reliability_after"):
+        figures["reliability"] = plots.reliability(facts["calibration"])
     if "confusion" in facts:
         figures["confusion"] = plots.confusion(facts["confusion"]["labels"], facts["confusion"]["matrix"])
     thumbs = []

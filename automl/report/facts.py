@@ -61,27 +61,11 @@ def collect(run_dir: str | Path) -> dict:
             "seconds": round(journal.total_seconds(), 1),
             "command": reproduce_command(config),
         },
-        "verdict": {
-            "target": summary.target,
-            "verdict": summary.verdict,
-            "outcome": summary.outcome,
-            "tier": summary.tier,
-            "score": summary.score,
-            "ci_low": summary.ci_low,
-            "ci_high": summary.ci_high,
-            "gap": summary.gap,
-            "best_trial": summary.best_trial,
-            "metric": _target_metric(summary.target),
-            "judged_on": summary.judged_on,
-            "examples": summary.examples,
-            "interval": summary.interval,
-            "selection_score": summary.selection_score,
-            "notes": summary.notes or [],
-            "refit": summary.refit,
-        },
+        "verdict": verdict_facts(summary),
         "metrics": summary.scores,
         "test_metrics": summary.test_scores,
         "ensemble": summary.ensemble or {},
+        "calibration": summary.calibration or {},  # the temperature, the ECE before and after it
         "model": summary.model(),
         "data": folder.inspection(),
         "tiers": tiers(journal),
@@ -103,6 +87,28 @@ def collect(run_dir: str | Path) -> dict:
     facts["learning_curves"] = learning_curves(folder, config, journal, summary)
     facts["environment"] = environment()
     return facts
+
+
+def verdict_facts(summary: Summary) -> dict:
+    """The verdict as the report shows it (metrics.json's)."""
+    return {
+        "target": summary.target,
+        "verdict": summary.verdict,
+        "outcome": summary.outcome,
+        "tier": summary.tier,
+        "score": summary.score,
+        "ci_low": summary.ci_low,
+        "ci_high": summary.ci_high,
+        "gap": summary.gap,
+        "best_trial": summary.best_trial,
+        "metric": _target_metric(summary.target),
+        "judged_on": summary.judged_on,
+        "examples": summary.examples,
+        "interval": summary.interval,
+        "selection_score": summary.selection_score,
+        "notes": summary.notes or [],
+        "refit": summary.refit,
+    }
 
 
 def _target_metric(target: str) -> str:
@@ -131,6 +137,7 @@ def reproduce_command(config: dict) -> str:
         "escalate": "--no-escalate",
         "refit": "--no-refit",
         "ensemble": "--no-ensemble",
+        "calibrate": "--no-calibrate",
     }
     for key, value in config.items():
         if value is None or value == defaults.get(key) or (isinstance(value, list) and not value):

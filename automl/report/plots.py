@@ -56,6 +56,35 @@ def history(trials: dict[str, list[dict]], metric: str, maximize: bool, target: 
     return data_uri(figure)
 
 
+def reliability(calibration: dict) -> str:
+    """Reliability diagram: accuracy against confidence per bin, before and after the temperature;
+    the diagonal is a calibrated model, and a marker's area is its bin's share of the examples."""
+    figure, axes = plt.subplots(figsize=(4.6, 4.2))
+    axes.plot([0, 1], [0, 1], color="#868e96", linestyle="--", linewidth=1, label="calibrated")
+    for key, colour, name in (("reliability_before", SECOND, "raw"), ("reliability_after", COLOUR, "calibrated")):
+        rows = calibration.get(key) or []
+        total = sum(row["count"] for row in rows) or 1
+        ece = calibration["ece_before" if key.endswith("before") else "ece_after"]
+        axes.plot([r["confidence"] for r in rows], [r["accuracy"] for r in rows], color=colour, alpha=0.7)
+        axes.scatter(
+            [r["confidence"] for r in rows],
+            [r["accuracy"] for r in rows],
+            s=[20 + 300 * r["count"] / total for r in rows],
+            color=colour,
+            label=f"{name} (ECE {ece:.3f})"
+            if name == "raw"
+            else f"T = {calibration['temperature']:.2f} (ECE {ece:.3f})",
+            zorder=3,
+        )
+    axes.set_xlim(0, 1.02)
+    axes.set_ylim(0, 1.02)
+    axes.set_xlabel("confidence (the top class's probability)")
+    axes.set_ylabel("accuracy")
+    axes.legend(fontsize=8, loc="upper left")
+    axes.spines[["top", "right"]].set_visible(False)
+    return data_uri(figure)
+
+
 def importances(values: dict[str, float]) -> str:
     names = sorted(values, key=lambda name: values[name])
     figure, axes = plt.subplots(figsize=(6.0, 0.35 * len(names) + 1))
