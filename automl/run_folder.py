@@ -136,6 +136,7 @@ class DataReport(_Record):
     encoding: str | None = None
     test_size: int = 0
     holdout: dict = field(default_factory=dict)  # where the test split came from (automl.data.holdout)
+    val_source: str = ""  # where the validation split came from: the user's val/ folder, or carved
 
     def line(self) -> str:
         return (

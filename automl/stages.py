@@ -75,7 +75,18 @@ def inspect(data: RunData, say: Say) -> DataReport:
     found = inspect_data(config, data.datamodule, config.max_bad_share)
     say(found.summary())
     say(holdout.line())
-    result = {**found.as_dict(), "test_size": len(data.datamodule.test_samples), "holdout": holdout.to_json()}
+    carved = getattr(data.datamodule, "val_carved", True)
+    val_source = (
+        f"a seeded ({config.seed}), stratified {config.val_split:.0%} of the data (--val-split)"
+        if carved
+        else "your val/ folder"
+    )
+    result = {
+        **found.as_dict(),
+        "test_size": len(data.datamodule.test_samples),
+        "holdout": holdout.to_json(),
+        "val_source": val_source,
+    }
     write_json(data.run_dir / INSPECTION_FILE, result)
     return DataReport.from_json(result)
 
@@ -579,9 +590,10 @@ def one_per_backbone(members: dict[str, dict], maximize: bool = True) -> list[st
     return [name for _, name in picked.values()]
 
 
-def head_candidates(tuner: Tuner, data: RunData, tier: Tier, best: StudyResult) -> list:
+def head_candidates(tuner: Tuner, data: RunData, tier: Tier, best: StudyResult | None = None) -> list:
     """The best head on cached features (by cross-validated score) of each backbone and input size
-    in ``tuner`` (the Flash tier's study), but the chosen trial's own when the chosen trial is such a head."""
+    in ``tuner`` (the Flash tier's study), but the chosen trial's own when the chosen trial (``best``)
+    is such a head."""
     size = "image_size" if data.config.modality == "image" else "max_length"
 
     def group(params: dict) -> tuple:
@@ -592,7 +604,8 @@ def head_candidates(tuner: Tuner, data: RunData, tier: Tier, best: StudyResult) 
         for t in tuner.study.get_trials(deepcopy=False)
         if t.state.name == "COMPLETE" and t.value is not None and tuner.space.head_only(t.params)
     ]
-    skip = group(best.params) if tier != Tier.LIGHTNING and tuner.space.head_only(best.params) else None
+    chosen_head = best is not None and tier != Tier.LIGHTNING and tuner.space.head_only(best.params)
+    skip = group(best.params) if best is not None and chosen_head else None
     sign = 1.0 if data.target.maximize else -1.0
     chosen: dict[tuple, tuple[float, object]] = {}  # (rank, Optuna's trial) by backbone and size
     for trial in complete:
@@ -657,6 +670,7 @@ def finalise(
         ensemble_facts.update(single_test_score=single.score, single_test_split=single.split)
         ensemble_facts.update(prediction_seconds(data, best_dir, template))
     summary = _summary(data, tier, best, verdict, final, refit_note, ensemble_facts)
+    record_label_doubts(data, inputs, say)
     folder = RunFolder(run_dir)
     folder.write_summary(summary)
     tracker, run_id = parent.tracker, parent.run_id
@@ -670,6 +684,41 @@ def finalise(
     for path in sorted(run_dir.glob("*.csv")) + [run_dir / n for n in (*LOGGED_FILES, *report)]:
         tracker.log_artifact(run_id, path)
     return model
+
+
+def record_label_doubts(data: RunData, inputs: FinaliseInputs, say: Say) -> None:
+    """inspection.json's ``label_doubts``: the training and validation examples whose given label the
+    best head's out-of-fold probabilities disagree with most (``automl.flash.doubts``), on the cached
+    features of the best head's backbone; never removed. Skipped, and said, when no head was tried."""
+    from automl.flash import doubts, fit
+
+    heads = head_candidates(inputs.flash, data, Tier.FLASH)
+    found: dict = {"found": []}
+    if not heads:
+        found["skipped"] = "no head on cached features was tried, so there are no out-of-fold probabilities"
+    else:
+        sign = 1.0 if data.target.maximize else -1.0
+        best = max(heads, key=lambda t: sign * (TrialRecord.of(Tier.FLASH, t).ranking_score or 0.0))
+        config = data.config.fit_config(**best.params)
+        served = fit.data_for(config, data.datamodule)
+        x, y = inputs.features.get(config, served).labelled()
+        samples = data.datamodule.train_samples + data.datamodule.val_samples
+        trained = len(data.datamodule.train_samples)
+        for doubt in doubts.label_doubts(x, y, len(data.labels), config.weight_decay, data.config.seed):
+            found["found"].append(
+                {
+                    "input": str(samples[doubt.index][0]),
+                    "split": "train" if doubt.index < trained else "val",
+                    "given": data.labels[doubt.given],
+                    "suggested": data.labels[doubt.suggested],
+                    "p_given": doubt.p_given,
+                    "p_suggested": doubt.p_suggested,
+                }
+            )
+        found.update(backbone=config.backbone, trial=best.number, examples=len(samples))
+        say(f"label doubts: {len(found['found'])} of {len(samples)} examples (out-of-fold, {config.backbone} head)")
+    path = data.run_dir / INSPECTION_FILE
+    write_json(path, {**read_json(path, {}), "label_doubts": found})
 
 
 def calibrate(data: RunData, best_dir: Path, kept: EnsembleResult | None, say: Say) -> None:

@@ -11,6 +11,10 @@ from automl.report.facts import collect
 __all__ = ["collect", "write_report"]
 
 
+#: the label doubts the report shows (inspection.json lists up to automl.flash.doubts.MAX_DOUBTS)
+SHOWN_DOUBTS = 12
+
+
 def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     """Render the report of ``run_dir``; returns the paths of report.html and report.json."""
     import jinja2
@@ -38,14 +42,18 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
         figures["reliability"] = plots.reliability(facts["calibration"])
     if "confusion" in facts:
         figures["confusion"] = plots.confusion(facts["confusion"]["labels"], facts["confusion"]["matrix"])
-    thumbs = []
+    thumbs, doubt_thumbs = [], []
+    doubts = (facts["data"].get("label_doubts") or {}).get("found", [])[:SHOWN_DOUBTS]
     if facts["run"]["task"] == "image_classification":
         thumbs = [plots.thumbnail(m["id"]) for m in facts.get("mistakes", [])]
+        doubt_thumbs = [plots.thumbnail(d["input"]) for d in doubts]
 
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=True, undefined=jinja2.ChainableUndefined
     )
-    html = environment.get_template("report.html.j2").render(f=facts, p=figures, thumbs=thumbs)
+    html = environment.get_template("report.html.j2").render(
+        f=facts, p=figures, thumbs=thumbs, doubts=doubts, doubt_thumbs=doubt_thumbs
+    )
     html_path, json_path = run_dir / "report.html", run_dir / "report.json"
     for path, text in ((html_path, html), (json_path, json.dumps(facts, indent=2, default=str) + "\n")):
         tmp = path.with_suffix(path.suffix + ".tmp")
