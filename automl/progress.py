@@ -187,6 +187,18 @@ class EpochLines(pl.Callback):
         self._validated, self._since = False, None
 
     def line(self, trainer, done: int) -> str:
+        values = self._metrics(trainer)
+        epoch = self.first + done
+        epochs = trainer.max_epochs
+        total = "" if epochs is None or epochs < 0 else f"/{self.first + epochs}"
+        metrics = " ".join(f"{k}={v:.4g}" for k, v in sorted(values.items(), key=lambda kv: _metric_order(kv[0])))
+        prefix = f"{self.label} " if self.label else ""
+        return f"{prefix}epoch {epoch}{total}: {metrics or 'no metrics'}{self._seconds()}"
+
+    def _seconds(self) -> str:
+        return f" ({time.monotonic() - self._since:.1f}s)" if self._since is not None else ""
+
+    def _metrics(self, trainer) -> dict[str, float]:
         values = {}
         for key, value in trainer.callback_metrics.items():
             if key.endswith("_step") or (key.startswith("val_") and not self._validated):
@@ -195,10 +207,17 @@ class EpochLines(pl.Callback):
                 values[key.removesuffix("_epoch")] = float(value)
             except (TypeError, ValueError):
                 continue
-        epoch = self.first + done
-        epochs = trainer.max_epochs
-        total = "" if epochs is None or epochs < 0 else f"/{self.first + epochs}"
+        return values
+
+
+class SolveLine(EpochLines):
+    """The one line of a head fitted on cached features in one L-BFGS solve, not an epoch of many:
+    ``trial #3 head: one L-BFGS fit, 37 iterations: train_loss=0.21 val_accuracy=0.95 (0.4s)``."""
+
+    def line(self, trainer, done: int) -> str:
+        module = trainer.lightning_module
+        iterations = module.solver_iterations() if hasattr(module, "solver_iterations") else None
+        values = self._metrics(trainer)
         metrics = " ".join(f"{k}={v:.4g}" for k, v in sorted(values.items(), key=lambda kv: _metric_order(kv[0])))
-        seconds = f" ({time.monotonic() - self._since:.1f}s)" if self._since is not None else ""
-        prefix = f"{self.label} " if self.label else ""
-        return f"{prefix}epoch {epoch}{total}: {metrics or 'no metrics'}{seconds}"
+        solve = "one L-BFGS fit" + (f", {iterations} iterations" if iterations is not None else "")
+        return f"{self.label} head: {solve}: {metrics or 'no metrics'}{self._seconds()}"

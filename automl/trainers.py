@@ -82,13 +82,13 @@ class Trainers:
     def flash(self, number: int, params: dict, callbacks: list, logger):
         from automl import tuning
         from automl.flash import fit
-        from automl.progress import EpochLines
+        from automl.progress import EpochLines, SolveLine
 
         config = self.data.config.fit_config(**params)
         served = fit.data_for(config, self.data.datamodule)
         out = self.data.run_dir / "trials" / str(number)
         if self.flash_tuner.space.head_only(params):
-            callbacks = [*callbacks, EpochLines(f"trial #{number}")]
+            callbacks = [*callbacks, SolveLine(f"trial #{number}")]
             self._check_time_for_features(config, served)
             features = self.features.get(config, served)
             if self.plan.deadline is not None:

@@ -16,8 +16,11 @@ from helpers import TINY_IMAGE_BACKBONE, tiny_run_config
 
 from automl import pipeline, trainers
 from automl.progress import RUN_LOG
+from automl.space import SearchSpace
 
 EPOCH_LINE = re.compile(r"^trial #(\d+) epoch (\d+)/(\d+): (.*) \(\d+\.\d+s\)$")
+#: a head on cached features is one L-BFGS solve: one line, not epochs that repeat its numbers
+SOLVE_LINE = re.compile(r"^trial #(\d+) head: one L-BFGS fit, \d+ iterations: (.*) \(\d+\.\d+s\)$")
 TRIAL_LINE = re.compile(r"^\[[23]/7\] (baseline|tuning): trial #(\d+) complete in \d+s: val_accuracy=[\d.]+; .*$")
 
 
@@ -54,13 +57,18 @@ def test_with_stderr_in_a_file_each_epoch_and_trial_is_one_plain_line_also_in_ru
 
     trials = optuna.load_study(study_name="plain", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3
-    epochs = {}
+    epochs, solves = {}, {}
     for line in lines:
         if found := EPOCH_LINE.match(line):
             number, epoch, total, metrics = found.groups()
             assert re.search(r"\bval_accuracy=[\d.]+\b", metrics) and re.search(r"\btrain_loss=[\d.]+", metrics)
             epochs.setdefault(int(number), []).append((int(epoch), int(total)))
+        elif found := SOLVE_LINE.match(line):
+            solves[int(found.group(1))] = solves.get(int(found.group(1)), 0) + 1
     for trial in trials:  # each trial's epochs, one line each, counted up to the trial's own number
+        if SearchSpace.head_only(trial.params):
+            assert solves.get(trial.number) == 1 and trial.number not in epochs, (solves, epochs)
+            continue
         last = trial.params["epochs"]
         assert epochs[trial.number][-1] == (last, last), epochs
         assert [e for e, _ in epochs[trial.number]] == list(range(last - len(epochs[trial.number]) + 1, last + 1))

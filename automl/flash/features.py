@@ -257,9 +257,11 @@ class HeadClassifier(ClassificationTask):
     ``C`` is ``1 / (weight_decay * n)``). On a 2-core CPU this converges in under a second where
     mini-batch Adam needed seconds and stopped short of it (measured on digits, ``bench``).
 
-    Each epoch is one L-BFGS step of up to :data:`PROBE_ITERATIONS` ``// epochs`` iterations, so
-    callbacks (pruning, deadline, MLflow) see a validation per epoch. :meth:`classifier_head` folds
-    the standardisation into the linear layer, for the head of an ordinary classifier."""
+    It is one fit: a single L-BFGS solve of up to :data:`PROBE_ITERATIONS` iterations in one Lightning
+    epoch, the same solve ``automl.flash.heads.fit_linear`` makes for cross-validation, the ensemble
+    and the refit (``epochs`` is not used: more epochs would only repeat a converged solution).
+    :meth:`classifier_head` folds the standardisation into the linear layer, for the head of an
+    ordinary classifier."""
 
     mean: torch.Tensor  # buffers: the training features' mean and spread
     std: torch.Tensor
@@ -273,7 +275,16 @@ class HeadClassifier(ClassificationTask):
         self.register_buffer("mean", features.train.mean(dim=0))
         self.register_buffer("std", features.train.std(dim=0).clamp(min=1e-6))
         self.penalty = float(weight_decay)
-        self.iterations = max(PROBE_ITERATIONS // max(int(epochs), 1), 10)
+        self.iterations = PROBE_ITERATIONS
+
+    def solver_iterations(self) -> int | None:
+        """L-BFGS iterations the solve took (after it ran), from the optimiser's state."""
+        trainer = self._trainer
+        if trainer is None or not trainer.optimizers:
+            return None
+        state = trainer.optimizers[0].state
+        counts = [int(s["n_iter"]) for s in state.values() if isinstance(s, dict) and "n_iter" in s]
+        return counts[0] if counts else None
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.head((features - self.mean) / self.std)

@@ -249,7 +249,7 @@ def _fit_head(head, features, datamodule, config: FitConfig, best, callbacks, lo
         head,
         FeatureData(features, datamodule.labels),
         strategy="no_freeze",
-        max_epochs=config.epochs,
+        max_epochs=1,  # one L-BFGS solve (HeadClassifier): more epochs repeat a converged solution
         # a linear layer on features already in memory: no GPU memory to run out of, no copies
         accelerator="cpu",
         devices=1,

@@ -275,7 +275,14 @@ def mistakes(frame: pd.DataFrame) -> list[dict]:
 
 
 def learning_curves(folder: RunFolder, config: dict, journal: Journal, summary: Summary) -> dict:
-    """Per-step metrics of the final model's training run, from MLflow."""
+    """Per-step metrics of the final model's training run, from MLflow; a head on cached features
+    is one L-BFGS solve, which has no curve to show."""
+    from automl.space import SearchSpace
+
+    if summary.tier != Tier.LIGHTNING and SearchSpace.head_only(summary.best_params or {}):
+        return {
+            "_unavailable": "the final model is a head fitted on cached features in one L-BFGS solve, not over epochs"
+        }
     try:
         from automl.tracking import default_tracking_uri, trial_history
 
