@@ -54,3 +54,42 @@ def test_the_report_renders_in_headless_chromium(image_run, tmp_path):
     assert page.images > 5 and page.broken_images == []
     assert "Target MET" in page.text
     assert shot.stat().st_size > 20_000
+
+
+@pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER) and not os.environ.get("CI"),
+    reason="needs Debian's chromium and chromium-driver (make test installs them; run `make browser` as root)",
+)
+@pytest.mark.slow
+def test_at_1300px_cards_hold_long_file_names_and_tables_keep_their_height(image_run, tmp_path):
+    """A report whose mistakes and label doubts are photos with camera-roll file names, opened at
+    1300 px: no card or cell spills its text, and the per-class table beside the confusion matrix is
+    as tall as its rows, not stretched to the figure's height."""
+    import pandas as pd
+
+    from automl.report import write_report
+    from automl.report.browser import screenshot
+
+    run = tmp_path / image_run.name
+    shutil.copytree(image_run, run)
+    frame = pd.read_csv(run / "predictions_test.csv", keep_default_na=False)
+    labels = sorted(set(frame["true"]))
+    photos = tmp_path / "photos from a phone backup folder"
+    photos.mkdir()
+    doubts = []
+    for row in range(min(4, len(frame))):  # the most confident mistakes, each a photo with a long name
+        long = photos / f"IMG_20261207_101530_{row}_{'BURST' * 12}_COVER_HDR_portrait.png"
+        shutil.copy(frame.loc[row, "id"], long)
+        wrong = next(label for label in labels if label != frame.loc[row, "true"])
+        frame.loc[row, ["id", "predicted", "confidence"]] = [str(long), wrong, 0.97 - row / 100]
+        doubts.append({"input": str(long), "split": "train", "given": frame.loc[row, "true"], "suggested": wrong,
+                       "p_given": 0.03, "p_suggested": 0.95})  # fmt: skip
+    frame.to_csv(run / "predictions_test.csv", index=False)
+    inspection = json.loads((run / "inspection.json").read_text())
+    inspection["label_doubts"] = {"found": doubts, "backbone": "test_resnet", "examples": 40, "trial": 0}
+    (run / "inspection.json").write_text(json.dumps(inspection))
+    write_report(run)
+
+    page = screenshot(run / "report.html", tmp_path / "report.png", width=1300)
+    assert "Most confident mistakes" in page.text and "BURSTBURST" in page.text  # the cards are there
+    assert page.overflowing == [] and page.stretched == []

@@ -30,6 +30,8 @@ class Page:
     images: int
     broken_images: list[str]
     console_errors: list[str]
+    overflowing: list[str]  # cards and table cells whose content is wider than they are (cut or spilling)
+    stretched: list[str]  # tables drawn taller than their rows (stretched beside a figure)
 
 
 def screenshot(html: str | Path, png: str | Path, width: int = 1200) -> Page:
@@ -55,6 +57,16 @@ def screenshot(html: str | Path, png: str | Path, width: int = 1200) -> Page:
                 "return Array.from(document.images)"
                 ".map(i => [i.alt || i.src.slice(0, 40), i.complete && i.naturalWidth > 0])"
             )
+            overflowing = driver.execute_script(
+                "return Array.from(document.querySelectorAll('.card, td, th'))"
+                ".filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent.trim().slice(0, 60))"
+            )
+            stretched = driver.execute_script(
+                "return Array.from(document.querySelectorAll('table')).filter(t => {"
+                " const rows = Array.from(t.rows).reduce((s, r) => s + r.getBoundingClientRect().height, 0);"
+                " return t.getBoundingClientRect().height > rows + 4; })"
+                ".map(t => t.rows[0].textContent.trim().slice(0, 60))"
+            )
             height = driver.execute_script("return document.documentElement.scrollHeight")
             driver.set_window_size(width, min(int(height) + 100, 16000))
             driver.save_screenshot(str(png))
@@ -62,7 +74,7 @@ def screenshot(html: str | Path, png: str | Path, width: int = 1200) -> Page:
             text = driver.find_element("tag name", "body").text
         finally:
             driver.quit()
-    return Page(text, len(images), [name for name, ok in images if not ok], errors)
+    return Page(text, len(images), [name for name, ok in images if not ok], errors, overflowing, stretched)
 
 
 def main() -> None:
