@@ -43,6 +43,13 @@ MIN_TRAIN_FRACTION = 0.1
 #: seconds the end of a run takes besides its passes over the data (the MLflow model, the report),
 #: planned inside the budget: 6-8 s measured here
 FINISH_SECONDS = 10.0
+#: the report's explanations (automl.explain) may take this share of the budget, at most EXPLAIN_SECONDS
+EXPLAIN_SHARE, EXPLAIN_SECONDS = 0.05, 30.0
+
+
+def explain_seconds(budget_seconds: float | None) -> float:
+    """Seconds the report's explanations may take: :data:`EXPLAIN_SECONDS`, less in a small budget."""
+    return EXPLAIN_SECONDS if budget_seconds is None else min(EXPLAIN_SECONDS, EXPLAIN_SHARE * budget_seconds)
 
 
 @dataclass(frozen=True)
@@ -138,7 +145,7 @@ class Plan:
             # a kept ensemble: its best single member judged alone too, the other backbones over the test
             # split, and 2 x 34 examples timed (its heads and a TF-IDF model fit in seconds)
             examples += test * self.backbones + 68
-        return forward * examples + FINISH_SECONDS
+        return forward * examples + FINISH_SECONDS + explain_seconds(self.budget.seconds if self.budget else None)
 
     def tuning_deadline(self) -> float | None:
         """When the Flash tier's trials must end: its share of the budget (it leaves the Lightning tier

@@ -474,6 +474,13 @@ def _pixels(megapixels: float) -> int:
 @click.option("--top-k", type=int, default=3, show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--input-field", help="The text column of a CSV/JSONL.")
+@click.option(
+    "--explain",
+    "explain_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also write why each prediction was made into this folder: a Grad-CAM overlay per image, or each "
+    "text's token scores, listed in explanations.json.",
+)
 @_max_megapixels
 @_trust_checkpoint
 def predict(
@@ -483,6 +490,7 @@ def predict(
     top_k: int,
     batch_size: int,
     input_field: str | None,
+    explain_dir: Path | None,
     max_megapixels: float,
     trust_checkpoint: bool,
 ) -> None:
@@ -508,6 +516,15 @@ def predict(
         )
     elif errors:
         click.echo(f"{errors} inputs could not be read; see their error column", err=True)
+    if explain_dir is not None:
+        import json
+
+        from automl.explain import explained_rows
+
+        explained = explained_rows(predictor, inputs, [None] * len(inputs), explain_dir, float("inf"))
+        (explain_dir / "explanations.json").write_text(json.dumps({"rows": explained}, indent=2) + "\n")
+        done = sum(1 for row in explained if "file" in row or "tokens" in row)
+        click.echo(f"wrote {done} explanations to {explain_dir}", err=True)
 
 
 @cli.command()

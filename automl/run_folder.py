@@ -41,6 +41,8 @@ TEST_PREDICTIONS_FILE = "predictions_test.csv"
 SPLITS_FILE = "splits.csv"
 #: the space each tier's study searched: its knobs' ranges and choices (the user's shape applied)
 SEARCH_SPACE_FILE = "search_space.yaml"
+#: explanations/explanations.json (and overlay PNGs beside it): why the final model answered as it did
+EXPLANATIONS_DIR, EXPLANATIONS_FILE = "explanations", "explanations.json"
 STUDY_FILE = "study.csv"
 REPORT_HTML, REPORT_JSON = "report.html", "report.json"
 BEST_DIR = "best"

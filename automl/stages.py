@@ -25,6 +25,8 @@ from automl.run_folder import (
     BEST_DIR,
     CHECKPOINT_FILE,
     ENSEMBLE_FILE,
+    EXPLANATIONS_DIR,
+    EXPLANATIONS_FILE,
     INSPECTION_FILE,
     LABELS_FILE,
     LOGGED_FILES,
@@ -671,6 +673,7 @@ def finalise(
         ensemble_facts.update(prediction_seconds(data, best_dir, template))
     summary = _summary(data, tier, best, verdict, final, refit_note, ensemble_facts)
     record_label_doubts(data, inputs, say)
+    explain_for_report(data, best_dir, template, say)
     folder = RunFolder(run_dir)
     folder.write_summary(summary)
     tracker, run_id = parent.tracker, parent.run_id
@@ -684,6 +687,45 @@ def finalise(
     for path in sorted(run_dir.glob("*.csv")) + [run_dir / n for n in (*LOGGED_FILES, *report)]:
         tracker.log_artifact(run_id, path)
     return model
+
+
+def explain_for_report(data: RunData, best_dir: Path, template: str | None, say: Say) -> None:
+    """explanations/explanations.json (and, for images, an overlay per example): why the final model
+    answered as it did (``automl.explain``) for the most confident mistakes on the verdict's split and
+    the two most confident right answers of each class; time-boxed (``budget.explain_seconds``)."""
+    import pandas as pd
+
+    from automl import explain
+    from automl.budget import explain_seconds
+    from automl.predict import Predictor
+    from automl.report.facts import MISTAKES
+
+    folder = data.run_dir / EXPLANATIONS_DIR
+    shutil.rmtree(folder, ignore_errors=True)
+    judged = data.run_dir / TEST_PREDICTIONS_FILE
+    frame = pd.read_csv(judged if judged.exists() else data.run_dir / PREDICTIONS_FILE, keep_default_na=False)
+    frame = frame.sort_values("confidence", ascending=False)
+    wrong = frame[frame["true"].astype(str) != frame["predicted"].astype(str)].head(MISTAKES)
+    right = frame[frame["true"].astype(str) == frame["predicted"].astype(str)].groupby("true").head(2)
+    chosen = pd.concat([wrong.assign(kind="mistake"), right.assign(kind="right")])
+    column = "text" if "text" in chosen.columns else "id"
+    started = time.time()
+    try:
+        predictor = Predictor.load_folder(best_dir, template is not None, template=template)
+        until = started + explain_seconds(data.config.budget_seconds)
+        inputs = [str(value) for value in chosen[column]]
+        rows = explain.explained_rows(predictor, inputs, [None] * len(inputs), folder, until)
+    except Exception as error:  # explanations that fail cost the explanations, never the run
+        say(f"explanations: not made ({type(error).__name__}: {error})")
+        write_json(folder / EXPLANATIONS_FILE, {"unavailable": f"{type(error).__name__}: {error}", "rows": []})
+        return
+    for row, (_, example) in zip(rows, chosen.iterrows(), strict=True):
+        row.update(kind=example["kind"], true=str(example["true"]), predicted=str(example["predicted"]))
+        row["confidence"] = float(example["confidence"])
+    done = sum(1 for row in rows if "file" in row or "tokens" in row)
+    seconds = time.time() - started
+    write_json(folder / EXPLANATIONS_FILE, {"rows": rows, "seconds": seconds, "explained": done})
+    say(f"explanations: {done} of {len(rows)} examples in {seconds:.0f}s")
 
 
 def record_label_doubts(data: RunData, inputs: FinaliseInputs, say: Say) -> None:

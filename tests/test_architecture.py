@@ -21,7 +21,15 @@ LAYERS = (
     ("stages", ("automl.stages",)),
     (
         "what a run gives",
-        ("automl.predict", "automl.export", "automl.serve", "automl.mlflow_model", "automl.evaluate", "automl.report"),
+        (
+            "automl.predict",
+            "automl.export",
+            "automl.serve",
+            "automl.mlflow_model",
+            "automl.evaluate",
+            "automl.report",
+            "automl.explain",
+        ),
     ),
     ("the search", ("automl.search", "automl.trainers", "automl.trials", "escalation.train", "escalation.eject")),
     ("the study", ("automl.tuning", "automl.shared_study", "automl.space", "automl.callbacks", "automl.ensemble")),

@@ -105,18 +105,20 @@ def plan(seconds: float, escalate: bool, ensemble: bool, forward: float | None =
 def test_the_plan_keeps_the_runs_end_out_of_the_trials_time():
     # judging: 3 x 100 validation + 50 test examples at 10 ms, and FINISH_SECONDS for the model and report
     alone = plan(600, escalate=False, ensemble=False)
-    assert alone.finish_reserve() == pytest.approx(0.01 * 350 + budget.FINISH_SECONDS)
+    extra = budget.FINISH_SECONDS + budget.explain_seconds(600)  # the MLflow model, the report, its explanations
+    assert alone.finish_reserve() == pytest.approx(0.01 * 350 + extra)
     assert alone.tuning_deadline() == pytest.approx(alone.deadline - alone.finish_reserve())
     assert alone.escalation_deadline() == pytest.approx(alone.tuning_deadline())
     # a kept ensemble runs every backbone over the test split, and times 68 examples
     ensembled = plan(600, escalate=False, ensemble=True)
-    assert ensembled.finish_reserve() == pytest.approx(0.01 * (350 + 3 * 50 + 68) + budget.FINISH_SECONDS)
+    assert ensembled.finish_reserve() == pytest.approx(0.01 * (350 + 3 * 50 + 68) + extra)
     # with escalation, tuning stops at its share; the escalation runs to the end less the reserve
     shared = plan(600, escalate=True, ensemble=False)
     assert shared.tuning_deadline() == pytest.approx(shared.budget.started + budget.TUNE_SHARE * 600)
     assert shared.escalation_deadline() == pytest.approx(shared.deadline - shared.finish_reserve())
     # nothing measured yet: only the fixed part is kept back
-    assert plan(600, escalate=False, ensemble=True, forward=None).finish_reserve() == budget.FINISH_SECONDS
+    assert plan(600, escalate=False, ensemble=True, forward=None).finish_reserve() == extra
+    assert budget.explain_seconds(60) == 3.0 and budget.explain_seconds(None) == budget.EXPLAIN_SECONDS
 
 
 def test_without_a_budget_nothing_has_a_deadline():

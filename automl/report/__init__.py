@@ -42,17 +42,28 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
         figures["reliability"] = plots.reliability(facts["calibration"])
     if "confusion" in facts:
         figures["confusion"] = plots.confusion(facts["confusion"]["labels"], facts["confusion"]["matrix"])
-    thumbs, doubt_thumbs = [], []
+    thumbs, doubt_thumbs, looked = [], [], []
     doubts = (facts["data"].get("label_doubts") or {}).get("found", [])[:SHOWN_DOUBTS]
+    explained = {row["input"]: row for row in facts["explanations"].get("rows", [])}
     if facts["run"]["task"] == "image_classification":
-        thumbs = [plots.thumbnail(m["id"]) for m in facts.get("mistakes", [])]
+        # a mistake's card shows where the model looked (its Grad-CAM overlay) when it was explained
+        thumbs = [plots.thumbnail(explained.get(m["id"], {}).get("file") or m["id"]) for m in facts.get("mistakes", [])]
         doubt_thumbs = [plots.thumbnail(d["input"]) for d in doubts]
+        looked = [
+            {**row, "image": plots.thumbnail(row["file"], size=128)}
+            for row in explained.values()
+            if row.get("kind") == "right" and row.get("file")
+        ]
+    for mistake in facts.get("mistakes", []):
+        row = explained.get(mistake.get("text") or mistake["id"], {})
+        mistake["explained"] = bool(row.get("file") or row.get("tokens"))
+        mistake["tokens"] = row.get("tokens")
 
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=True, undefined=jinja2.ChainableUndefined
     )
     html = environment.get_template("report.html.j2").render(
-        f=facts, p=figures, thumbs=thumbs, doubts=doubts, doubt_thumbs=doubt_thumbs
+        f=facts, p=figures, thumbs=thumbs, doubts=doubts, doubt_thumbs=doubt_thumbs, looked=looked
     )
     html_path, json_path = run_dir / "report.html", run_dir / "report.json"
     for path, text in ((html_path, html), (json_path, json.dumps(facts, indent=2, default=str) + "\n")):

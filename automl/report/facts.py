@@ -15,12 +15,15 @@ import numpy as np
 import pandas as pd
 
 from automl.run_folder import (
+    EXPLANATIONS_DIR,
+    EXPLANATIONS_FILE,
     PREDICTIONS_FILE,
     SEARCH_SPACE_FILE,
     TEST_PREDICTIONS_FILE,
     Journal,
     RunFolder,
     Summary,
+    read_json,
     study_file,
 )
 from automl.trial_record import Tier
@@ -84,6 +87,7 @@ def collect(run_dir: str | Path) -> dict:
         facts["confusion"] = confusion(frame, labels)
         facts["per_class"] = per_class(facts["confusion"]["matrix"], labels)
         facts["mistakes"] = mistakes(frame)
+    facts["explanations"] = read_json(folder / EXPLANATIONS_DIR / EXPLANATIONS_FILE, {})
     facts["learning_curves"] = learning_curves(folder, config, journal, summary)
     facts["environment"] = environment()
     return facts
