@@ -39,9 +39,11 @@ def scaled(probabilities, temperature: float):
     return (probabilities.clamp_min(_TINY).log() / temperature).softmax(dim=-1)
 
 
-def fit_temperature(probabilities: np.ndarray, targets: np.ndarray) -> float:
+def fit_temperature(probabilities: np.ndarray, targets: np.ndarray, at_least: float | None = None) -> float:
     """The temperature that minimises the negative log-likelihood of ``targets`` (class indices)
-    under ``scaled(probabilities, T)``; 1.0 when there is nothing to fit on."""
+    under ``scaled(probabilities, T)``; 1.0 when there is nothing to fit on. ``at_least``: its floor
+    (1.0 on the split that chose the model: that split flatters the chosen model, whose confidence
+    then looks too low there, so a temperature fitted on it may sharpen what it must not)."""
     from scipy.optimize import minimize_scalar
 
     probabilities = np.asarray(probabilities, dtype=np.float64)
@@ -57,7 +59,8 @@ def fit_temperature(probabilities: np.ndarray, targets: np.ndarray) -> float:
         return float(np.mean(log_norm - logits[np.arange(len(targets)), targets]))
 
     found = minimize_scalar(loss, bounds=tuple(np.log(BOUNDS)), method="bounded", options={"xatol": 1e-4})
-    return float(np.exp(found.x))
+    fitted = float(np.exp(found.x))
+    return fitted if at_least is None else max(fitted, at_least)
 
 
 def reliability(probabilities: np.ndarray, targets: np.ndarray, bins: int = BINS) -> list[dict]:

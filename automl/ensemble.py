@@ -156,6 +156,15 @@ def decide(
     )
 
 
+def paired_gain(targets, challenger, incumbent, metric: str, maximize: bool, seed: int = 0) -> tuple[float, float]:
+    """(the challenger's gain over the incumbent on these predictions, in the better direction; the
+    RESOLVE_Z bootstrap standard errors of that gain): a gain no larger is what the examples cannot
+    tell from noise."""
+    sign = 1.0 if maximize else -1.0
+    gain = sign * (fast_score(metric, targets, challenger) - fast_score(metric, targets, incumbent))
+    return gain, _resolution(targets, challenger, incumbent, metric, sign, seed)
+
+
 def _resolution(targets, ensemble, single, metric: str, sign: float, seed: int) -> float:
     """RESOLVE_Z bootstrap standard errors of the ensemble's gain over the single model."""
     rng = np.random.default_rng(seed)

@@ -310,7 +310,7 @@ class RunJob:
             note = f"{lightning.trials} trials, done in an earlier run"
             self.lines.append(StageLine("escalate", lightning.trials, lightning.score, 0.0, note))
         if not result.better:
-            final = stages.flash_kept(flash, verdict, lightning)
+            final = stages.flash_kept(flash, verdict, lightning, result.unresolved)
             self.lines.append(StageLine("verdict", None, final.score, 0.0, final.outcome))
             say(final.outcome)
             return Tier.FLASH, final, flash

@@ -214,6 +214,8 @@ class EscalationResult(_Record):
     #: the template settings naming the Flash model's weights the warm-start trial started from
     #: (``escalation/warm_start/``) and that trial's number (its retries' too); empty: a random head
     warm_start: dict = field(default_factory=dict)
+    #: why a Lightning tier that scored higher was not kept: its gain within what validation resolves
+    unresolved: str = ""
 
     @classmethod
     def from_json(cls, values: dict | None):

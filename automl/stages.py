@@ -379,9 +379,37 @@ def escalate(
         targets, probabilities, ids = predict_validation(
             template, lightning.checkpoint, template_config, data.datamodule
         )
-        result.verdict = judge(data, Tier.LIGHTNING, lightning, targets, probabilities, ids)
-        result.template_config = template_config
+        result.unresolved = unresolved_gain(data, targets, probabilities)
+        result.better = not result.unresolved
+        if result.better:
+            result.verdict = judge(data, Tier.LIGHTNING, lightning, targets, probabilities, ids)
+            result.template_config = template_config
     return result, study
+
+
+def unresolved_gain(data: RunData, targets, probabilities) -> str:
+    """Why the Lightning tier's higher validation score does not replace the Flash tier's model: its
+    paired gain on the same validation examples is within what they resolve (one bootstrap standard
+    error, as for an ensemble); "" when it is more, or when the two predictions cannot be paired."""
+    import numpy as np
+
+    from automl import ensemble as ens
+
+    path = data.run_dir / tier_predictions_file(Tier.FLASH)
+    if not path.exists():
+        return ""
+    flash, flash_targets = read_predictions(path, data.labels)
+    targets = np.asarray(targets)
+    if len(flash_targets) != len(targets) or not np.array_equal(flash_targets, targets):
+        return ""
+    metric, maximize = data.target.metric, data.target.maximize
+    gain, resolution = ens.paired_gain(targets, np.asarray(probabilities), flash, metric, maximize, data.config.seed)
+    if gain > resolution:
+        return ""
+    return (
+        f"its gain of {gain:.4f} over the Flash tier on the {len(targets)} validation examples is within the "
+        f"{resolution:.4f} they resolve"
+    )
 
 
 def warm_start(data: RunData, flash: StudyResult, template, space: SearchSpace, flash_space: SearchSpace):
@@ -409,13 +437,16 @@ def warm_start(data: RunData, flash: StudyResult, template, space: SearchSpace, 
     return start, warm
 
 
-def flash_kept(flash: StudyResult, verdict: TierVerdict, lightning: StudyResult) -> TierVerdict:
-    """The Flash tier's verdict after an escalation that did not beat it, saying why."""
+def flash_kept(flash: StudyResult, verdict: TierVerdict, lightning: StudyResult, unresolved: str = "") -> TierVerdict:
+    """The Flash tier's verdict after an escalation that did not beat it (or not by more than the
+    validation split resolves: ``unresolved``), saying why."""
     why = (
         f"the Lightning tier did not beat the Flash tier's {flash.score:.4f}"
         if lightning.score is not None
         else f"no Lightning-tier trial finished ({lightning.stopped}; see {study_file(Tier.LIGHTNING)})"
     )
+    if unresolved:
+        why = f"the Lightning tier's {lightning.score:.4f} is not kept: {unresolved}"
     outcome = f"missed after escalation ({why}), short by {verdict.gap:.4f}"
     return TierVerdict.from_json({**verdict.to_json(), "outcome": outcome})
 
@@ -472,7 +503,8 @@ def ensemble(
         from automl import calibration
 
         mixed = sum(weight * probabilities[name] for name, weight in decision.weights.items() if weight)
-        scores["temperature"] = calibration.fit_temperature(mixed, targets)
+        floor = None if split.startswith("out-of-fold") else 1.0  # the validation split flatters the choice
+        scores["temperature"] = calibration.fit_temperature(mixed, targets, at_least=floor)
     weights = ", ".join(f"{name} {weight:.2f}" for name, weight in decision.weights.items())
     outcome = "kept" if decision.kept else "not kept"
     found = f"{len(members)} candidate(s) on {len(targets)} {split}, {decision.method} {weights}"
@@ -664,7 +696,7 @@ def finalise(
     if kept:
         build_ensemble(data, inputs.features, inputs.flash.space, best_dir, tier, kept)
         say(f"the ensemble of {len(kept.chosen())} members is the final model")
-    calibrate(data, best_dir, kept, say)
+    calibrate(data, inputs, tier, best, best_dir, kept, say)
     final = judge_test(data, tier, best_dir, verdict, refit_note, template)
     say(f"verdict on the {final.split} split: {final.outcome}")
     ensemble_facts = ensembled.to_json() if ensembled is not None else {}
@@ -763,11 +795,22 @@ def record_label_doubts(data: RunData, inputs: FinaliseInputs, say: Say) -> None
     write_json(path, {**read_json(path, {}), "label_doubts": found})
 
 
-def calibrate(data: RunData, best_dir: Path, kept: EnsembleResult | None, say: Say) -> None:
-    """best/calibration.json: the final model's temperature (``automl.calibration``), fitted on the
-    split that chose it (a kept ensemble's: fitted in its stage, on its own selection data); none with
-    ``--no-calibrate``."""
+def calibrate(
+    data: RunData,
+    inputs: FinaliseInputs,
+    tier: Tier,
+    best: StudyResult,
+    best_dir: Path,
+    kept: EnsembleResult | None,
+    say: Say,
+) -> None:
+    """best/calibration.json: the final model's temperature (``automl.calibration``); none with
+    ``--no-calibrate``. A head on cached features: fitted on its out-of-fold probabilities over
+    train+val (5 folds, none of them chose it alone); a kept ensemble: in its stage, on the data its
+    weights were chosen on; any other model: on the validation split that chose it, where it may only
+    soften (``at_least=1``), as that split flatters the model it chose."""
     from automl import calibration
+    from automl.flash import fit, heads
 
     (best_dir / calibration.CALIBRATION_FILE).unlink(missing_ok=True)
     if not data.config.calibrate:
@@ -775,10 +818,17 @@ def calibrate(data: RunData, best_dir: Path, kept: EnsembleResult | None, say: S
     if kept is not None:
         temperature = float(kept.scores.get("temperature", 1.0))
         fitted_on, examples = str(kept.scores.get("split", "")), int(kept.scores.get("examples", 0))
+    elif tier == Tier.FLASH and inputs.flash.space.head_only(best.params):
+        config = data.config.fit_config(**best.params)
+        x, y = inputs.features.get(config, fit.data_for(config, data.datamodule)).labelled()
+        metric = data.target.metric
+        folds = heads.cross_validate(x, y, len(data.labels), config.weight_decay, metric, config.label_smoothing)
+        temperature = calibration.fit_temperature(folds.out_of_fold, y.numpy())
+        fitted_on, examples = "out-of-fold predictions over train+val", len(y)
     else:
-        frame = read_predictions(data.run_dir / PREDICTIONS_FILE, data.labels)
-        temperature = calibration.fit_temperature(*frame)
-        fitted_on, examples = "the validation split", len(frame[1])
+        probabilities, targets = read_predictions(data.run_dir / PREDICTIONS_FILE, data.labels)
+        temperature = calibration.fit_temperature(probabilities, targets, at_least=1.0)
+        fitted_on, examples = "the validation split (softening only)", len(targets)
     calibration.write_temperature(best_dir, temperature, fitted_on, examples)
     say(f"calibration: temperature {temperature:.3f}, fitted on {examples} examples of {fitted_on}")
 

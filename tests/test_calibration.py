@@ -74,3 +74,11 @@ def test_a_runs_final_model_returns_the_probabilities_its_temperature_makes(imag
     assert np.allclose(got, judged[[f"p_{label}" for label in calibrated.labels]].to_numpy(), atol=1e-4)
     if abs(temperature - 1.0) > 1e-3:
         assert not np.allclose(got, raw.batch_probabilities(ready).numpy(), atol=1e-4)
+
+
+def test_on_the_split_that_chose_the_model_a_temperature_only_softens():
+    probabilities, targets = overconfident(sharpen=0.4, seed=2)  # a timid model: it would be sharpened
+    assert calibration.fit_temperature(probabilities, targets) < 0.6
+    assert calibration.fit_temperature(probabilities, targets, at_least=1.0) == 1.0
+    sharp, targets = overconfident(sharpen=3.0, seed=3)
+    assert calibration.fit_temperature(sharp, targets, at_least=1.0) == pytest.approx(3.0, rel=0.15)

@@ -110,3 +110,31 @@ def test_an_escalation_that_did_not_win_keeps_the_flash_verdict_and_says_why():
     )
     none = stages.flash_kept(flash, verdict, StudyResult("s-lightning", None, None, {}, None, "budget", 0))
     assert "no Lightning-tier trial finished (budget; see study.lightning.csv)" in none.outcome
+
+
+def test_a_lightning_tier_one_example_better_on_validation_does_not_replace_the_flash_tier(tmp_path):
+    """The escalation's model replaces the Flash tier's only when its paired gain on the same
+    validation examples is more than they resolve: one example in 100 is noise, twenty are not."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from automl.target import parse_target
+
+    labels, rng = ["a", "b"], np.random.default_rng(0)
+    targets = rng.integers(0, 2, 100)
+    flash = np.eye(2)[targets] * 0.8 + 0.1  # right on every example...
+    flash[:30] = np.eye(2)[1 - targets[:30]] * 0.8 + 0.1  # ...but the first 30
+    stages.write_predictions(
+        tmp_path / "predictions_val.flash.csv", [f"{i}.png" for i in range(100)], targets, flash, labels
+    )
+    data = SimpleNamespace(
+        run_dir=tmp_path, labels=labels, target=parse_target("accuracy>=0.9"), config=SimpleNamespace(seed=0)
+    )
+    one_better = flash.copy()
+    one_better[0] = np.eye(2)[targets[0]] * 0.8 + 0.1
+    why = stages.unresolved_gain(data, targets, one_better)
+    assert why.startswith("its gain of 0.0100 over the Flash tier on the 100 validation examples is within the")
+    twenty_better = flash.copy()
+    twenty_better[:20] = np.eye(2)[targets[:20]] * 0.8 + 0.1
+    assert stages.unresolved_gain(data, targets, twenty_better) == ""
