@@ -335,12 +335,10 @@ def escalate(
     plan: Plan,
 ) -> tuple[EscalationResult, StudyRun]:
     """The Lightning tier: a second study over the template, warm-started from the best Flash
-    parameters, under what is left of the budget; its best model judged when it beats the Flash tier.
-    The warm-start trial also starts from the best Flash model's weights (``escalation.train.warm_start``):
-    its head, and its backbone unless that stayed the pretrained one (frozen), so its first epoch
-    starts at the Flash score rather than at chance. ``studies`` opens the Lightning tier's study,
-    ``trainers`` and ``life`` make its trials, ``flash_space`` is the Flash tier's (which of its
-    trials are heads), ``plan`` says when the trials must end."""
+    parameters and weights (``warm_start``), under what is left of the budget; its best model judged
+    when it beats the Flash tier by more than validation resolves (``unresolved_gain``). ``studies``
+    opens its study, ``trainers`` and ``life`` make its trials, ``flash_space`` is the Flash tier's
+    (which of its trials are heads), ``plan`` says when the trials must end."""
     from automl.space import search_space
     from escalation.train import predict_validation
 
@@ -376,9 +374,8 @@ def escalate(
     if better:
         assert lightning.best_trial is not None and lightning.checkpoint is not None  # it scored
         template_config = trainers.template_config(lightning.params, lightning.best_trial, template)
-        targets, probabilities, ids = predict_validation(
-            template, lightning.checkpoint, template_config, data.datamodule
-        )
+        found = predict_validation(template, lightning.checkpoint, template_config, data.datamodule)
+        targets, probabilities, ids = found
         result.unresolved = unresolved_gain(data, targets, probabilities)
         result.better = not result.unresolved
         if result.better:
