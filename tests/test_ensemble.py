@@ -201,6 +201,9 @@ def test_predict_serve_the_mlflow_model_and_export_give_the_ensembles_probabilit
     predictor = Predictor.load(ensemble_run)
     expected = predictor.batch_probabilities([predictor.prepare(path) for path in images]).numpy()
     labels = predictor.labels
+    # every path below returns the ensemble's calibrated probabilities, its temperature applied
+    calibration = json.loads((ensemble_run / "best" / "calibration.json").read_text())
+    assert predictor.temperature == calibration["temperature"] and calibration["examples"] > 0
 
     rows = predictor.predict_images(images, top_k=len(labels))
     from_predict = np.array([[dict(row["top_k"])[label] for label in labels] for row in rows])
