@@ -93,3 +93,8 @@ def test_at_1300px_cards_hold_long_file_names_and_tables_keep_their_height(image
     page = screenshot(run / "report.html", tmp_path / "report.png", width=1300)
     assert "Most confident mistakes" in page.text and "BURSTBURST" in page.text  # the cards are there
     assert page.overflowing == [] and page.stretched == []
+
+
+def test_the_report_shows_its_symbols_not_their_escaped_names(image_run):
+    html = (image_run / "report.html").read_text()
+    assert "&amp;plusmn;" not in html and "&amp;" + "amp;" not in html
