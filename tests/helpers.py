@@ -81,23 +81,25 @@ def fast_trainer_kwargs(**overrides) -> dict:
     return {**settings, **overrides}
 
 
+#: the options of an ``automl run`` (or ``AutoML``) that trains the tiny model on 32 px images in seconds
+TINY_RUN_OPTIONS = dict(
+    trials=3,
+    backbone=TINY_IMAGE_BACKBONE,
+    pretrained=False,
+    epochs=2,
+    batch_size=4,
+    image_size=32,
+    accelerator="cpu",
+    pruner="none",
+)
+
+
 def tiny_run_config(images: Path, output: Path, **changes):
     """An ``automl run`` configuration that trains the tiny model on 32 px images in seconds."""
     from automl.config import RunConfig
 
     values = dict(
-        task="image_classification",
-        data=str(images),
-        output=str(output),
-        target="accuracy>=0.0",
-        trials=3,
-        backbone=TINY_IMAGE_BACKBONE,
-        pretrained=False,
-        epochs=2,
-        batch_size=4,
-        image_size=32,
-        accelerator="cpu",
-        pruner="none",
+        task="image_classification", data=str(images), output=str(output), target="accuracy>=0.0", **TINY_RUN_OPTIONS
     )
     return RunConfig(**{**values, **changes})
 

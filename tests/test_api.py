@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 from click.testing import CliRunner
-from helpers import TINY_IMAGE_BACKBONE, make_image_folder
+from helpers import TINY_IMAGE_BACKBONE, TINY_RUN_OPTIONS, make_image_folder
 
 from automl import AutoML
 from automl.cli import cli
@@ -20,18 +20,7 @@ from automl.errors import ConfigError, DataError, UnknownTask
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 #: the tiny model on 32 px images: a run in seconds
-TINY = dict(
-    backbone=TINY_IMAGE_BACKBONE,
-    pretrained=False,
-    epochs=2,
-    batch_size=4,
-    image_size=32,
-    accelerator="cpu",
-    pruner="none",
-    trials=3,
-    escalation_trials=1,
-    ensemble=False,
-)
+TINY = dict(TINY_RUN_OPTIONS, escalation_trials=1, ensemble=False)
 
 
 @pytest.fixture(scope="module")
