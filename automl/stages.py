@@ -535,33 +535,50 @@ def _texts(datamodule) -> list[str]:
     return [text for text, _ in datamodule.train_samples + datamodule.val_samples]
 
 
+def head_out_of_fold(data: RunData, features: FeatureCache, params: dict):
+    """(out-of-fold probabilities over train+val, float64; the targets they predict) of the head on
+    cached features that ``params`` make, on the folds, penalty and label smoothing its trial's
+    cross-validation used."""
+    import numpy as np
+
+    from automl.flash import fit, heads
+
+    config = data.config.fit_config(**params)
+    x, y = features.get(config, fit.data_for(config, data.datamodule)).labelled()
+    folds = heads.cross_validate(
+        x, y, len(data.labels), config.weight_decay, data.target.metric, config.label_smoothing, seed=data.config.seed
+    )
+    return folds.out_of_fold.astype(np.float64), y.numpy()
+
+
+def _out_of_fold_once(data: RunData, features: FeatureCache) -> Callable[[dict], tuple]:
+    """``head_out_of_fold`` for finalise, computed once per head (calibration and label doubts often
+    ask for the same one)."""
+    import json
+
+    computed: dict[str, tuple] = {}
+
+    def out_of_fold(params: dict) -> tuple:
+        key = json.dumps(params, sort_keys=True, default=str)
+        if key not in computed:
+            computed[key] = head_out_of_fold(data, features, params)
+        return computed[key]
+
+    return out_of_fold
+
+
 def out_of_fold_probabilities(data: RunData, features: FeatureCache, members: dict[str, dict]):
     """Each member's out-of-fold probabilities over train+val (the folds that ranked the heads) and
     the targets they predict."""
     import numpy as np
 
     from automl import ensemble as ens
-    from automl.flash import fit, heads
 
     config, datamodule, labels = data.config, data.datamodule, data.labels
     probabilities: dict[str, np.ndarray] = {}
     for name, member in members.items():
-        if member["kind"] == "tfidf":
-            continue
-        fit_config = config.fit_config(**member["params"])
-        cached = features.get(fit_config, fit.data_for(fit_config, datamodule))
-        x, y = cached.labelled()
-        folds = heads.cross_validate(
-            x,
-            y,
-            len(labels),
-            fit_config.weight_decay,
-            data.target.metric,
-            fit_config.label_smoothing,
-            seed=config.seed,
-        )
-        probabilities[name] = folds.out_of_fold.astype(np.float64)
-    targets = y.numpy()
+        if member["kind"] != "tfidf":
+            probabilities[name], targets = head_out_of_fold(data, features, member["params"])
     if ens.TFIDF_MEMBER in members:
         probabilities[ens.TFIDF_MEMBER] = ens.TfidfMember.out_of_fold(_texts(datamodule), targets, labels, config.seed)
     return probabilities, targets
@@ -572,18 +589,16 @@ def validation_probabilities(data: RunData, features: FeatureCache, tier: Tier, 
     them; the others fitted on the training split here) and its targets; None when the chosen
     model's predictions file is not in the split's order."""
     import numpy as np
-    import pandas as pd
 
     from automl import ensemble as ens
     from automl.flash import fit, heads
 
     config, datamodule, labels = data.config, data.datamodule, data.labels
     targets = np.array([t for _, t in datamodule.val_samples])
-    frame = pd.read_csv(data.run_dir / tier_predictions_file(tier), keep_default_na=False)
-    truth = np.array([labels.index(str(value)) for value in frame["true"]])
+    chosen, truth = read_predictions(data.run_dir / tier_predictions_file(tier), labels)
     if len(truth) != len(targets) or not np.array_equal(truth, targets):
         return None
-    probabilities = {CHOSEN: frame[[f"p_{label}" for label in labels]].to_numpy(dtype=np.float64)}
+    probabilities = {CHOSEN: chosen}
     texts, trained = _texts(datamodule), len(datamodule.train_samples)
     for name, member in members.items():
         if member["kind"] == "head":
@@ -693,7 +708,8 @@ def finalise(
     if kept:
         build_ensemble(data, inputs.features, inputs.flash.space, best_dir, tier, kept)
         say(f"the ensemble of {len(kept.chosen())} members is the final model")
-    calibrate(data, inputs, tier, best, best_dir, kept, say)
+    out_of_fold = _out_of_fold_once(data, inputs.features)
+    calibrate(data, inputs, tier, best, best_dir, kept, out_of_fold, say)
     final = judge_test(data, tier, best_dir, verdict, refit_note, template)
     say(f"verdict on the {final.split} split: {final.outcome}")
     ensemble_facts = ensembled.to_json() if ensembled is not None else {}
@@ -701,7 +717,7 @@ def finalise(
         ensemble_facts.update(single_test_score=single.score, single_test_split=single.split)
         ensemble_facts.update(prediction_seconds(data, best_dir, template))
     summary = _summary(data, tier, best, verdict, final, refit_note, ensemble_facts)
-    record_label_doubts(data, inputs, say)
+    record_label_doubts(data, inputs, out_of_fold, say)
     explain_for_report(data, best_dir, template, say)
     folder = RunFolder(run_dir)
     folder.write_summary(summary)
@@ -757,11 +773,11 @@ def explain_for_report(data: RunData, best_dir: Path, template: str | None, say:
     say(f"explanations: {done} of {len(rows)} examples in {seconds:.0f}s")
 
 
-def record_label_doubts(data: RunData, inputs: FinaliseInputs, say: Say) -> None:
+def record_label_doubts(data: RunData, inputs: FinaliseInputs, out_of_fold: Callable[[dict], tuple], say: Say) -> None:
     """inspection.json's ``label_doubts``: the training and validation examples whose given label the
     best head's out-of-fold probabilities disagree with most (``automl.flash.doubts``), on the cached
     features of the best head's backbone; never removed. Skipped, and said, when no head was tried."""
-    from automl.flash import doubts, fit
+    from automl.flash import doubts
 
     heads = head_candidates(inputs.flash, data, Tier.FLASH)
     found: dict = {"found": []}
@@ -771,11 +787,9 @@ def record_label_doubts(data: RunData, inputs: FinaliseInputs, say: Say) -> None
         sign = 1.0 if data.target.maximize else -1.0
         best = max(heads, key=lambda t: sign * (TrialRecord.of(Tier.FLASH, t).ranking_score or 0.0))
         config = data.config.fit_config(**best.params)
-        served = fit.data_for(config, data.datamodule)
-        x, y = inputs.features.get(config, served).labelled()
         samples = data.datamodule.train_samples + data.datamodule.val_samples
         trained = len(data.datamodule.train_samples)
-        for doubt in doubts.label_doubts(x, y, len(data.labels), config.weight_decay, data.config.seed):
+        for doubt in doubts.doubts_from(*out_of_fold(best.params)):
             found["found"].append(
                 {
                     "input": str(samples[doubt.index][0]),
@@ -799,6 +813,7 @@ def calibrate(
     best: StudyResult,
     best_dir: Path,
     kept: EnsembleResult | None,
+    out_of_fold: Callable[[dict], tuple],
     say: Say,
 ) -> None:
     """best/calibration.json: the final model's temperature (``automl.calibration``); none with
@@ -807,7 +822,6 @@ def calibrate(
     weights were chosen on; any other model: on the validation split that chose it, where it may only
     soften (``at_least=1``), as that split flatters the model it chose."""
     from automl import calibration
-    from automl.flash import fit, heads
 
     (best_dir / calibration.CALIBRATION_FILE).unlink(missing_ok=True)
     if not data.config.calibrate:
@@ -816,12 +830,9 @@ def calibrate(
         temperature = float(kept.scores.get("temperature", 1.0))
         fitted_on, examples = str(kept.scores.get("split", "")), int(kept.scores.get("examples", 0))
     elif tier == Tier.FLASH and inputs.flash.space.head_only(best.params):
-        config = data.config.fit_config(**best.params)
-        x, y = inputs.features.get(config, fit.data_for(config, data.datamodule)).labelled()
-        metric = data.target.metric
-        folds = heads.cross_validate(x, y, len(data.labels), config.weight_decay, metric, config.label_smoothing)
-        temperature = calibration.fit_temperature(folds.out_of_fold, y.numpy())
-        fitted_on, examples = "out-of-fold predictions over train+val", len(y)
+        probabilities, targets = out_of_fold(best.params)
+        temperature = calibration.fit_temperature(probabilities, targets)
+        fitted_on, examples = "out-of-fold predictions over train+val", len(targets)
     else:
         probabilities, targets = read_predictions(data.run_dir / PREDICTIONS_FILE, data.labels)
         temperature = calibration.fit_temperature(probabilities, targets, at_least=1.0)

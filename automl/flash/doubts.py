@@ -31,16 +31,24 @@ def label_doubts(
     x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float, seed: int = 0, limit: int = MAX_DOUBTS
 ) -> list[Doubt]:
     """The examples of ``(x, y)`` (features and given labels) whose label looks wrong, strongest first."""
+    from automl.flash import heads
+
+    folds = heads.cross_validate(x, y, num_classes, weight_decay, "val_accuracy", seed=seed)
+    return doubts_from(folds.out_of_fold, y.numpy(), limit)
+
+
+def doubts_from(out_of_fold: np.ndarray, targets: np.ndarray, limit: int = MAX_DOUBTS) -> list[Doubt]:
+    """The doubts of labels ``targets`` given a head's out-of-fold probabilities of them."""
     from cleanlab.filter import find_label_issues
 
     from automl.flash import heads
 
-    targets = y.numpy().astype(np.int64)
+    targets = np.asarray(targets).astype(np.int64)
+    num_classes = out_of_fold.shape[1]
     counts = np.bincount(targets, minlength=num_classes)
     if len(targets) < 2 * heads.CV_FOLDS or (counts < 2).any():
         return []  # too few examples of some class for out-of-fold probabilities
-    folds = heads.cross_validate(x, y, num_classes, weight_decay, "val_accuracy", seed=seed)
-    probabilities = folds.out_of_fold.astype(np.float64)
+    probabilities = out_of_fold.astype(np.float64)
     probabilities /= probabilities.sum(axis=1, keepdims=True)
     ranked = find_label_issues(targets, probabilities, return_indices_ranked_by="self_confidence")
     doubts = []
