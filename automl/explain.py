@@ -25,6 +25,7 @@ STEPS = 20
 class ImageExplanation:
     heat: np.ndarray  # the input's height x width, 0..1: where the class's evidence was
     target: int  # the class explained
+    image: torch.Tensor  # the network's input (resized, cropped, normalised) the map lies over
 
 
 @dataclass
@@ -66,7 +67,7 @@ def explain_images(predictor, sources: Sequence, targets: Sequence[int | None], 
             maps = cam.attribute(x.requires_grad_(), target=chosen, relu_attributions=True)
         heat = LayerAttribution.interpolate(maps, tuple(x.shape[-2:]), interpolate_mode="bilinear")[0, 0]
         heat = heat.detach().numpy()
-        found.append(ImageExplanation(heat / heat.max() if heat.max() > 0 else heat, chosen))
+        found.append(ImageExplanation(heat / heat.max() if heat.max() > 0 else heat, chosen, x[0].detach()))
     return found
 
 
@@ -133,12 +134,12 @@ def explain_texts(predictor, texts: Sequence[str], targets: Sequence[int | None]
     return found
 
 
-def overlay(single, source, heat: np.ndarray, path) -> None:
-    """The network's view of ``source`` (resized, cropped) with ``heat`` over it, as a PNG at ``path``."""
+def overlay(single, found: ImageExplanation, path) -> None:
+    """The network's view of the image (resized, cropped) with its heat map over it, as a PNG at ``path``."""
     from matplotlib import colormaps
     from PIL import Image
 
-    x = single.image_tensor(source)
+    x, heat = found.image, found.heat
     p = single.preprocessing
     mean, std = torch.tensor(p["mean"]).view(3, 1, 1), torch.tensor(p["std"]).view(3, 1, 1)
     image = (x * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
@@ -164,7 +165,7 @@ def explained_rows(predictor, inputs: Sequence, targets: Sequence[int | None], f
             row: dict = {"input": str(source)}
             if found is not None:
                 file = folder / f"{index:04d}-{Path(str(source)).stem[:40]}.png"
-                overlay(single, source, found.heat, file)
+                overlay(single, found, file)
                 row.update(explained=labels[found.target], file=str(file))
             rows.append(row)
     else:
