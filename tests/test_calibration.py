@@ -82,3 +82,21 @@ def test_on_the_split_that_chose_the_model_a_temperature_only_softens():
     assert calibration.fit_temperature(probabilities, targets, at_least=1.0) == 1.0
     sharp, targets = overconfident(sharpen=3.0, seed=3)
     assert calibration.fit_temperature(sharp, targets, at_least=1.0) == pytest.approx(3.0, rel=0.15)
+
+
+def test_no_calibrate_keeps_the_raw_probabilities(images, tmp_path):
+    from click.testing import CliRunner
+    from helpers import TINY_IMAGE_BACKBONE
+
+    from automl.cli import cli
+
+    options = (
+        f"run --task image_classification --target accuracy>=0 --trials 1 --backbone {TINY_IMAGE_BACKBONE} "
+        "--no-pretrained --epochs 1 --batch-size 4 --image-size 32 --accelerator cpu --pruner none --no-calibrate"
+    ).split()
+    result = CliRunner().invoke(cli, [*options, "--data", str(images), "--output", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    (run_dir,) = [p for p in tmp_path.iterdir() if (p / "metrics.json").exists()]
+    assert not (run_dir / "best" / calibration.CALIBRATION_FILE).exists()
+    assert json.loads((run_dir / "metrics.json").read_text())["calibration"] == {}
+    assert "Not calibrated" in (run_dir / "report.html").read_text()
